@@ -1,0 +1,373 @@
+"""The ``flow8`` command.
+
+Every error a user can cause ends as one paragraph on stderr and exit code 2;
+a play that did not succeed exits 1. No traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flow8_streams import __version__
+from flow8_streams.domain.events import verify_chain
+from flow8_streams.domain.state import PlayState, PlayStatus
+from flow8_streams.engine import fold
+from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
+from flow8_streams.flowfile import load_flow, parse_json_arg
+from flow8_streams.modules.registry import ModuleRegistry
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="flow8",
+    help="flow8-streams: event-sourced workflows. Runs embedded on SQLite, or on Kafka + MongoDB.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+plays_app = typer.Typer(help="Plays recorded in the local database.", no_args_is_help=True)
+kv_app = typer.Typer(help="The per-company KV store of the local database.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schemas of commands, events and flows.", no_args_is_help=True)
+app.add_typer(plays_app, name="plays")
+app.add_typer(kv_app, name="kv")
+app.add_typer(schemas_app, name="schemas")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DbOpt = Annotated[Path, typer.Option("--db", envvar="FLOW8_DB", help="SQLite database file.")]
+ModulesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--modules",
+        "-m",
+        envvar="FLOW8_MODULES",
+        help="A Python file or package whose MODULES mapping adds modules (repeatable).",
+    ),
+]
+CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.")]
+DEFAULT_DB = Path("flow8.db")
+
+
+def dumps(value: Any, *, indent: bool = True) -> str:
+    option = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+    if indent:
+        option |= orjson.OPT_INDENT_2
+    return orjson.dumps(value, option=option).decode()
+
+
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.run(coro)
+
+
+def _registry(modules: list[str] | None) -> ModuleRegistry:
+    sources: list[str] = []
+    for item in modules or []:
+        sources.extend(s for s in item.split(",") if s)
+    return ModuleRegistry.default(sources)
+
+
+def _store(db: Path) -> Any:
+    from flow8_streams.stores.sqlite import SqliteStore
+
+    return SqliteStore(db)
+
+
+def _existing_store(db: Path) -> Any:
+    if not db.exists():
+        raise NotFound(f"no database at {db}; run a play first (flow8 run FLOW) or pass --db")
+    return _store(db)
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    flow_file: Annotated[Path, typer.Argument(metavar="FLOW", help="Flow definition (JSON or YAML).")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Play input: JSON, or @file.json.")] = "{}",
+    company: CompanyOpt = "default",
+    play_id: Annotated[str | None, typer.Option("--play-id", help="Play id; an id the db holds is not run again.")] = None,
+    db: DbOpt = DEFAULT_DB,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
+    modules: ModulesOpt = None,
+) -> None:
+    """Run one play of FLOW to its end on the embedded runtime (exit 0 if it succeeded, 1 if not)."""
+    registry = _registry(modules)
+    flow = load_flow(flow_file).check(registry.names())
+    play_input = parse_json_arg(input, "--input")
+    from flow8_streams.domain.messages import StartPlay
+
+    command = StartPlay(company_id=company, flow=flow.name, play_id=play_id or str(uuid.uuid4()), input=play_input)
+    assert command.play_id is not None
+    live = not json_out and out.is_terminal
+    state = _run_async(_run_play(db, registry, flow, command.play_id, company, play_input, live))
+    if json_out:
+        sys.stdout.write(dumps(state.public()) + "\n")
+    else:
+        from flow8_streams.live import print_summary
+
+        print_summary(out, state, dumps(state.output))
+    raise typer.Exit(0 if state.status is PlayStatus.SUCCEEDED else 1)
+
+
+async def _run_play(
+    db: Path, registry: ModuleRegistry, flow: Any, play_id: str, company: str, play_input: Any, live: bool
+) -> PlayState:
+    from flow8_streams.runtimes.local import LocalRuntime
+
+    store = _store(db)
+    try:
+        recorded = store.plays.get_sync(play_id)
+        if recorded is not None and recorded.company_id != company:
+            raise InvalidInput(f"play {play_id} belongs to company {recorded.company_id!r}, not {company!r}")
+        if recorded is not None and recorded.finished:
+            return recorded  # idempotent: a play the db holds is printed, not run again
+        async with LocalRuntime(store, registry) as runtime:
+            if not live:
+                return await runtime.run(flow, play_input, company_id=company, play_id=play_id)
+            from flow8_streams.live import live_view
+
+            await runtime.start(flow, play_input, company_id=company, play_id=play_id)
+            waiter = asyncio.create_task(runtime.wait(play_id))
+            with Live(console=out, refresh_per_second=10, transient=True) as view:
+                while not waiter.done():
+                    state = runtime.state(play_id)
+                    if state is not None:
+                        view.update(live_view(state))
+                    await asyncio.wait({waiter}, timeout=0.1)
+            return waiter.result()
+    finally:
+        store.close()
+
+
+@app.command()
+def validate(
+    flow_file: Annotated[Path, typer.Argument(metavar="FLOW", help="Flow definition (JSON or YAML).")],
+    modules: ModulesOpt = None,
+) -> None:
+    """Check a flow definition: shape, graph, references and modules (exit 0 or 2)."""
+    registry = _registry(modules)
+    flow = load_flow(flow_file).check(registry.names())
+    out.print(
+        f"[green]✔[/] flow [bold]{flow.name}[/] v{flow.version} is valid: "
+        f"{len(flow.flowlets)} flowlets, roots {', '.join(flow.roots)}, sinks {', '.join(flow.sinks)}"
+    )
+
+
+# ---------------------------------------------------------------- plays, events, kv
+
+
+@plays_app.command("list")
+def plays_list(
+    db: DbOpt = DEFAULT_DB,
+    company: Annotated[str | None, typer.Option("--company", help="Only this company.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="running, succeeded, failed or cancelled.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List recent plays, newest first."""
+    if status is not None and status not in {s.value for s in PlayStatus}:
+        raise InvalidInput(f"--status {status!r} is not one of {', '.join(s.value for s in PlayStatus)}")
+    store = _existing_store(db)
+    try:
+        plays = _run_async(store.plays.list(company, status, limit))
+    finally:
+        store.close()
+    if json_out:
+        for p in plays:
+            sys.stdout.write(dumps(p.public(), indent=False) + "\n")
+        return
+    table = Table("play", "company", "flow", "status", "started", "took")
+    for p in plays:
+        took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
+        table.add_row(p.play_id, p.company_id, f"{p.flow.name} v{p.flow.version}", p.status.value,
+                      p.started_at.strftime("%Y-%m-%d %H:%M:%S"), took)
+    out.print(table)
+
+
+@plays_app.command("show")
+def plays_show(play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")], db: DbOpt = DEFAULT_DB) -> None:
+    """Print one play as JSON."""
+    store = _existing_store(db)
+    try:
+        state = store.plays.get_sync(play_id)
+    finally:
+        store.close()
+    if state is None:
+        raise NotFound(f"no play {play_id} in {db}")
+    sys.stdout.write(dumps(state.public()) + "\n")
+
+
+@app.command()
+def events(
+    play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")],
+    db: DbOpt = DEFAULT_DB,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain and the projection (exit 1 if broken).")] = False,
+) -> None:
+    """Print a play's events in order."""
+    store = _existing_store(db)
+    try:
+        history = store.log.read_sync(play_id)
+        projected = store.plays.get_sync(play_id)
+    finally:
+        store.close()
+    if not history:
+        raise NotFound(f"no events for play {play_id} in {db}")
+    if json_out:
+        for e in history:
+            sys.stdout.write(dumps(e.model_dump(mode="json"), indent=False) + "\n")
+    else:
+        table = Table("seq", "at", "type", "flowlet", "attempt", "detail")
+        for e in history:
+            p = e.payload
+            detail = getattr(p, "error", None) or getattr(p, "reason", None) or ""
+            table.add_row(str(e.seq), e.at.strftime("%H:%M:%S.%f")[:-3], e.type, getattr(p, "flowlet", ""),
+                          str(getattr(p, "attempt", "")), detail)
+        out.print(table)
+    if verify:
+        problems = verify_chain(history)
+        folded = fold(history)
+        if projected is not None and folded != projected:
+            problems.append("the projection differs from the fold of the events")
+        if projected is not None and projected.seq != len(history):
+            problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
+        if problems:
+            for p in problems:
+                err.print(f"[red]✘[/] {p}")
+            raise typer.Exit(1)
+        err.print(f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches")
+
+
+@kv_app.command("get")
+def kv_get(
+    key: Annotated[str, typer.Argument(metavar="KEY")],
+    company: CompanyOpt = "default",
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Print the value stored under KEY (exit 1 if absent)."""
+    store = _existing_store(db)
+    try:
+        entry = _run_async(store.kv.get(company, key))
+    finally:
+        store.close()
+    if entry is None:
+        raise NotFound(f"no key {key!r} for company {company!r}")
+    sys.stdout.write(dumps(entry.value, indent=False) + "\n")
+
+
+# ---------------------------------------------------------------- schemas, bench
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: Annotated[Path, typer.Option("--dir", help="Where the schemas live.")] = Path("schemas"),
+    check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if the files drifted.")] = False,
+) -> None:
+    """Write schemas/*.json from the models (or check them)."""
+    from flow8_streams import schemas
+
+    if check:
+        problems = schemas.drift(directory)
+        if problems:
+            for p in problems:
+                err.print(f"[red]✘[/] {directory / p}")
+            err.print("Run `flow8 schemas export` and commit the result.")
+            raise typer.Exit(1)
+        out.print(f"[green]✔[/] {directory} matches the models")
+        return
+    written = schemas.export(directory)
+    out.print(f"wrote {len(written)} schemas to {directory}")
+
+
+@app.command()
+def bench(
+    runtime: Annotated[str, typer.Option("--runtime", help="local (embedded) or streams.")] = "local",
+    plays: Annotated[int, typer.Option("--plays", min=1)] = 2000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 50,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (default: a temporary one).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON line of results.")] = False,
+) -> None:
+    """Run N plays of a 4-flowlet diamond of no-op modules; print plays/s and latency percentiles."""
+    from flow8_streams.bench import bench_local
+
+    if runtime != "local":
+        raise InvalidInput(f"--runtime {runtime!r}: only 'local' is available in this build")
+    if json_out or not err.is_terminal:
+        result = _run_async(bench_local(plays, concurrency, db))
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("plays", total=plays)
+            result = _run_async(bench_local(plays, concurrency, db, lambda n: bar.advance(task, n)))
+    figures = result.as_dict()
+    if json_out:
+        sys.stdout.write(dumps(figures, indent=False) + "\n")
+        return
+    out.print(
+        f"{runtime}: {figures['plays']} plays, concurrency {concurrency}: "
+        f"[bold]{figures['plays_per_s']} plays/s[/], p50 {figures['p50_ms']} ms, "
+        f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms ({figures['failed']} failed)"
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"flow8 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps every error to a clear message and an exit code."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except Flow8Error as exc:
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (please report this)", soft_wrap=True)
+        raise SystemExit(70) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The events of a play: the source of truth every projection is folded from.
+
+Each event has the same envelope (ids, ``seq`` 1..n per play, ``at``, ``type``,
+``schema_version``) and a typed ``payload``. ``hash`` chains the events of one play:
+sha256 over the previous event's hash and this event's canonical content, so an
+audit can prove a history was neither altered nor cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from flow8_streams.domain.flow import FlowDefinition
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+_EVENT_NS = uuid.UUID("8f1c5a6e-2b0d-4f7e-9a51-f10c8e5d0e08")
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlayStartedPayload(_Payload):
+    flow: FlowDefinition
+    input: Any = None
+
+
+class FlowletScheduledPayload(_Payload):
+    flowlet: str
+    attempt: int
+    module_ref: str
+    input: Any = None
+    timeout_ms: int
+    deadline: datetime
+    defer_after_ms: int | None = None
+
+
+class FlowletDispatchedPayload(_Payload):
+    flowlet: str
+    attempt: int
+    channel: str
+
+
+class FlowletCompletedPayload(_Payload):
+    flowlet: str
+    attempt: int
+    output: Any = None
+    started_at: datetime
+    ended_at: datetime
+
+
+class FlowletFailedPayload(_Payload):
+    flowlet: str
+    attempt: int
+    error: str
+    retryable: bool = True
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class FlowletRetryScheduledPayload(_Payload):
+    flowlet: str
+    attempt: int = Field(description="The attempt that will run next.")
+    backoff_ms: int
+    due_at: datetime
+
+
+class FlowletTimedOutPayload(_Payload):
+    flowlet: str
+    attempt: int
+    timeout_ms: int
+
+
+class FlowletSkippedPayload(_Payload):
+    flowlet: str
+    reason: str
+
+
+class FlowletCancelledPayload(_Payload):
+    flowlet: str
+    attempt: int
+    reason: str
+
+
+class PlayCompletedPayload(_Payload):
+    output: dict[str, Any]
+
+
+class PlayFailedPayload(_Payload):
+    error: str
+    flowlet: str | None = None
+
+
+class PlayCancelledPayload(_Payload):
+    reason: str
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str
+    play_id: str
+    company_id: str
+    flow_id: str
+    flow_version: int
+    seq: int = Field(ge=1)
+    at: datetime
+    schema_version: int = SCHEMA_VERSION
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    def canonical(self) -> bytes:
+        """The bytes the hash covers: every field but ``hash``, sorted keys, compact."""
+        body = self.model_dump(mode="json", exclude={"hash"})
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def expected_hash(self, previous_hash: str) -> str:
+        return hashlib.sha256(previous_hash.encode() + self.canonical()).hexdigest()
+
+
+class PlayStarted(_Event):
+    type: Literal["PlayStarted"] = "PlayStarted"
+    payload: PlayStartedPayload
+
+
+class FlowletScheduled(_Event):
+    type: Literal["FlowletScheduled"] = "FlowletScheduled"
+    payload: FlowletScheduledPayload
+
+
+class FlowletDispatched(_Event):
+    type: Literal["FlowletDispatched"] = "FlowletDispatched"
+    payload: FlowletDispatchedPayload
+
+
+class FlowletCompleted(_Event):
+    type: Literal["FlowletCompleted"] = "FlowletCompleted"
+    payload: FlowletCompletedPayload
+
+
+class FlowletFailed(_Event):
+    type: Literal["FlowletFailed"] = "FlowletFailed"
+    payload: FlowletFailedPayload
+
+
+class FlowletRetryScheduled(_Event):
+    type: Literal["FlowletRetryScheduled"] = "FlowletRetryScheduled"
+    payload: FlowletRetryScheduledPayload
+
+
+class FlowletTimedOut(_Event):
+    type: Literal["FlowletTimedOut"] = "FlowletTimedOut"
+    payload: FlowletTimedOutPayload
+
+
+class FlowletSkipped(_Event):
+    type: Literal["FlowletSkipped"] = "FlowletSkipped"
+    payload: FlowletSkippedPayload
+
+
+class FlowletCancelled(_Event):
+    type: Literal["FlowletCancelled"] = "FlowletCancelled"
+    payload: FlowletCancelledPayload
+
+
+class PlayCompleted(_Event):
+    type: Literal["PlayCompleted"] = "PlayCompleted"
+    payload: PlayCompletedPayload
+
+
+class PlayFailed(_Event):
+    type: Literal["PlayFailed"] = "PlayFailed"
+    payload: PlayFailedPayload
+
+
+class PlayCancelled(_Event):
+    type: Literal["PlayCancelled"] = "PlayCancelled"
+    payload: PlayCancelledPayload
+
+
+Event = Annotated[
+    PlayStarted
+    | FlowletScheduled
+    | FlowletDispatched
+    | FlowletCompleted
+    | FlowletFailed
+    | FlowletRetryScheduled
+    | FlowletTimedOut
+    | FlowletSkipped
+    | FlowletCancelled
+    | PlayCompleted
+    | PlayFailed
+    | PlayCancelled,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        PlayStarted,
+        FlowletScheduled,
+        FlowletDispatched,
+        FlowletCompleted,
+        FlowletFailed,
+        FlowletRetryScheduled,
+        FlowletTimedOut,
+        FlowletSkipped,
+        FlowletCancelled,
+        PlayCompleted,
+        PlayFailed,
+        PlayCancelled,
+    )
+}
+TERMINAL_EVENT_TYPES = frozenset({"PlayCompleted", "PlayFailed", "PlayCancelled"})
+event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+events_adapter: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def event_id_for(play_id: str, seq: int) -> str:
+    """Deterministic event id, so that replaying a decision yields identical events."""
+    return str(uuid.uuid5(_EVENT_NS, f"{play_id}/{seq}"))
+
+
+def verify_chain(events: list[Event]) -> list[str]:
+    """Problems with one play's history: gaps in ``seq``, or hashes that do not chain."""
+    problems: list[str] = []
+    previous = GENESIS_HASH
+    for expected_seq, event in enumerate(events, start=1):
+        if event.seq != expected_seq:
+            problems.append(f"seq {event.seq} found where {expected_seq} was expected (history cut or reordered)")
+            break
+        if event.hash != event.expected_hash(previous):
+            problems.append(f"seq {event.seq} ({event.type}): hash does not match its content (history altered)")
+            break
+        previous = event.hash
+    return problems

@@ -1,0 +1,88 @@
+"""What flows into the engine: wire commands, flowlet results, and the passing of time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flow8_streams.domain.flow import NAME_PATTERN, FlowDefinition
+
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}$"
+CompanyId = Annotated[str, Field(pattern=ID_PATTERN, description="Tenant id; the Kafka message key.")]
+PlayId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StartPlay(_Message):
+    """Start one play of a flow for a company. With ``play_id`` a repeat is a no-op."""
+
+    type: Literal["StartPlay"] = "StartPlay"
+    company_id: CompanyId
+    flow: str = Field(pattern=NAME_PATTERN, description="Flow name in the catalog.")
+    flow_version: int | None = Field(default=None, ge=1, description="Latest when absent.")
+    play_id: PlayId | None = Field(default=None, description="Generated when absent.")
+    input: Any = Field(default_factory=dict)
+
+
+class CancelPlay(_Message):
+    """Cancel a running play; a finished or unknown play is left as it is."""
+
+    type: Literal["CancelPlay"] = "CancelPlay"
+    company_id: CompanyId
+    play_id: PlayId
+    reason: str = "cancelled by request"
+
+
+Command = Annotated[StartPlay | CancelPlay, Field(discriminator="type")]
+
+
+class Start(_Message):
+    """StartPlay with its flow resolved from the catalog by the host."""
+
+    type: Literal["Start"] = "Start"
+    play_id: PlayId
+    company_id: CompanyId
+    flow: FlowDefinition
+    input: Any = None
+
+
+class FlowletResult(_Message):
+    """An executor's report of one flowlet attempt (the ``flow8.completions`` topic)."""
+
+    type: Literal["FlowletResult"] = "FlowletResult"
+    play_id: PlayId
+    company_id: CompanyId
+    flowlet: str
+    attempt: int = Field(ge=1)
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    retryable: bool = True
+    started_at: datetime
+    ended_at: datetime
+
+
+class FlowletDispatch(_Message):
+    """A channel accepted a flowlet attempt (channel-port workers)."""
+
+    type: Literal["FlowletDispatch"] = "FlowletDispatch"
+    play_id: PlayId
+    company_id: CompanyId
+    flowlet: str
+    attempt: int = Field(ge=1)
+    channel: str
+
+
+class Tick(_Message):
+    """Time passed: the engine fires due retries and expired deadlines."""
+
+    type: Literal["Tick"] = "Tick"
+    play_id: PlayId
+
+
+Message = Start | CancelPlay | FlowletResult | FlowletDispatch | Tick

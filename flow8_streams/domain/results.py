@@ -1,0 +1,39 @@
+"""What downstream systems read: one ``PlayResult`` per finished play."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from flow8_streams.domain.state import PlayState
+
+
+class PlayResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    play_id: str
+    company_id: str
+    flow: str
+    flow_version: int
+    status: Literal["succeeded", "failed", "cancelled"]
+    output: Any = None
+    error: str | None = None
+    started_at: datetime
+    ended_at: datetime
+
+    @classmethod
+    def of(cls, state: PlayState) -> PlayResult:
+        assert state.finished and state.ended_at is not None
+        return cls(
+            play_id=state.play_id,
+            company_id=state.company_id,
+            flow=state.flow.name,
+            flow_version=state.flow.version,
+            status=state.status.value,  # type: ignore[arg-type]
+            output=state.output,
+            error=state.error,
+            started_at=state.started_at,
+            ended_at=state.ended_at,
+        )

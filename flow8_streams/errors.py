@@ -1,0 +1,55 @@
+"""One exception tree for the whole project.
+
+Library errors (sqlite3, pymongo, aiokafka) are mapped to these at the adapter
+boundary; the CLI turns any ``Flow8Error`` into one clear paragraph and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class Flow8Error(Exception):
+    """Root of every error flow8 raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInput(Flow8Error):
+    """Something a user gave us is wrong: exit code 2 on the CLI, a 4xx over HTTP."""
+
+    exit_code = 2
+
+
+class InvalidFlow(InvalidInput):
+    """A flow definition does not validate. ``errors`` lists each problem."""
+
+    def __init__(self, flow: str, errors: list[str]) -> None:
+        self.flow = flow
+        self.errors = errors
+        super().__init__(f"flow {flow!r} is invalid: " + "; ".join(errors))
+
+
+class InvalidCommand(InvalidInput):
+    """A command (StartPlay, CancelPlay) is malformed."""
+
+
+class UnknownModule(InvalidInput):
+    """A flowlet names a module that is not registered."""
+
+
+class NotFound(Flow8Error):
+    """A play, flow or key does not exist."""
+
+
+class StoreUnavailable(Flow8Error):
+    """A store (SQLite, MongoDB, Kafka) cannot be reached or refused the operation."""
+
+
+class ModuleFailed(Flow8Error):
+    """Raised by a module to fail its flowlet attempt with a clean message.
+
+    ``retryable=False`` fails the flowlet at once, whatever its retry policy.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,74 @@
+"""Run one flowlet attempt and turn whatever happens into a ``FlowletResult``.
+
+Shared by every host: the local runtime, the streams executor agent and channel
+workers. A module's exception never escapes: it becomes a failed result.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from flow8_streams.domain.messages import FlowletResult
+from flow8_streams.errors import Flow8Error, ModuleFailed
+from flow8_streams.modules.context import KV, ModuleContext
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.stores.ports import KVStore
+
+log = logging.getLogger("flow8.executor")
+
+
+async def execute(
+    registry: ModuleRegistry,
+    kv: KVStore,
+    clock: Callable[[], datetime],
+    *,
+    play_id: str,
+    company_id: str,
+    flowlet: str,
+    attempt: int,
+    module_ref: str,
+    task_input: Any,
+) -> FlowletResult:
+    started = clock()
+    ok, output, error, retryable = True, None, None, True
+    try:
+        spec = registry.get(module_ref)
+        ctx = ModuleContext(
+            play_id=play_id,
+            company_id=company_id,
+            flowlet=flowlet,
+            attempt=attempt,
+            input=task_input,
+            kv=KV(kv, company_id, f"{play_id}/{flowlet}"),
+        )
+        output = await spec.fn(ctx) if spec.is_async else spec.fn(ctx)  # type: ignore[misc]
+        orjson.dumps(output)
+    except ModuleFailed as exc:
+        ok, error, retryable = False, str(exc), exc.retryable
+    except orjson.JSONEncodeError as exc:
+        ok, output, retryable = False, None, False
+        error = f"module {module_ref!r} returned an output that is not JSON: {exc}"
+    except Flow8Error as exc:
+        ok, error, retryable = False, str(exc), False
+    except Exception as exc:  # a module's bug fails its flowlet, never the host
+        ok, error = False, f"{type(exc).__name__}: {exc}"
+        log.info("module %s failed in %s/%s:\n%s", module_ref, play_id, flowlet, traceback.format_exc())
+    return FlowletResult.model_construct(
+        type="FlowletResult",
+        play_id=play_id,
+        company_id=company_id,
+        flowlet=flowlet,
+        attempt=attempt,
+        ok=ok,
+        output=output,
+        error=error,
+        retryable=retryable,
+        started_at=started,
+        ended_at=clock(),
+    )

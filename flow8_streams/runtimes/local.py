@@ -1,0 +1,267 @@
+"""The embedded runtime: one process, asyncio, one SQLite file. No services.
+
+One orchestrator task owns every play's state. It takes messages (starts, results,
+cancels, ticks) from an in-process inbox in batches, asks the engine what they
+mean, writes the batch's events and projections in one SQLite transaction, and
+only then acts on them: start module tasks, cancel timed-out ones, arm timers,
+wake waiters. A crash between decision and commit loses nothing that was
+promised; on the next start, unfinished plays are folded from the log and their
+in-flight flowlets are run again (the same attempt, so KV counters do not double).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from flow8_streams.domain import events as ev
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.messages import CancelPlay, FlowletResult, Message, Start, Tick
+from flow8_streams.domain.state import PlayState
+from flow8_streams.engine import decide, fold, in_flight, next_wakeup
+from flow8_streams.errors import Flow8Error, NotFound
+from flow8_streams.modules.executor import execute
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.stores.sqlite import SqliteStore
+
+log = logging.getLogger("flow8.local")
+Listener = Callable[[Sequence[ev.Event]], None]
+MAX_BATCH = 2048
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LocalRuntime:
+    """Runs plays in this process. Use as ``async with LocalRuntime(...) as rt``."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        registry: ModuleRegistry,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        max_concurrency: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._states: dict[str, PlayState] = {}
+        self._waiters: dict[str, list[asyncio.Future[PlayState]]] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._listeners: list[Listener] = []
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._loop_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> LocalRuntime:
+        self._loop_task = asyncio.create_task(self._orchestrate(), name="flow8-orchestrator")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop: cancel running module tasks and timers. Unfinished plays stay
+        recorded as running and resume on the next start."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        tasks = list(self._tasks.values())
+        if self._loop_task is not None:
+            tasks.append(self._loop_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._loop_task = None
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self._waiters.clear()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with each committed batch of events; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # ------------------------------------------------------------ API
+
+    async def start(
+        self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str
+    ) -> None:
+        """Ask for a play to start; a ``play_id`` that exists is left as it is (resumed if unfinished)."""
+        self._inbox.put_nowait(Start(play_id=play_id, company_id=company_id, flow=flow, input=input))
+
+    async def cancel(self, play_id: str, company_id: str, reason: str = "cancelled by request") -> None:
+        self._inbox.put_nowait(CancelPlay(play_id=play_id, company_id=company_id, reason=reason))
+
+    async def wait(self, play_id: str) -> PlayState:
+        """The play's final state, once it has one."""
+        self._raise_if_dead()
+        state = self._states.get(play_id)
+        if state is None:
+            stored = self.store.plays.get_sync(play_id)
+            if stored is not None and stored.finished:
+                return stored
+        elif state.finished:
+            return state
+        fut: asyncio.Future[PlayState] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(play_id, []).append(fut)
+        assert self._loop_task is not None
+        done, _ = await asyncio.wait({fut, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if fut in done:
+            return fut.result()
+        fut.cancel()
+        self._raise_if_dead()
+        raise NotFound(f"play {play_id} did not finish")  # pragma: no cover
+
+    async def run(
+        self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str
+    ) -> PlayState:
+        await self.start(flow, input, company_id=company_id, play_id=play_id)
+        return await self.wait(play_id)
+
+    def state(self, play_id: str) -> PlayState | None:
+        return self._states.get(play_id) or self.store.plays.get_sync(play_id)
+
+    async def resume_unfinished(self) -> list[str]:
+        """Resume every play the database holds as running (after a crash or a stop)."""
+        ids = self.store.plays.unfinished_ids()
+        for play_id in ids:
+            self._inbox.put_nowait(Tick(play_id=play_id))
+        return ids
+
+    # ------------------------------------------------------------ orchestrator
+
+    def _raise_if_dead(self) -> None:
+        if self._failure is not None:
+            raise Flow8Error(f"the local runtime stopped: {self._failure}") from self._failure
+
+    async def _orchestrate(self) -> None:
+        try:
+            while True:
+                batch = [await self._inbox.get()]
+                while len(batch) < MAX_BATCH and not self._inbox.empty():
+                    batch.append(self._inbox.get_nowait())
+                self._process(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the store failed: surface it to every waiter
+            self._failure = exc
+            log.exception("orchestrator stopped")
+            raise
+
+    def _process(self, batch: list[Message]) -> None:
+        now = self.clock()
+        committed: list[ev.Event] = []
+        touched: dict[str, PlayState] = {}
+        resumed: list[PlayState] = []
+        rearm: list[PlayState] = []
+        for msg in batch:
+            play_id = msg.play_id
+            state = self._states.get(play_id)
+            if state is None:
+                state = self.store.rebuild(play_id)
+                if state is not None and not state.finished:
+                    self._states[play_id] = state
+                    resumed.append(state)
+            events = decide(state, msg, now)
+            if not events:
+                if isinstance(msg, Tick) and state is not None and not state.finished:
+                    rearm.append(state)  # a timer that fired a hair early: arm it again
+                continue
+            state = fold(events, state)
+            self._states[play_id] = state
+            touched[play_id] = state
+            committed.extend(events)
+        if committed:
+            self.store.record(committed, list(touched.values()))
+        for state in resumed:
+            for name, f in in_flight(state):
+                if (state.play_id, name) not in self._tasks:
+                    self._dispatch(state.play_id, state.company_id, name, f.attempts, state, f.task_input)
+            self._arm_timer(state)
+        for state in rearm:
+            self._arm_timer(state)
+        self._act(committed, touched)
+
+    def _act(self, committed: list[ev.Event], touched: dict[str, PlayState]) -> None:
+        for event in committed:
+            match event:
+                case ev.FlowletScheduled(payload=p):
+                    state = touched[event.play_id]
+                    self._dispatch(event.play_id, event.company_id, p.flowlet, p.attempt, state, p.input)
+                case ev.FlowletTimedOut(payload=p) | ev.FlowletCancelled(payload=p):
+                    task = self._tasks.pop((event.play_id, p.flowlet), None)
+                    if task is not None:
+                        task.cancel()
+        for play_id, state in touched.items():
+            if state.finished:
+                self._states.pop(play_id, None)
+                timer = self._timers.pop(play_id, None)
+                if timer is not None:
+                    timer.cancel()
+                for fut in self._waiters.pop(play_id, []):
+                    if not fut.done():
+                        fut.set_result(state)
+            else:
+                self._arm_timer(state)
+        if committed:
+            for listener in list(self._listeners):
+                listener(committed)
+
+    def _arm_timer(self, state: PlayState) -> None:
+        wake = next_wakeup(state)
+        old = self._timers.pop(state.play_id, None)
+        if old is not None:
+            old.cancel()
+        if wake is None:
+            return
+        # +1 ms: event-loop timers have millisecond resolution and may fire early.
+        delay = max(0.0, (wake - self.clock()).total_seconds()) + 0.001
+        loop = asyncio.get_running_loop()
+        self._timers[state.play_id] = loop.call_later(
+            delay, self._inbox.put_nowait, Tick(play_id=state.play_id)
+        )
+
+    def _dispatch(
+        self, play_id: str, company_id: str, flowlet: str, attempt: int, state: PlayState, task_input: Any
+    ) -> None:
+        module_ref = state.flow.by_name[flowlet].module_ref
+        key = (play_id, flowlet)
+        self._tasks[key] = asyncio.create_task(
+            self._execute(key, company_id, attempt, module_ref, task_input), name=f"flow8:{play_id}/{flowlet}"
+        )
+
+    async def _execute(
+        self, key: tuple[str, str], company_id: str, attempt: int, module_ref: str, task_input: Any
+    ) -> None:
+        play_id, flowlet = key
+        try:
+            async with self._slots:
+                result: FlowletResult = await execute(
+                    self.registry,
+                    self.store.kv,
+                    self.clock,
+                    play_id=play_id,
+                    company_id=company_id,
+                    flowlet=flowlet,
+                    attempt=attempt,
+                    module_ref=module_ref,
+                    task_input=task_input,
+                )
+        finally:
+            if self._tasks.get(key) is asyncio.current_task():
+                del self._tasks[key]
+        self._inbox.put_nowait(result)

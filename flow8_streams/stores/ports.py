@@ -1,0 +1,61 @@
+"""The storage interfaces every runtime codes against. Small on purpose.
+
+Adapters: ``stores.sqlite`` (the embedded default, complete) and ``stores.mongo``.
+One conformance suite (``tests/stores``) runs against each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flow8_streams.domain.events import Event
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.state import PlayState
+
+
+@dataclass(frozen=True, slots=True)
+class KVEntry:
+    key: str
+    value: Any
+    version: int
+
+
+class EventLog(Protocol):
+    async def append(self, events: Sequence[Event]) -> None:
+        """Store events; an event whose ``(play_id, seq)`` is stored already is skipped."""
+
+    async def read(self, play_id: str, after_seq: int = 0) -> list[Event]:
+        """One play's events in ``seq`` order."""
+
+
+class PlayProjection(Protocol):
+    async def save(self, states: Sequence[PlayState]) -> None:
+        """Upsert each play; a state with a lower ``seq`` than the stored one is ignored."""
+
+    async def get(self, company_id: str | None, play_id: str) -> PlayState | None: ...
+
+    async def list(
+        self, company_id: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[PlayState]: ...
+
+
+class KVStore(Protocol):
+    async def get(self, company_id: str, key: str) -> KVEntry | None: ...
+
+    async def set(self, company_id: str, key: str, value: Any) -> KVEntry:
+        """Last write wins; every write bumps ``version``."""
+
+    async def cas(self, company_id: str, key: str, value: Any, expected_version: int) -> KVEntry | None:
+        """Write only if the stored version is ``expected_version`` (0: absent); None if not."""
+
+    async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
+        """Atomic counter; an ``op_id`` seen before returns its first result, uncounted."""
+
+
+class FlowCatalog(Protocol):
+    async def put(self, company_id: str, flow: FlowDefinition) -> FlowDefinition: ...
+
+    async def get(self, company_id: str, name: str, version: int | None = None) -> FlowDefinition | None:
+        """A version of a flow; the latest when ``version`` is None."""

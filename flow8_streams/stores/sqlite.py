@@ -1,0 +1,321 @@
+"""The embedded store: one SQLite file holds the event log, the play projection,
+the KV store with exactly-once counters, and the flow catalog.
+
+Calls run on the event loop's thread: each is a short local transaction (WAL,
+``synchronous=NORMAL``), cheaper than a hop to a worker thread. The local runtime
+writes a whole batch of decisions in one transaction with ``record``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from flow8_streams.domain.events import Event, event_adapter
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.state import PlayState
+from flow8_streams.engine import fold
+from flow8_streams.errors import InvalidInput, StoreUnavailable
+from flow8_streams.stores.ports import KVEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    play_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    company_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (play_id, seq)
+);
+CREATE TABLE IF NOT EXISTS plays (
+    play_id TEXT PRIMARY KEY,
+    company_id TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    flow_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    state BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plays_company_status ON plays (company_id, status, created_at);
+CREATE INDEX IF NOT EXISTS plays_flow ON plays (flow, created_at);
+CREATE TABLE IF NOT EXISTS kv (
+    company_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (company_id, key)
+);
+CREATE TABLE IF NOT EXISTS kv_ops (
+    company_id TEXT NOT NULL,
+    op_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (company_id, op_id)
+);
+CREATE TABLE IF NOT EXISTS flows (
+    company_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    definition BLOB NOT NULL,
+    PRIMARY KEY (company_id, name, version)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+class SqliteStore:
+    """One SQLite file; its ports are ``log``, ``plays``, ``kv`` and ``flows``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the SQLite database {self.path}: {exc}") from exc
+        self.log = SqliteEventLog(self)
+        self.plays = SqlitePlays(self)
+        self.kv = SqliteKV(self)
+        self.flows = SqliteFlows(self)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database {self.path}: {exc}") from exc
+
+    def record(self, events: Sequence[Event], states: Sequence[PlayState]) -> None:
+        """Append events and project the plays they touched, in one transaction."""
+        with self.tx() as db:
+            _insert_events(db, events)
+            _upsert_plays(db, states)
+
+    def rebuild(self, play_id: str) -> PlayState | None:
+        """A play's state folded from its events: the source of truth."""
+        return fold(self.log.read_sync(play_id))
+
+
+def _insert_events(db: sqlite3.Connection, events: Sequence[Event]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO events (play_id, seq, company_id, type, at, body) VALUES (?,?,?,?,?,?)",
+        [(e.play_id, e.seq, e.company_id, e.type, _iso(e.at), event_adapter.dump_json(e)) for e in events],
+    )
+
+
+def _upsert_plays(db: sqlite3.Connection, states: Sequence[PlayState]) -> None:
+    now = _now()
+    db.executemany(
+        """INSERT INTO plays (play_id, company_id, flow, flow_version, status, seq, created_at, updated_at, state)
+           VALUES (?,?,?,?,?,?,?,?,?)
+           ON CONFLICT (play_id) DO UPDATE SET
+             status = excluded.status, seq = excluded.seq,
+             updated_at = excluded.updated_at, state = excluded.state
+           WHERE excluded.seq > plays.seq""",
+        [
+            (
+                s.play_id,
+                s.company_id,
+                s.flow.name,
+                s.flow.version,
+                s.status.value,
+                s.seq,
+                _iso(s.started_at),
+                now,
+                s.__pydantic_serializer__.to_json(s),
+            )
+            for s in states
+        ],
+    )
+
+
+class SqliteEventLog:
+    """The ``EventLog`` port."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def append(self, events: Sequence[Event]) -> None:
+        with self._s.tx() as db:
+            _insert_events(db, events)
+
+    async def read(self, play_id: str, after_seq: int = 0) -> list[Event]:
+        return self.read_sync(play_id, after_seq)
+
+    def read_sync(self, play_id: str, after_seq: int = 0) -> list[Event]:
+        rows = self._s.db.execute(
+            "SELECT body FROM events WHERE play_id = ? AND seq > ? ORDER BY seq", (play_id, after_seq)
+        ).fetchall()
+        return [event_adapter.validate_json(body) for (body,) in rows]
+
+
+class SqlitePlays:
+    """The ``PlayProjection`` port."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def save(self, states: Sequence[PlayState]) -> None:
+        with self._s.tx() as db:
+            _upsert_plays(db, states)
+
+    async def get(self, company_id: str | None, play_id: str) -> PlayState | None:
+        return self.get_sync(play_id, company_id)
+
+    def get_sync(self, play_id: str, company_id: str | None = None) -> PlayState | None:
+        sql, args = "SELECT state FROM plays WHERE play_id = ?", [play_id]
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args.append(company_id)
+        row = self._s.db.execute(sql, args).fetchone()
+        return None if row is None else PlayState.model_validate_json(row[0])
+
+    async def list(
+        self, company_id: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[PlayState]:
+        where, args = [], []
+        if company_id is not None:
+            where.append("company_id = ?")
+            args.append(company_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT state FROM plays"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        rows = self._s.db.execute(sql, [*args, limit]).fetchall()
+        return [PlayState.model_validate_json(r[0]) for r in rows]
+
+    def unfinished_ids(self) -> list[str]:
+        rows = self._s.db.execute("SELECT play_id FROM plays WHERE status = 'running' ORDER BY created_at")
+        return [r[0] for r in rows]
+
+
+class SqliteKV:
+    """The ``KVStore`` port: last-write-wins values, versions, and exactly-once counters."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def get(self, company_id: str, key: str) -> KVEntry | None:
+        row = self._s.db.execute(
+            "SELECT value, version FROM kv WHERE company_id = ? AND key = ?", (company_id, key)
+        ).fetchone()
+        return None if row is None else KVEntry(key, orjson.loads(row[0]), row[1])
+
+    async def set(self, company_id: str, key: str, value: Any) -> KVEntry:
+        with self._s.tx() as db:
+            (version,) = db.execute(
+                """INSERT INTO kv (company_id, key, value, version, updated_at) VALUES (?,?,?,1,?)
+                   ON CONFLICT (company_id, key) DO UPDATE SET
+                     value = excluded.value, version = kv.version + 1, updated_at = excluded.updated_at
+                   RETURNING version""",
+                (company_id, key, orjson.dumps(value), _now()),
+            ).fetchone()
+        return KVEntry(key, value, version)
+
+    async def cas(self, company_id: str, key: str, value: Any, expected_version: int) -> KVEntry | None:
+        with self._s.tx() as db:
+            if expected_version == 0:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO kv (company_id, key, value, version, updated_at) VALUES (?,?,?,1,?)",
+                    (company_id, key, orjson.dumps(value), _now()),
+                )
+            else:
+                cur = db.execute(
+                    """UPDATE kv SET value = ?, version = version + 1, updated_at = ?
+                       WHERE company_id = ? AND key = ? AND version = ?""",
+                    (orjson.dumps(value), _now(), company_id, key, expected_version),
+                )
+        return KVEntry(key, value, expected_version + 1) if cur.rowcount == 1 else None
+
+    async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
+        with self._s.tx() as db:
+            done = db.execute(
+                "SELECT value, version FROM kv_ops WHERE company_id = ? AND op_id = ?", (company_id, op_id)
+            ).fetchone()
+            if done is not None:
+                return KVEntry(key, orjson.loads(done[0]), done[1])
+            row = db.execute(
+                "SELECT value, version FROM kv WHERE company_id = ? AND key = ?", (company_id, key)
+            ).fetchone()
+            current, version = (0, 0) if row is None else (orjson.loads(row[0]), row[1])
+            if not isinstance(current, int | float) or isinstance(current, bool):
+                raise InvalidInput(f"kv key {key!r} of company {company_id!r} holds {current!r}, not a number")
+            value, version = current + by, version + 1
+            blob = orjson.dumps(value)
+            db.execute(
+                """INSERT INTO kv (company_id, key, value, version, updated_at) VALUES (?,?,?,?,?)
+                   ON CONFLICT (company_id, key) DO UPDATE SET
+                     value = excluded.value, version = excluded.version, updated_at = excluded.updated_at""",
+                (company_id, key, blob, version, _now()),
+            )
+            db.execute(
+                "INSERT INTO kv_ops (company_id, op_id, key, value, version) VALUES (?,?,?,?,?)",
+                (company_id, op_id, key, blob, version),
+            )
+        return KVEntry(key, value, version)
+
+
+class SqliteFlows:
+    """The ``FlowCatalog`` port: versioned flow definitions per company."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def put(self, company_id: str, flow: FlowDefinition) -> FlowDefinition:
+        with self._s.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO flows (company_id, name, version, created_at, definition) VALUES (?,?,?,?,?)",
+                (company_id, flow.name, flow.version, _now(), flow.model_dump_json()),
+            )
+        return flow
+
+    async def get(self, company_id: str, name: str, version: int | None = None) -> FlowDefinition | None:
+        sql = "SELECT definition FROM flows WHERE company_id = ? AND name = ?"
+        args: list[Any] = [company_id, name]
+        if version is not None:
+            sql += " AND version = ?"
+            args.append(version)
+        row = self._s.db.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        if row is None:
+            return None
+        try:
+            return FlowDefinition.model_validate_json(row[0])
+        except ValidationError as exc:  # pragma: no cover - written by put()
+            raise StoreUnavailable(f"stored flow {name!r} does not validate: {exc}") from exc
