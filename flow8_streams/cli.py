@@ -26,6 +26,7 @@ from flow8_streams.engine import fold
 from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.stores.sqlite import SqliteStore
 
 T = TypeVar("T")
 
@@ -84,13 +85,11 @@ def _registry(modules: list[str] | None) -> ModuleRegistry:
     return ModuleRegistry.default(sources)
 
 
-def _store(db: Path) -> Any:
-    from flow8_streams.stores.sqlite import SqliteStore
-
+def _store(db: Path) -> SqliteStore:
     return SqliteStore(db)
 
 
-def _existing_store(db: Path) -> Any:
+def _existing_store(db: Path) -> SqliteStore:
     if not db.exists():
         raise NotFound(f"no database at {db}; run a play first (flow8 run FLOW) or pass --db")
     return _store(db)
@@ -104,7 +103,9 @@ def run(
     flow_file: Annotated[Path, typer.Argument(metavar="FLOW", help="Flow definition (JSON or YAML).")],
     input: Annotated[str, typer.Option("--input", "-i", help="Play input: JSON, or @file.json.")] = "{}",
     company: CompanyOpt = "default",
-    play_id: Annotated[str | None, typer.Option("--play-id", help="Play id; an id the db holds is not run again.")] = None,
+    play_id: Annotated[
+        str | None, typer.Option("--play-id", help="Play id; an id the db holds is not run again.")
+    ] = None,
     db: DbOpt = DEFAULT_DB,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
     modules: ModulesOpt = None,
@@ -198,8 +199,14 @@ def plays_list(
     table = Table("play", "company", "flow", "status", "started", "took")
     for p in plays:
         took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
-        table.add_row(p.play_id, p.company_id, f"{p.flow.name} v{p.flow.version}", p.status.value,
-                      p.started_at.strftime("%Y-%m-%d %H:%M:%S"), took)
+        table.add_row(
+            p.play_id,
+            p.company_id,
+            f"{p.flow.name} v{p.flow.version}",
+            p.status.value,
+            p.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            took,
+        )
     out.print(table)
 
 
@@ -221,7 +228,9 @@ def events(
     play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")],
     db: DbOpt = DEFAULT_DB,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Check the hash chain and the projection (exit 1 if broken).")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check the hash chain and the projection (exit 1 if broken).")
+    ] = False,
 ) -> None:
     """Print a play's events in order."""
     store = _existing_store(db)
@@ -240,8 +249,14 @@ def events(
         for e in history:
             p = e.payload
             detail = getattr(p, "error", None) or getattr(p, "reason", None) or ""
-            table.add_row(str(e.seq), e.at.strftime("%H:%M:%S.%f")[:-3], e.type, getattr(p, "flowlet", ""),
-                          str(getattr(p, "attempt", "")), detail)
+            table.add_row(
+                str(e.seq),
+                e.at.strftime("%H:%M:%S.%f")[:-3],
+                e.type,
+                getattr(p, "flowlet", ""),
+                str(getattr(p, "attempt", "")),
+                detail,
+            )
         out.print(table)
     if verify:
         problems = verify_chain(history)
@@ -251,10 +266,12 @@ def events(
         if projected is not None and projected.seq != len(history):
             problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
         if problems:
-            for p in problems:
-                err.print(f"[red]✘[/] {p}")
+            for problem in problems:
+                err.print(f"[red]✘[/] {problem}")
             raise typer.Exit(1)
-        err.print(f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches")
+        err.print(
+            f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches"
+        )
 
 
 @kv_app.command("get")
@@ -316,8 +333,14 @@ def bench(
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("plays", total=plays)
             result = _run_async(bench_local(plays, concurrency, db, lambda n: bar.advance(task, n)))
     figures = result.as_dict()
@@ -339,7 +362,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     pass
 

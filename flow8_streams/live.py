@@ -84,9 +84,7 @@ def print_summary(console: Console, play: PlayState, output_json: Any) -> None:
     took = ((play.ended_at or datetime.now(UTC)) - play.started_at).total_seconds()
     console.print(flowlet_table(play, live=False))
     console.print(
-        Text.assemble(
-            ("play ", "bold"), play.play_id, " ", (play.status.value, f"bold {style}"), f" in {took:.2f}s"
-        )
+        Text.assemble(("play ", "bold"), play.play_id, " ", (play.status.value, f"bold {style}"), f" in {took:.2f}s")
     )
     if play.error:
         console.print(Text(play.error, style=style))

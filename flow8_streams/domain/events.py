@@ -114,6 +114,7 @@ class _Event(BaseModel):
     at: datetime
     schema_version: int = SCHEMA_VERSION
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    payload: Any
 
     def canonical(self) -> bytes:
         """The bytes the hash covers: every field but ``hash``, sorted keys, compact."""

@@ -152,8 +152,7 @@ class FlowDefinition(BaseModel):
             if unknown:
                 names = ", ".join(f"flowlet {f.name!r} uses module {f.module_ref!r}" for f in unknown)
                 raise UnknownModule(
-                    f"flow {self.name!r}: unknown module: {names}. "
-                    f"Known modules: {', '.join(sorted(known_modules))}."
+                    f"flow {self.name!r}: unknown module: {names}. Known modules: {', '.join(sorted(known_modules))}."
                 )
         return self
 
@@ -166,9 +165,7 @@ def _graph_errors(flow: FlowDefinition) -> list[str]:
             errors.append(f"flowlet {f.name!r} is defined more than once")
         seen.add(f.name)
         if f.timeout > MAX_TIMEOUT_MS:
-            errors.append(
-                f"flowlet {f.name!r}: timeout {format_duration_ms(f.timeout)} is above the maximum of 1h"
-            )
+            errors.append(f"flowlet {f.name!r}: timeout {format_duration_ms(f.timeout)} is above the maximum of 1h")
         for dep in f.depends_on:
             if dep == f.name:
                 errors.append(f"flowlet {f.name!r} depends on itself")

@@ -31,7 +31,7 @@ class PlayResult(BaseModel):
             company_id=state.company_id,
             flow=state.flow.name,
             flow_version=state.flow.version,
-            status=state.status.value,  # type: ignore[arg-type]
+            status=state.status.value,
             output=state.output,
             error=state.error,
             started_at=state.started_at,

@@ -35,9 +35,7 @@ def parse_reference(body: str) -> Reference:
         return Reference(text, None, tuple(parts[1:]))
     if parts[0] == "flowlets" and len(parts) >= 3 and parts[1] and parts[2] == "output":
         return Reference(text, parts[1], tuple(parts[3:]))
-    raise TemplateError(
-        f"{text} is not a reference; use ${{input.PATH}} or ${{flowlets.NAME.output.PATH}}"
-    )
+    raise TemplateError(f"{text} is not a reference; use ${{input.PATH}} or ${{flowlets.NAME.output.PATH}}")
 
 
 def _walk(value: Any) -> Iterator[str]:
@@ -88,9 +86,7 @@ def render(template: Any, play_input: Any, outputs: Mapping[str, Any]) -> Any:
         whole = _REF.fullmatch(template)
         if whole:
             return _lookup(parse_reference(whole.group(1)), play_input, outputs)
-        return _REF.sub(
-            lambda m: _as_text(_lookup(parse_reference(m.group(1)), play_input, outputs)), template
-        )
+        return _REF.sub(lambda m: _as_text(_lookup(parse_reference(m.group(1)), play_input, outputs)), template)
     if isinstance(template, Mapping):
         return {k: render(v, play_input, outputs) for k, v in template.items()}
     if isinstance(template, list | tuple):

@@ -1,5 +1,5 @@
 """The deterministic engine: ``decide`` and ``evolve``."""
 
-from flow8_streams.engine.core import EngineError, decide, evolve, fold, in_flight, next_wakeup
+from flow8_streams.engine.core import EngineError, decide, evolve, fold, in_flight, next_wakeup, step
 
-__all__ = ["EngineError", "decide", "evolve", "fold", "in_flight", "next_wakeup"]
+__all__ = ["EngineError", "decide", "evolve", "fold", "in_flight", "next_wakeup", "step"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from flow8_streams.domain import events as ev
 from flow8_streams.domain import templating
@@ -70,14 +70,23 @@ class _Emitter:
             at=self.now,
             schema_version=ev.SCHEMA_VERSION,
             payload=payload,
+            hash="",
         )
         event = draft.model_copy(update={"hash": draft.expected_hash(previous)})
-        self.events.append(event)  # type: ignore[arg-type]
-        self.state = evolve(self.state, event)  # type: ignore[arg-type]
+        self.events.append(cast(ev.Event, event))
+        self.state = evolve(self.state, cast(ev.Event, event))
 
 
 def decide(state: PlayState | None, message: Message, now: datetime) -> list[ev.Event]:
     """The events ``message`` causes in ``state`` at time ``now`` (may be none)."""
+    return step(state, message, now)[0]
+
+
+def step(state: PlayState | None, message: Message, now: datetime) -> tuple[list[ev.Event], PlayState | None]:
+    """``decide`` and the state after its events, folded once: what hosts call.
+
+    Equal by construction to ``(events, fold(events, state))`` with ``events = decide(...)``.
+    """
     out = _Emitter(state, now)
     if isinstance(message, Start):
         if state is None:
@@ -95,13 +104,11 @@ def decide(state: PlayState | None, message: Message, now: datetime) -> list[ev.
         if f is not None and f.status is FlowletStatus.SCHEDULED and f.attempts == message.attempt:
             out.emit(
                 ev.FlowletDispatched,
-                ev.FlowletDispatchedPayload(
-                    flowlet=message.flowlet, attempt=message.attempt, channel=message.channel
-                ),
+                ev.FlowletDispatchedPayload(flowlet=message.flowlet, attempt=message.attempt, channel=message.channel),
             )
     else:  # pragma: no cover - the Message union is closed
         raise EngineError(f"unknown message {type(message).__name__}")
-    return out.events
+    return out.events, out.state
 
 
 def next_wakeup(state: PlayState) -> datetime | None:
@@ -171,9 +178,7 @@ def _task_input(state: PlayState, name: str) -> Any:
     spec = state.flow.by_name[name]
     if spec.input is None:
         return {"input": state.input, "deps": {d: state.flowlets[d].output for d in spec.depends_on}}
-    outputs = {
-        n: f.output for n, f in state.flowlets.items() if f.status is FlowletStatus.SUCCEEDED
-    }
+    outputs = {n: f.output for n, f in state.flowlets.items() if f.status is FlowletStatus.SUCCEEDED}
     return templating.render(spec.input, state.input, outputs)
 
 
@@ -346,9 +351,7 @@ def _flowlet_update(event: ev.Event) -> tuple[str, Any] | None:
         case ev.FlowletFailed(payload=p):
             return p.flowlet, lambda f: _ended(FlowletStatus.FAILED, at, error=p.error, attempts=p.attempt)
         case ev.FlowletTimedOut(payload=p):
-            return p.flowlet, lambda f: _ended(
-                FlowletStatus.TIMED_OUT, at, error=f"timed out after {p.timeout_ms} ms"
-            )
+            return p.flowlet, lambda f: _ended(FlowletStatus.TIMED_OUT, at, error=f"timed out after {p.timeout_ms} ms")
         case ev.FlowletRetryScheduled(payload=p):
             return p.flowlet, lambda f: {
                 "status": FlowletStatus.RETRY_WAIT,
@@ -373,4 +376,4 @@ def fold(events: Sequence[ev.Event], state: PlayState | None = None) -> PlayStat
     return state
 
 
-__all__ = ["EngineError", "decide", "evolve", "fold", "in_flight", "next_wakeup", "TERMINAL"]
+__all__ = ["TERMINAL", "EngineError", "decide", "evolve", "fold", "in_flight", "next_wakeup", "step"]

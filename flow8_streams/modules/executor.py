@@ -47,7 +47,7 @@ async def execute(
             input=task_input,
             kv=KV(kv, company_id, f"{play_id}/{flowlet}"),
         )
-        output = await spec.fn(ctx) if spec.is_async else spec.fn(ctx)  # type: ignore[misc]
+        output = await spec.fn(ctx) if spec.is_async else spec.fn(ctx)
         orjson.dumps(output)
     except ModuleFailed as exc:
         ok, error, retryable = False, str(exc), exc.retryable

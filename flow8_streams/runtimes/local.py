@@ -12,7 +12,6 @@ in-flight flowlets are run again (the same attempt, so KV counters do not double
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from flow8_streams.domain import events as ev
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import CancelPlay, FlowletResult, Message, Start, Tick
 from flow8_streams.domain.state import PlayState
-from flow8_streams.engine import decide, fold, in_flight, next_wakeup
+from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import Flow8Error, NotFound
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
@@ -97,9 +96,7 @@ class LocalRuntime:
 
     # ------------------------------------------------------------ API
 
-    async def start(
-        self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str
-    ) -> None:
+    async def start(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> None:
         """Ask for a play to start; a ``play_id`` that exists is left as it is (resumed if unfinished)."""
         self._inbox.put_nowait(Start(play_id=play_id, company_id=company_id, flow=flow, input=input))
 
@@ -119,16 +116,15 @@ class LocalRuntime:
         fut: asyncio.Future[PlayState] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(play_id, []).append(fut)
         assert self._loop_task is not None
-        done, _ = await asyncio.wait({fut, self._loop_task}, return_when=asyncio.FIRST_COMPLETED)
+        watched: set[asyncio.Future[Any]] = {fut, self._loop_task}
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         if fut in done:
             return fut.result()
         fut.cancel()
         self._raise_if_dead()
         raise NotFound(f"play {play_id} did not finish")  # pragma: no cover
 
-    async def run(
-        self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str
-    ) -> PlayState:
+    async def run(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> PlayState:
         await self.start(flow, input, company_id=company_id, play_id=play_id)
         return await self.wait(play_id)
 
@@ -170,20 +166,19 @@ class LocalRuntime:
         rearm: list[PlayState] = []
         for msg in batch:
             play_id = msg.play_id
-            state = self._states.get(play_id)
+            state: PlayState | None = self._states.get(play_id)
             if state is None:
                 state = self.store.rebuild(play_id)
                 if state is not None and not state.finished:
                     self._states[play_id] = state
                     resumed.append(state)
-            events = decide(state, msg, now)
+            events, after = step(state, msg, now)
             if not events:
                 if isinstance(msg, Tick) and state is not None and not state.finished:
                     rearm.append(state)  # a timer that fired a hair early: arm it again
                 continue
-            state = fold(events, state)
-            self._states[play_id] = state
-            touched[play_id] = state
+            assert after is not None
+            self._states[play_id] = touched[play_id] = after
             committed.extend(events)
         if committed:
             self.store.record(committed, list(touched.values()))
@@ -231,9 +226,7 @@ class LocalRuntime:
         # +1 ms: event-loop timers have millisecond resolution and may fire early.
         delay = max(0.0, (wake - self.clock()).total_seconds()) + 0.001
         loop = asyncio.get_running_loop()
-        self._timers[state.play_id] = loop.call_later(
-            delay, self._inbox.put_nowait, Tick(play_id=state.play_id)
-        )
+        self._timers[state.play_id] = loop.call_later(delay, self._inbox.put_nowait, Tick(play_id=state.play_id))
 
     def _dispatch(
         self, play_id: str, company_id: str, flowlet: str, attempt: int, state: PlayState, task_input: Any

@@ -6,6 +6,8 @@ One conformance suite (``tests/stores``) runs against each.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +40,7 @@ class PlayProjection(Protocol):
 
     async def list(
         self, company_id: str | None = None, status: str | None = None, limit: int = 50
-    ) -> list[PlayState]: ...
+    ) -> builtins.list[PlayState]: ...
 
 
 class KVStore(Protocol):

@@ -8,6 +8,8 @@ writes a whole batch of decisions in one transaction with ``record``.
 
 from __future__ import annotations
 
+import builtins
+
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -204,9 +206,7 @@ class SqlitePlays:
         row = self._s.db.execute(sql, args).fetchone()
         return None if row is None else PlayState.model_validate_json(row[0])
 
-    async def list(
-        self, company_id: str | None = None, status: str | None = None, limit: int = 50
-    ) -> list[PlayState]:
+    async def list(self, company_id: str | None = None, status: str | None = None, limit: int = 50) -> list[PlayState]:
         where, args = [], []
         if company_id is not None:
             where.append("company_id = ?")
@@ -221,7 +221,7 @@ class SqlitePlays:
         rows = self._s.db.execute(sql, [*args, limit]).fetchall()
         return [PlayState.model_validate_json(r[0]) for r in rows]
 
-    def unfinished_ids(self) -> list[str]:
+    def unfinished_ids(self) -> builtins.list[str]:
         rows = self._s.db.execute("SELECT play_id FROM plays WHERE status = 'running' ORDER BY created_at")
         return [r[0] for r in rows]
 

@@ -1,0 +1,38 @@
+"""Fixtures for tests against the real servers that scripts/services starts.
+
+Without KAFKA_BOOTSTRAP_SERVERS / MONGODB_URI these tests skip, unless
+FLOW8_REQUIRE_SERVICES=1 (set by scripts/test), where a missing server fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+
+def _service(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        message = f"{var} is not set; start the servers with `export $(scripts/services up)`"
+        if os.environ.get("FLOW8_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+@pytest.fixture
+def kafka_bootstrap() -> str:
+    return _service("KAFKA_BOOTSTRAP_SERVERS")
+
+
+@pytest.fixture
+def mongodb_uri() -> str:
+    return _service("MONGODB_URI")
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh name for topics, groups and databases, so tests never see each other's data."""
+    return f"t{uuid.uuid4().hex[:12]}"
