@@ -7,9 +7,11 @@ a play that did not succeed exits 1. No traceback reaches a user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,12 +19,12 @@ import orjson
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
+from rich.table import Column, Table
 
-from flow8_streams import __version__
+from flow8_streams import __version__, cli_streams
 from flow8_streams.domain.events import verify_chain
 from flow8_streams.domain.state import PlayState, PlayStatus
-from flow8_streams.engine import fold
+from flow8_streams.engine import EngineError, fold
 from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.modules.registry import ModuleRegistry
@@ -87,6 +89,43 @@ def _registry(modules: list[str] | None) -> ModuleRegistry:
 
 def _store(db: Path) -> SqliteStore:
     return SqliteStore(db)
+
+
+ReadDbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", envvar="FLOW8_DB", help="SQLite database file (default ./flow8.db, or MongoDB: see --mongodb-uri)."
+    ),
+]
+MongoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mongodb-uri",
+        help="Read the streams runtime's MongoDB instead of a local db; without --db, $MONGODB_URI does the same.",
+    ),
+]
+
+
+@contextlib.asynccontextmanager
+async def _reader(db: Path | None, mongodb_uri: str | None) -> AsyncIterator[Any]:
+    """The store to read plays and KV from: MongoDB when asked for, else the local SQLite file."""
+    uri = mongodb_uri or (os.environ.get("MONGODB_URI") if db is None else None)
+    if uri:
+        from flow8_streams.settings import load_settings
+        from flow8_streams.stores.mongo import MongoStore
+
+        settings = load_settings(mongodb_uri=uri)
+        mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        try:
+            yield mongo
+        finally:
+            await mongo.close()
+        return
+    store = _existing_store(db or DEFAULT_DB)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _existing_store(db: Path) -> SqliteStore:
@@ -178,7 +217,8 @@ def validate(
 
 @plays_app.command("list")
 def plays_list(
-    db: DbOpt = DEFAULT_DB,
+    db: ReadDbOpt = None,
+    mongodb_uri: MongoOpt = None,
     company: Annotated[str | None, typer.Option("--company", help="Only this company.")] = None,
     status: Annotated[str | None, typer.Option("--status", help="running, succeeded, failed or cancelled.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
@@ -187,16 +227,19 @@ def plays_list(
     """List recent plays, newest first."""
     if status is not None and status not in {s.value for s in PlayStatus}:
         raise InvalidInput(f"--status {status!r} is not one of {', '.join(s.value for s in PlayStatus)}")
-    store = _existing_store(db)
-    try:
-        plays = _run_async(store.plays.list(company, status, limit))
-    finally:
-        store.close()
+
+    async def fetch() -> list[PlayState]:
+        async with _reader(db, mongodb_uri) as store:
+            return list(await store.plays.list(company, status, limit))
+
+    plays = _run_async(fetch())
     if json_out:
         for p in plays:
             sys.stdout.write(dumps(p.public(), indent=False) + "\n")
         return
-    table = Table("play", "company", "flow", "status", "started", "took")
+    table = Table("company", "flow", "status", "started", "took")
+    widest = max((len(p.play_id) for p in plays), default=4)
+    table.columns.insert(0, Column("play", no_wrap=True, min_width=widest))  # whole, to be copied
     for p in plays:
         took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
         table.add_row(
@@ -211,15 +254,22 @@ def plays_list(
 
 
 @plays_app.command("show")
-def plays_show(play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")], db: DbOpt = DEFAULT_DB) -> None:
+def plays_show(
+    play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")],
+    db: ReadDbOpt = None,
+    mongodb_uri: MongoOpt = None,
+    company: Annotated[str | None, typer.Option("--company", help="The play's company.")] = None,
+) -> None:
     """Print one play as JSON."""
-    store = _existing_store(db)
-    try:
-        state = store.plays.get_sync(play_id)
-    finally:
-        store.close()
+
+    async def fetch() -> PlayState | None:
+        async with _reader(db, mongodb_uri) as store:
+            state: PlayState | None = await store.plays.get(company, play_id)
+            return state
+
+    state = _run_async(fetch())
     if state is None:
-        raise NotFound(f"no play {play_id} in {db}")
+        raise NotFound(f"no play {play_id}")
     sys.stdout.write(dumps(state.public()) + "\n")
 
 
@@ -260,14 +310,18 @@ def events(
         out.print(table)
     if verify:
         problems = verify_chain(history)
-        folded = fold(history)
-        if projected is not None and folded != projected:
-            problems.append("the projection differs from the fold of the events")
+        try:
+            folded = fold(history)
+        except EngineError as exc:  # a cut or reordered history does not fold; verify_chain names it
+            problems.append(f"the events do not fold into a play: {exc}")
+        else:
+            if projected is not None and folded != projected:
+                problems.append("the projection differs from the fold of the events")
         if projected is not None and projected.seq != len(history):
             problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
         if problems:
             for problem in problems:
-                err.print(f"[red]✘[/] {problem}")
+                err.print(f"[red]✘[/] {problem}", soft_wrap=True)
             raise typer.Exit(1)
         err.print(
             f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches"
@@ -278,14 +332,16 @@ def events(
 def kv_get(
     key: Annotated[str, typer.Argument(metavar="KEY")],
     company: CompanyOpt = "default",
-    db: DbOpt = DEFAULT_DB,
+    db: ReadDbOpt = None,
+    mongodb_uri: MongoOpt = None,
 ) -> None:
     """Print the value stored under KEY (exit 1 if absent)."""
-    store = _existing_store(db)
-    try:
-        entry = _run_async(store.kv.get(company, key))
-    finally:
-        store.close()
+
+    async def fetch() -> Any:
+        async with _reader(db, mongodb_uri) as store:
+            return await store.kv.get(company, key)
+
+    entry = _run_async(fetch())
     if entry is None:
         raise NotFound(f"no key {key!r} for company {company!r}")
     sys.stdout.write(dumps(entry.value, indent=False) + "\n")
@@ -306,7 +362,7 @@ def schemas_export(
         problems = schemas.drift(directory)
         if problems:
             for p in problems:
-                err.print(f"[red]✘[/] {directory / p}")
+                err.print(f"[red]✘[/] {directory / p}", soft_wrap=True)
             err.print("Run `flow8 schemas export` and commit the result.")
             raise typer.Exit(1)
         out.print(f"[green]✔[/] {directory} matches the models")
@@ -352,6 +408,13 @@ def bench(
         f"[bold]{figures['plays_per_s']} plays/s[/], p50 {figures['p50_ms']} ms, "
         f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms ({figures['failed']} failed)"
     )
+
+
+# the streams runtime's commands, listed after the embedded ones
+app.command()(cli_streams.worker)
+app.command()(cli_streams.produce)
+app.add_typer(cli_streams.flows_app, name="flows")
+app.add_typer(cli_streams.results_app, name="results")
 
 
 def _version(value: bool) -> None:

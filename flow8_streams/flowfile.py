@@ -63,6 +63,11 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
+        if err["type"] == "too_short" and loc == ["flowlets"] and isinstance(data, dict) and data.get("flowlets"):
+            # pydantic counts only the flowlets that validated: when every one of
+            # them is invalid it adds "at least 1 item ... not 0", which is false
+            # here; each flowlet's own errors are already listed.
+            continue
         where = ".".join(str(p) for p in loc) or "(top)"
         if len(loc) >= 2 and loc[0] == "flowlets" and isinstance(loc[1], int):
             try:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.flow import FlowDefinition
-from flow8_streams.domain.messages import CancelPlay, Command, FlowletResult, StartPlay
+from flow8_streams.domain.messages import CancelPlay, Command, FlowletResult, StartPlay, Task
 from flow8_streams.domain.results import PlayResult
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -36,6 +36,7 @@ def generate() -> dict[str, dict[str, Any]]:
         "flowlet-result.schema.json": _schema(
             FlowletResult, "flowlet-result.schema.json", "FlowletResult (flow8.completions)"
         ),
+        "task.schema.json": _schema(Task, "task.schema.json", "Task (flow8.tasks)"),
         "play-result.schema.json": _schema(PlayResult, "play-result.schema.json", "PlayResult (flow8.play-results)"),
         "event.schema.json": _schema(ev.event_adapter, "event.schema.json", "Event (flow8.events)"),
     }

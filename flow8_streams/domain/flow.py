@@ -46,9 +46,10 @@ def parse_duration_ms(value: Any) -> int:
         raise ValueError(f"{value!r} is not a duration")
     if seconds is None:
         raise ValueError(f"{value!r} is not a duration; write it like 500ms, 30s, 5m or 1h")
-    if seconds <= 0:
+    ms = round(seconds * 1000)
+    if ms <= 0:  # after rounding: "0.4ms" would otherwise become a 0 ms timeout
         raise ValueError(f"{value!r} must be a positive duration")
-    return round(seconds * 1000)
+    return ms
 
 
 def format_duration_ms(ms: int) -> str:
@@ -202,10 +203,11 @@ def _find_cycle(flow: FlowDefinition) -> list[str] | None:
     try:
         sorter.prepare()
     except graphlib.CycleError as exc:
-        # graphlib gives the cycle as [a, b, ..., a] walking dependencies; show it
-        # in the direction work flows: each flowlet runs before the next.
+        # graphlib gives the cycle as [a, b, ..., a] walking successors (each node is a
+        # predecessor of the next): that is already the direction work flows, each
+        # flowlet running before the next. Do not reverse it.
         path: list[str] = list(exc.args[1])
-        return list(reversed(path))
+        return path
     return None
 
 

@@ -86,3 +86,21 @@ class Tick(_Message):
 
 
 Message = Start | CancelPlay | FlowletResult | FlowletDispatch | Tick
+
+
+class Task(_Message):
+    """One flowlet attempt for an executor (the ``flow8.tasks`` topic); made from FlowletScheduled."""
+
+    type: Literal["Task"] = "Task"
+    play_id: PlayId
+    company_id: CompanyId
+    flowlet: str
+    attempt: int = Field(ge=1)
+    module_ref: str
+    input: Any = None
+    timeout_ms: int = Field(ge=1)
+    deadline: datetime
+    defer_after_ms: int | None = None
+
+
+Internal = Annotated[FlowletResult | Tick | FlowletDispatch, Field(discriminator="type")]

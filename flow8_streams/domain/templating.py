@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _REF = re.compile(r"\$\{([^}]*)\}")
+_INDEX = re.compile(r"-?[0-9]+")  # ASCII only: int() rejects "--1" and takes "²" as a digit
 _MISSING = object()
 
 
@@ -64,7 +65,7 @@ def _lookup(ref: Reference, play_input: Any, outputs: Mapping[str, Any]) -> Any:
     for i, key in enumerate(ref.path):
         if isinstance(value, Mapping) and key in value:
             value = value[key]
-        elif isinstance(value, list) and key.lstrip("-").isdigit() and -len(value) <= int(key) < len(value):
+        elif isinstance(value, list) and _INDEX.fullmatch(key) and -len(value) <= int(key) < len(value):
             value = value[int(key)]
         else:
             where = ".".join(ref.path[:i]) or "(top)"

@@ -71,6 +71,10 @@ async def kv_incr(ctx: ModuleContext) -> Any:
     return await ctx.kv.incr(_arg(ctx, "key", str), _arg(ctx, "by", (int, float), 1))
 
 
+# Quick pure functions: the streams orchestrator runs them in place.
+for _fn in (echo, noop, transform, fail):
+    _fn.flow8_inline = True  # type: ignore[union-attr]
+
 MODULES = {
     "echo": echo,
     "noop": noop,

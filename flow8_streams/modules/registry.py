@@ -26,17 +26,24 @@ class ModuleSpec:
     fn: ModuleFn
     is_async: bool
     channel: bool = False  # always runs on a background channel
+    inline: bool = False  # quick and pure: a host may run it in place, without a trip through a queue
 
 
 class ModuleRegistry:
     def __init__(self) -> None:
         self._modules: dict[str, ModuleSpec] = {}
 
-    def register(self, name: str, fn: ModuleFn, *, channel: bool | None = None) -> None:
+    def register(self, name: str, fn: ModuleFn, *, channel: bool | None = None, inline: bool | None = None) -> None:
+        """Add a module. ``channel``/``inline`` default to the function's ``flow8_channel``
+        / ``flow8_inline`` attributes (set them in a module file to declare either)."""
         if not callable(fn):
             raise InvalidInput(f"module {name!r} is not callable: {fn!r}")
         on_channel = bool(getattr(fn, "flow8_channel", False)) if channel is None else channel
-        self._modules[name] = ModuleSpec(name, fn, inspect.iscoroutinefunction(fn), on_channel)
+        in_place = bool(getattr(fn, "flow8_inline", False)) if inline is None else inline
+        is_async = inspect.iscoroutinefunction(fn)
+        if in_place and (is_async or on_channel):
+            raise InvalidInput(f"module {name!r}: only a plain (not async, not channel) function can be inline")
+        self._modules[name] = ModuleSpec(name, fn, is_async, on_channel, in_place)
 
     def update(self, modules: Mapping[str, ModuleFn]) -> None:
         for name, fn in modules.items():

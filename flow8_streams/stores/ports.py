@@ -7,7 +7,6 @@ One conformance suite (``tests/stores``) runs against each.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol

@@ -9,7 +9,6 @@ writes a whole batch of decisions in one transaction with ``record``.
 from __future__ import annotations
 
 import builtins
-
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -180,9 +179,18 @@ class SqliteEventLog:
 
     def read_sync(self, play_id: str, after_seq: int = 0) -> list[Event]:
         rows = self._s.db.execute(
-            "SELECT body FROM events WHERE play_id = ? AND seq > ? ORDER BY seq", (play_id, after_seq)
+            "SELECT seq, body FROM events WHERE play_id = ? AND seq > ? ORDER BY seq", (play_id, after_seq)
         ).fetchall()
-        return [event_adapter.validate_json(body) for (body,) in rows]
+        events = []
+        for seq, body in rows:
+            try:
+                events.append(event_adapter.validate_json(body))
+            except ValidationError as exc:  # a damaged row: an audit must report it, not crash on it
+                problem = exc.errors(include_url=False)[0]["msg"]
+                raise StoreUnavailable(
+                    f"SQLite database {self._s.path}: event {seq} of play {play_id} cannot be read: {problem}"
+                ) from None
+        return events
 
 
 class SqlitePlays:

@@ -6,20 +6,11 @@ FLOW8_REQUIRE_SERVICES=1 (set by scripts/test), where a missing server fails the
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
-
-def _service(var: str) -> str:
-    value = os.environ.get(var)
-    if not value:
-        message = f"{var} is not set; start the servers with `export $(scripts/services up)`"
-        if os.environ.get("FLOW8_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
+from tests.services import require_service as _service
 
 
 @pytest.fixture

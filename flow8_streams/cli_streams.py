@@ -1,0 +1,222 @@
+"""``flow8`` commands of the streams runtime: worker, flows, produce, results.
+
+Settings come from flags, then the environment (KAFKA_BOOTSTRAP_SERVERS,
+MONGODB_URI, SERVER_PORT, ...), then ``--config FILE`` (YAML).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from flow8_streams.domain.messages import StartPlay
+from flow8_streams.errors import InvalidInput, NotFound
+from flow8_streams.flowfile import load_flow, parse_json_arg
+from flow8_streams.settings import Settings, load_settings
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (or $FLOW8_CONFIG).")]
+KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap servers (or $KAFKA_BOOTSTRAP_SERVERS).")]
+MongoUriOpt = Annotated[str | None, typer.Option("--mongodb-uri", help="MongoDB URI (or $MONGODB_URI).")]
+PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Topic name prefix (default flow8).")]
+CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.")]
+
+flows_app = typer.Typer(help="The flow catalog in MongoDB (what workers run).", no_args_is_help=True)
+results_app = typer.Typer(help="Play results on Kafka (what downstream systems consume).", no_args_is_help=True)
+
+
+def _settings(
+    config: Path | None, kafka: str | None, mongodb_uri: str | None, prefix: str | None = None, **more: Any
+) -> Settings:
+    flags: dict[str, Any] = {"kafka_bootstrap_servers": kafka, "mongodb_uri": mongodb_uri, **more}
+    if prefix is not None:
+        flags["topics"] = {"prefix": prefix}
+    return load_settings(config, **flags)
+
+
+def _run(coro: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def worker(
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    mongodb_uri: MongoUriOpt = None,
+    topic_prefix: PrefixOpt = None,
+    server_port: Annotated[
+        int | None,
+        typer.Option("--server-port", help="HTTP port of /metrics and /healthz (or $SERVER_PORT, default 4454)."),
+    ] = None,
+    worker_id: Annotated[str | None, typer.Option("--worker-id", help="Name of this instance (or $WORKER_ID).")] = None,
+    group_id: Annotated[
+        str | None, typer.Option("--group", help="Consumer group / faust app id (default flow8).")
+    ] = None,
+    modules: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--modules", "-m", envvar="FLOW8_MODULES", help="Extra modules: a Python file or package with MODULES."
+        ),
+    ] = None,
+) -> None:
+    """Run a streams worker: orchestrator, executor and projector agents (faust, uvloop)."""
+    from flow8_streams.modules.registry import ModuleRegistry
+    from flow8_streams.runtimes.streams.worker import run_worker
+
+    settings = _settings(
+        config, kafka, mongodb_uri, topic_prefix, server_port=server_port, worker_id=worker_id, group_id=group_id
+    )
+    sources = [s for item in modules or [] for s in item.split(",") if s]
+    registry = ModuleRegistry.default(sources)
+    run_worker(settings, registry)
+
+
+@flows_app.command("put")
+def flows_put(
+    flow_file: Annotated[Path, typer.Argument(metavar="FLOW", help="Flow definition (JSON or YAML).")],
+    company: CompanyOpt = "default",
+    config: ConfigOpt = None,
+    mongodb_uri: MongoUriOpt = None,
+    modules: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--modules", "-m", envvar="FLOW8_MODULES", help="Modules the workers have beyond the built-in ones."
+        ),
+    ] = None,
+) -> None:
+    """Store a flow version in the catalog (validated first)."""
+    from flow8_streams.modules.registry import ModuleRegistry
+    from flow8_streams.stores.mongo import MongoStore
+
+    sources = [s for item in modules or [] for s in item.split(",") if s]
+    flow = load_flow(flow_file).check(ModuleRegistry.default(sources).names())
+    settings = _settings(config, None, mongodb_uri)
+
+    async def put() -> None:
+        store = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        try:
+            await store.open()
+            await store.flows.put(company, flow)
+        finally:
+            await store.close()
+
+    _run(put())
+    out.print(f"[green]✔[/] stored flow [bold]{flow.name}[/] v{flow.version} for company {company}")
+
+
+@flows_app.command("get")
+def flows_get(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    company: CompanyOpt = "default",
+    version: Annotated[int | None, typer.Option("--version", min=1, help="Default: the latest.")] = None,
+    config: ConfigOpt = None,
+    mongodb_uri: MongoUriOpt = None,
+) -> None:
+    """Print a flow definition from the catalog as JSON."""
+    from flow8_streams.stores.mongo import MongoStore
+
+    settings = _settings(config, None, mongodb_uri)
+
+    async def get() -> Any:
+        store = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        try:
+            return await store.flows.get(company, name, version)
+        finally:
+            await store.close()
+
+    flow = _run(get())
+    if flow is None:
+        raise NotFound(f"company {company!r} has no flow {name!r}" + (f" v{version}" if version else ""))
+    sys.stdout.write(flow.model_dump_json(indent=2, exclude_none=True) + "\n")
+
+
+def produce(
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="JSONL of StartPlay/CancelPlay commands.")] = None,
+    flow: Annotated[str | None, typer.Option("--flow", help="Generate StartPlay commands for this flow.")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many to generate.")] = 1,
+    company: CompanyOpt = "default",
+    companies: Annotated[
+        int, typer.Option("--companies", min=1, help="Spread generated plays over N companies: COMPANY-0..N-1.")
+    ] = 1,
+    input: Annotated[str, typer.Option("--input", "-i", help="Play input: JSON, or @file.json.")] = "{}",
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """Send play commands to Kafka, as an upstream system does; prints each play id."""
+    from flow8_streams.runtimes.streams.client import CommandProducer, commands_from_jsonl
+
+    if (file is None) == (flow is None):
+        raise InvalidInput("give either --file COMMANDS.jsonl or --flow NAME [--count N]")
+    settings = _settings(config, kafka, None, topic_prefix)
+    if file is not None:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InvalidInput(f"--file {file}: {exc.strerror}") from None
+        commands = list(commands_from_jsonl(lines, str(file)))
+    else:
+        assert flow is not None
+        play_input = parse_json_arg(input, "--input")
+        names = [company] if companies == 1 else [f"{company}-{i}" for i in range(companies)]
+        commands = [
+            StartPlay(company_id=names[i % len(names)], flow=flow, input=play_input, play_id=str(uuid.uuid4()))
+            for i in range(count)
+        ]
+
+    async def send() -> None:
+        async with CommandProducer(settings) as producer:
+            for command in commands:
+                await producer.send(command)
+            await producer.flush()
+
+    _run(send())
+    for command in commands:
+        sys.stdout.write(f"{getattr(command, 'play_id', None) or '(generated by the worker)'}\n")
+    err.print(f"sent {len(commands)} command(s) to {settings.topics.commands}")
+
+
+@results_app.command("tail")
+def results_tail(
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest result.")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after N results.")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop after this many idle seconds.")] = None,
+    company: Annotated[str | None, typer.Option("--company", help="Only this company's results.")] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Consume as this consumer group (commits offsets).")
+    ] = None,
+    config: ConfigOpt = None,
+    kafka: KafkaOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """Print play results as JSON lines as they arrive (flow8.play-results)."""
+    from flow8_streams.runtimes.streams.client import tail_results
+
+    settings = _settings(config, kafka, None, topic_prefix)
+
+    async def tail() -> int:
+        seen = 0
+        async for result, _ in tail_results(
+            settings, from_beginning=from_beginning, group_id=group, idle_timeout=timeout
+        ):
+            if company is not None and result.company_id != company:
+                continue
+            sys.stdout.write(result.model_dump_json() + "\n")
+            sys.stdout.flush()
+            seen += 1
+            if count is not None and seen >= count:
+                break
+        return seen
+
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        _run(tail())

@@ -1,0 +1,57 @@
+"""Prometheus metrics of one flow8 process, on a registry of its own (built by the
+composition root, never at import), served at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.plays_started = Counter("flow8_plays_started_total", "Plays started.", registry=r)
+        self.plays_finished = Counter(
+            "flow8_plays_finished_total", "Plays finished, by status.", ["status"], registry=r
+        )
+        self.play_duration = Histogram(
+            "flow8_play_duration_seconds",
+            "From PlayStarted to the play's end.",
+            ["status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.flowlet_duration = Histogram(
+            "flow8_flowlet_duration_seconds",
+            "One flowlet attempt, by module and outcome.",
+            ["module", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter("flow8_events_total", "Events emitted, by type.", ["type"], registry=r)
+        self.cache_hits = Counter("flow8_cache_hits_total", "Per-instance cache hits.", ["cache"], registry=r)
+        self.cache_misses = Counter("flow8_cache_misses_total", "Per-instance cache misses.", ["cache"], registry=r)
+        self.dlq = Counter(
+            "flow8_dlq_messages_total",
+            "Messages sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "flow8_consumer_lag_messages",
+            "Messages not yet consumed, by topic and partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.projection_batch = Histogram(
+            "flow8_projection_batch_size",
+            "Events per projector batch.",
+            buckets=(1, 5, 10, 50, 100, 500, 1000, 5000),
+            registry=r,
+        )
+        self.inflight_plays = Gauge("flow8_inflight_plays", "Plays in this instance's table.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

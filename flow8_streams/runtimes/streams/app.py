@@ -1,0 +1,379 @@
+"""The faust application: orchestrator, executor and projector agents.
+
+Topology (every topic has the same partition count and is keyed by company_id):
+
+    flow8.commands ─┐                       ┌─> flow8.events ──> projector ──> MongoDB plays
+                    ├─> orchestrator (table) ┼─> flow8.tasks ───> executor ──┐
+    flow8.completions┘      ^               └─> flow8.play-results           │
+                            └────────────────────────────────────────────────┘
+
+The orchestrator runs the engine. With ``processing_guarantee="exactly_once"`` its
+table update (changelog), its events, tasks and results and the offsets of its
+input are one Kafka transaction per partition: a crash replays from the last commit
+and the replay produces nothing twice. Every output goes to the partition of the
+input it came from, so a company's plays, tasks, completions and changelog stay on
+one partition whatever partitioner an upstream producer used.
+
+The executor runs modules at least once (a redelivered task runs again); the engine
+drops the duplicate result and KV counters are idempotent by operation id, so the
+effect is exactly once. The projector folds events into MongoDB guarded by ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.assignor import PartitionAssignor
+from faust.types import EventT
+
+from flow8_streams.domain import events as ev
+from flow8_streams.domain.messages import CancelPlay, FlowletResult, Start, StartPlay, Task, Tick
+from flow8_streams.domain.state import PlayState
+from flow8_streams.engine import next_wakeup, step
+from flow8_streams.errors import Flow8Error
+from flow8_streams.metrics import Metrics
+from flow8_streams.modules.executor import execute
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.runtimes.streams import codec
+from flow8_streams.settings import Settings
+
+log = logging.getLogger("flow8.streams")
+PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
+TOMBSTONE = b"#"  # a finished play: kept so a repeated StartPlay stays a no-op
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Flow8Assignor(PartitionAssignor):
+    """Topics we only write to (results, DLQ) join the transaction group of the inputs.
+
+    faust picks a partition's transactional producer by the topic's co-partitioned
+    group, known only for subscribed topics. Ours all have the same partition count,
+    so they belong with the inputs' group.
+    """
+
+    def group_for_topic(self, topic: str) -> int:
+        groups = self._topic_groups
+        if topic in groups:
+            return groups[topic]
+        return min(groups.values(), default=0)
+
+
+class Slot:
+    """A play's entry in the orchestrator table: its partition and its state."""
+
+    @staticmethod
+    def pack(partition: int, body: bytes) -> bytes:
+        return b"%d|" % partition + body
+
+    @staticmethod
+    def unpack(raw: bytes) -> tuple[int, bytes]:
+        head, _, body = raw.partition(b"|")
+        return int(head), body
+
+
+class Flow8App:
+    """Builds and holds the faust app; the composition root passes everything in."""
+
+    def __init__(self, settings: Settings, registry: ModuleRegistry, store: Any, metrics: Metrics) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.wakeups: dict[str, tuple[datetime, str, int]] = {}
+        t = settings.topics
+        s = settings
+        datadir = s.data_dir / s.worker_id
+        datadir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            s.group_id,
+            broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
+            store="memory://",
+            processing_guarantee=s.processing_guarantee,
+            broker_commit_interval=s.commit_interval_ms / 1000,
+            broker_commit_every=10_000,
+            topic_partitions=t.partitions,
+            topic_replication_factor=t.replication_factor,
+            table_standby_replicas=0,
+            key_serializer="raw",
+            value_serializer="raw",
+            web_enabled=True,
+            web_port=s.server_port,
+            web_bind=s.server_host,
+            web_host=s.advertised_host,
+            datadir=str(datadir),
+            PartitionAssignor=Flow8Assignor,
+            producer_linger_ms=1,
+            stream_wait_empty=False,
+            consumer_auto_offset_reset="earliest",
+        )
+        app = self.app
+        kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
+        self.inputs = app.topic(t.commands, t.completions, **kw)
+        self.commands = app.topic(t.commands, **kw)
+        self.completions = app.topic(t.completions, **kw)
+        self.tasks = app.topic(t.tasks, **kw)
+        self.events = app.topic(t.events, **kw)
+        self.results = app.topic(t.play_results, **kw)
+        self.dlq = app.topic(t.dlq, **kw)
+        self.plays = app.Table("plays", partitions=t.partitions, key_type=str, value_type=bytes)
+        app.agent(self.inputs, name="orchestrator")(self._orchestrator)
+        app.agent(self.tasks, name="executor", concurrency=s.executor_concurrency)(self._executor)
+        app.agent(self.events, name="projector")(self._projector)
+        app.timer(0.05, name="flow8-ticks")(self._fire_ticks)
+        app.timer(5.0, name="flow8-rescan")(self._rescan)
+
+        # faust makes a View class of each page function: give it plain functions
+        async def metrics_page(view: Any, request: Any) -> Any:
+            return await self._metrics_page(view)
+
+        async def health_page(view: Any, request: Any) -> Any:
+            return await self._health_page(view)
+
+        app.page("/metrics")(metrics_page)
+        app.page("/healthz")(health_page)
+
+    @property
+    def topic_names(self) -> list[str]:
+        t = self.settings.topics
+        return [t.commands, t.completions, t.tasks, t.events, t.play_results, t.dlq]
+
+    # ------------------------------------------------------------ orchestrator
+
+    async def _orchestrator(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            try:
+                if message.topic == self.settings.topics.commands:
+                    incoming = await self._resolve(codec.decode_command(event.value), message)
+                else:
+                    incoming = codec.decode_internal(event.value)
+            except codec.BadMessage as exc:
+                await self._dead_letter(event, exc.reason, exc.detail)
+                continue
+            except Flow8Error as exc:
+                await self._dead_letter(event, "rejected", str(exc))
+                continue
+            await self._decide(incoming, message.partition)
+
+    async def _resolve(self, command: Any, message: Any) -> Any:
+        """A StartPlay names a flow; the engine needs its definition."""
+        if isinstance(command, CancelPlay):
+            return command
+        assert isinstance(command, StartPlay)
+        flow = await self.store.flows.get(command.company_id, command.flow, command.flow_version)
+        if flow is None:
+            version = f" v{command.flow_version}" if command.flow_version else ""
+            raise Flow8Error(
+                f"StartPlay: company {command.company_id!r} has no flow {command.flow!r}{version} in the catalog"
+            )
+        flow.check(self.registry.names())
+        # No play_id: derive one from the command's place in the log, so that a replay
+        # of the same command (after an aborted transaction) names the same play.
+        play_id = command.play_id or str(
+            uuid.uuid5(PLAY_ID_NS, f"{message.topic}/{message.partition}/{message.offset}")
+        )
+        return Start(play_id=play_id, company_id=command.company_id, flow=flow, input=command.input)
+
+    async def _decide(self, incoming: Any, partition: int) -> None:
+        play_id = incoming.play_id
+        raw = self.plays.get(play_id)
+        state: PlayState | None = None
+        if raw is not None:
+            _, body = Slot.unpack(raw)
+            if body.startswith(TOMBSTONE):
+                return  # finished: repeats, late results and ticks change nothing
+            state = PlayState.model_validate_json(body)
+        events, after, remote = await self._advance(state, incoming)
+        if not events or after is None:
+            return
+        if after.finished:
+            self.plays[play_id] = Slot.pack(partition, TOMBSTONE + after.status.value.encode())
+            self.wakeups.pop(play_id, None)
+        else:
+            self.plays[play_id] = Slot.pack(partition, after.__pydantic_serializer__.to_json(after))
+            wake = next_wakeup(after)
+            if wake is None:
+                self.wakeups.pop(play_id, None)
+            else:
+                self.wakeups[play_id] = (wake, after.company_id, partition)
+        key = after.company_id.encode()
+        for event in events:
+            await self.events.send(key=key, value=ev.event_adapter.dump_json(event), partition=partition)
+            self.metrics.events.labels(event.type).inc()
+            if isinstance(event, ev.PlayStarted):
+                self.metrics.plays_started.inc()
+        for task in remote:
+            await self.tasks.send(key=key, value=codec.encode(codec.task_of(task)), partition=partition)
+        if after.finished:
+            await self.results.send(key=key, value=codec.encode_result(after), partition=partition)
+            status = after.status.value
+            self.metrics.plays_finished.labels(status).inc()
+            if after.ended_at is not None:
+                self.metrics.play_duration.labels(status).observe((after.ended_at - after.started_at).total_seconds())
+
+    async def _advance(
+        self, state: PlayState | None, incoming: Any
+    ) -> tuple[list[ev.Event], PlayState | None, list[ev.FlowletScheduled]]:
+        """Run the engine on ``incoming``, and on the results of inline modules it
+        schedules (quick pure functions: no trip through the tasks topic, the same
+        events). Returns all events, the final state, and the tasks for executors."""
+        all_events: list[ev.Event] = []
+        remote: list[ev.FlowletScheduled] = []
+        queue = [incoming]
+        while queue:
+            events, after = step(state, queue.pop(0), utcnow())
+            if not events:
+                continue
+            all_events += events
+            state = after
+            for event in events:
+                if not isinstance(event, ev.FlowletScheduled):
+                    continue
+                if event.payload.module_ref in self.registry and self.registry.get(event.payload.module_ref).inline:
+                    queue.append(await self._run_task(codec.task_of(event)))
+                else:
+                    remote.append(event)
+        if state is not None and state.finished:
+            remote = []  # scheduled and then cancelled within this same decision
+        return all_events, state, remote
+
+    async def _dead_letter(self, event: EventT[bytes], reason: str, detail: str) -> None:
+        message = event.message
+        headers = [
+            ("flow8-error", detail.encode()[:4000]),
+            ("flow8-reason", reason.encode()),
+            ("flow8-source-topic", message.topic.encode()),
+            ("flow8-source-partition", str(message.partition).encode()),
+            ("flow8-source-offset", str(message.offset).encode()),
+        ]
+        raw_headers: Any = message.headers or []
+        original: list[tuple[str, Any]] = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        headers += [
+            (k, v if isinstance(v, bytes) else str(v).encode()) for k, v in original if not k.startswith("flow8-")
+        ]
+        await self.dlq.send(key=event.key, value=event.value, headers=headers, partition=message.partition)
+        self.metrics.dlq.labels(message.topic, reason).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, detail)
+
+    # ------------------------------------------------------------ timers
+
+    async def _fire_ticks(self) -> None:
+        if not self.wakeups:
+            return
+        now = utcnow()
+        due = [(pid, company, part) for pid, (at, company, part) in self.wakeups.items() if at <= now]
+        for play_id, company, partition in due:
+            self.wakeups.pop(play_id, None)
+            tick = codec.encode(Tick(play_id=play_id))
+            try:
+                await self.completions.send(key=company.encode(), value=tick, partition=partition)
+            except Exception as exc:  # lost the partition meanwhile: its new owner rescans
+                log.info("tick for %s not sent: %s", play_id, exc)
+
+    async def _rescan(self) -> None:
+        """Rebuild the wakeups of the plays this instance owns (after a rebalance)."""
+        found: dict[str, tuple[datetime, str, int]] = {}
+        for play_id, raw in list(self.plays.items()):
+            partition, body = Slot.unpack(raw)
+            if body.startswith(TOMBSTONE):
+                continue
+            state = PlayState.model_validate_json(body)
+            wake = next_wakeup(state)
+            if wake is not None:
+                found[play_id] = (wake, state.company_id, partition)
+        self.wakeups = found
+        self.metrics.inflight_plays.set(sum(1 for _ in found))
+
+    # ------------------------------------------------------------ executor
+
+    async def _executor(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                task = codec.decode_task(event.value)
+            except codec.BadMessage as exc:
+                await self._dead_letter(event, exc.reason, exc.detail)
+                continue
+            result = await self._run_task(task)
+            await self.completions.send(key=event.key, value=codec.encode(result), partition=event.message.partition)
+
+    async def _run_task(self, task: Task) -> FlowletResult:
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(
+                execute(
+                    self.registry,
+                    self.store.kv,
+                    utcnow,
+                    play_id=task.play_id,
+                    company_id=task.company_id,
+                    flowlet=task.flowlet,
+                    attempt=task.attempt,
+                    module_ref=task.module_ref,
+                    task_input=task.input,
+                ),
+                # the engine times the attempt out; this only frees the slot
+                timeout=max(0.0, (task.deadline - utcnow()).total_seconds()) + 1.0,
+            )
+        except TimeoutError:
+            now = utcnow()
+            result = FlowletResult(
+                play_id=task.play_id,
+                company_id=task.company_id,
+                flowlet=task.flowlet,
+                attempt=task.attempt,
+                ok=False,
+                error=f"timed out after {task.timeout_ms} ms",
+                started_at=now,
+                ended_at=now,
+            )
+        outcome = "ok" if result.ok else "error"
+        self.metrics.flowlet_duration.labels(task.module_ref, outcome).observe(time.perf_counter() - t0)
+        return result
+
+    # ------------------------------------------------------------ projector
+
+    async def _projector(self, stream: faust.StreamT[bytes]) -> None:
+        batch_size = self.settings.projector_batch
+        async for values in stream.take(batch_size, within=0.05):
+            batch = list(_decode_events(values))
+            if batch:
+                await self.store.plays.apply(batch)
+                self.metrics.projection_batch.observe(len(batch))
+
+    # ------------------------------------------------------------ web
+
+    async def _metrics_page(self, web: Any) -> Any:
+        await self._update_lag()
+        return web.bytes(self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def _health_page(self, web: Any) -> Any:
+        consumer = self.app.consumer
+        assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment())
+        return web.json({"status": "ok", "worker": self.settings.worker_id, "assigned": assigned})
+
+    async def _update_lag(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+            if high is not None:
+                lag = max(0, high - (committed or 0))
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def _decode_events(values: Iterable[bytes]) -> Iterable[ev.Event]:
+    for raw in values:
+        try:
+            yield ev.event_adapter.validate_json(raw)
+        except Exception:  # written by the orchestrator; skip what a foreign producer put there
+            log.warning("projector skipped an undecodable event of %d bytes", len(raw or b""))

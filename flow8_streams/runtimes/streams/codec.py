@@ -1,0 +1,87 @@
+"""Bytes on Kafka <-> the engine's models. Every decode error names what is wrong,
+so the dead-letter topic can say it next to the original bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from flow8_streams.domain.events import FlowletScheduled
+from flow8_streams.domain.messages import Command, Internal, Task
+from flow8_streams.domain.results import PlayResult
+from flow8_streams.domain.state import PlayState
+
+command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
+internal_adapter: TypeAdapter[Any] = TypeAdapter(Internal)
+JSON_OPTIONS = orjson.OPT_UTC_Z
+
+
+class BadMessage(ValueError):
+    """A message that cannot be decoded; ``reason`` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str) -> Any:
+    if raw is None:
+        raise BadMessage("empty", f"{what}: the message has no value")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage("not_json", f"{what}: not UTF-8 JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage("not_object", f"{what}: a JSON object is expected, got {type(data).__name__}")
+    kind = data.get("type")
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(message)'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        reason = "unknown_type" if any(e["type"] == "union_tag_invalid" for e in exc.errors()) else "invalid"
+        if reason == "unknown_type":
+            problems = f"unknown message type {kind!r} (from a newer version?); {problems}"
+        raise BadMessage(reason, f"{what}: {problems}") from None
+
+
+def decode_command(raw: bytes | None) -> Any:
+    """A StartPlay or CancelPlay from ``flow8.commands``."""
+    return _decode(command_adapter, raw, "command")
+
+
+def decode_internal(raw: bytes | None) -> Any:
+    """A FlowletResult, Tick or FlowletDispatch from ``flow8.completions``."""
+    return _decode(internal_adapter, raw, "completion")
+
+
+def decode_task(raw: bytes | None) -> Task:
+    result: Task = _decode(TypeAdapter(Task), raw, "task")
+    return result
+
+
+def task_of(event: FlowletScheduled) -> Task:
+    p = event.payload
+    return Task(
+        play_id=event.play_id,
+        company_id=event.company_id,
+        flowlet=p.flowlet,
+        attempt=p.attempt,
+        module_ref=p.module_ref,
+        input=p.input,
+        timeout_ms=p.timeout_ms,
+        deadline=p.deadline,
+        defer_after_ms=p.defer_after_ms,
+    )
+
+
+def encode(model: Any) -> bytes:
+    return model.__pydantic_serializer__.to_json(model)  # type: ignore[no-any-return]
+
+
+def encode_result(state: PlayState) -> bytes:
+    return encode(PlayResult.of(state))

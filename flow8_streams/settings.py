@@ -1,0 +1,208 @@
+"""Settings, read once when a program starts (never at import).
+
+Precedence: flags (passed as keyword arguments) > environment > YAML file
+(``--config`` or ``FLOW8_CONFIG``) > defaults. Environment names are the seed's:
+``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI``, ``SERVER_PORT``, ``CHANNEL_PORT_RANGE``,
+``CHANNEL_POOL_SIZE``; nested values use ``FLOW8_`` and ``__`` (``FLOW8_CACHE__FLOWS__TTL_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from flow8_streams.errors import InvalidInput
+
+PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$")
+
+
+class FlowCache(BaseModel):
+    ttl_seconds: float = Field(default=300, gt=0)
+    max_entries: int = Field(default=10_000, gt=0)
+
+
+class ModuleCache(BaseModel):
+    ttl_seconds: float = Field(default=3600, gt=0)
+    max_entries: int = Field(default=1000, gt=0)
+
+
+class Caches(BaseModel):
+    """Per-instance caches (the seed's ``cache:`` block)."""
+
+    flows: FlowCache = FlowCache()
+    modules: ModuleCache = ModuleCache()
+
+
+class Execution(BaseModel):
+    """The seed's ``execution:`` block."""
+
+    default_timeout_seconds: int = Field(default=300, gt=0, le=3600)
+    max_timeout_seconds: int = Field(default=3600, gt=0, le=3600)
+    channel_execution_timeout_seconds: int = Field(default=1800, gt=0)
+    channel_heartbeat_timeout_seconds: float = Field(default=30, gt=0)
+
+
+class Topics(BaseModel):
+    prefix: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
+    partitions: int = Field(default=12, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}.{suffix}"
+
+    @property
+    def commands(self) -> str:
+        return self.name("commands")
+
+    @property
+    def tasks(self) -> str:
+        return self.name("tasks")
+
+    @property
+    def completions(self) -> str:
+        return self.name("completions")
+
+    @property
+    def events(self) -> str:
+        return self.name("events")
+
+    @property
+    def play_results(self) -> str:
+        return self.name("play-results")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("dlq")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLOW8_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
+    )
+    mongodb_uri: str = Field(
+        default="mongodb://127.0.0.1:27017", validation_alias=AliasChoices("mongodb_uri", "MONGODB_URI")
+    )
+    mongodb_database: str = Field(
+        default="flow8", validation_alias=AliasChoices("mongodb_database", "MONGODB_DATABASE")
+    )
+    server_port: int = Field(default=4454, ge=0, le=65535, validation_alias=AliasChoices("server_port", "SERVER_PORT"))
+    server_host: str = Field(default="127.0.0.1", validation_alias=AliasChoices("server_host", "SERVER_HOST"))
+    advertised_host: str = Field(
+        default_factory=socket.gethostname,
+        validation_alias=AliasChoices("advertised_host", "ADVERTISED_HOST"),
+        description="How other workers reach this one's HTTP port (default: the host name).",
+    )
+    channel_port_range: str = Field(
+        default="7701-7799", validation_alias=AliasChoices("channel_port_range", "CHANNEL_PORT_RANGE")
+    )
+    channel_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        validation_alias=AliasChoices("channel_pool_size", "CHANNEL_POOL_SIZE"),
+        description="Channels to run; the whole port range when unset (the seed's 7701-7799 holds 99 ports).",
+    )
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        validation_alias=AliasChoices("worker_id", "WORKER_ID"),
+        description="Names this instance (its data folder too); default host name and pid.",
+    )
+    group_id: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
+    data_dir: Path = Path(".flow8")
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    commit_interval_ms: int = Field(default=100, ge=10, le=60_000)
+    executor_concurrency: int = Field(default=64, ge=1, le=10_000)
+    projector_batch: int = Field(default=500, ge=1, le=100_000)
+    topics: Topics = Topics()
+    cache: Caches = Caches()
+    execution: Execution = Execution()
+    kv_incr_dedup_window: int = Field(default=1000, ge=10, le=100_000)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("channel_port_range")
+    @classmethod
+    def _check_range(cls, value: str) -> str:
+        match = PORT_RANGE.match(value)
+        if not match:
+            raise ValueError(f"CHANNEL_PORT_RANGE {value!r} is not a range like 7701-7799")
+        low, high = int(match.group(1)), int(match.group(2))
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"CHANNEL_PORT_RANGE {value!r}: ports must satisfy 1 <= low <= high <= 65535")
+        return f"{low}-{high}"
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> Settings:
+        size = len(self.channel_ports)
+        if self.server_port in self.channel_ports:
+            raise ValueError(
+                f"SERVER_PORT {self.server_port} is inside CHANNEL_PORT_RANGE {self.channel_port_range}; "
+                "give the HTTP server a port of its own"
+            )
+        if self.channel_pool_size is None:
+            self.channel_pool_size = size
+        elif self.channel_pool_size > size:
+            raise ValueError(
+                f"CHANNEL_POOL_SIZE {self.channel_pool_size} is larger than CHANNEL_PORT_RANGE "
+                f"{self.channel_port_range} ({size} ports)"
+            )
+        return self
+
+    @property
+    def channel_ports(self) -> range:
+        low, high = (int(p) for p in self.channel_port_range.split("-"))
+        return range(low, high + 1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get("path")
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def load_settings(config: Path | None = None, **flags: Any) -> Settings:
+    """Build settings from flags (None values are ignored), env, then the YAML file."""
+    path = config or (Path(os.environ["FLOW8_CONFIG"]) if os.environ.get("FLOW8_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise InvalidInput(f"settings file {path}: no such file")
+    _CONFIG_FILE["path"] = path
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        )
+        raise InvalidInput(f"invalid settings: {problems}") from None
+    finally:
+        _CONFIG_FILE.pop("path", None)

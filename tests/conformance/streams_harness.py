@@ -1,0 +1,264 @@
+"""The conformance ``Harness`` over the streams runtime: real ``flow8 worker`` processes
+on the Kafka broker and the MongoDB wire-protocol server that scripts/services starts.
+
+A test talks to the runtime only as its users do: StartPlay / CancelPlay on
+``flow8.commands``, the event log read from ``flow8.events`` (read_committed),
+the projection and KV store read from MongoDB. ``restart`` is ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, Event, event_adapter
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.messages import CancelPlay, StartPlay
+from flow8_streams.domain.state import PlayState
+from flow8_streams.engine import fold
+from flow8_streams.runtimes.streams.admin import ensure_topics
+from flow8_streams.runtimes.streams.client import CommandProducer
+from flow8_streams.settings import Settings, load_settings
+from flow8_streams.stores.mongo import MongoStore
+
+from .harness import EVENT_TIMEOUT_S, EventPredicate
+
+READY_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerGroup:
+    """N ``flow8 worker`` processes in one consumer group, on topics and a database of their own."""
+
+    def __init__(self, kafka: str, mongodb_uri: str, workdir: Path, *, count: int = 1, name: str | None = None) -> None:
+        self.name = name or f"t{uuid.uuid4().hex[:10]}"
+        self.workdir = workdir
+        self.count = count
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_"))},
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "MONGODB_URI": mongodb_uri,
+            "MONGODB_DATABASE": self.name,
+            "FLOW8_TOPICS__PREFIX": self.name,
+            "FLOW8_GROUP_ID": self.name,
+            "FLOW8_DATA_DIR": str(workdir / "data"),
+            "FLOW8_LOG_LEVEL": "warning",
+        }
+        self.settings: Settings = load_settings(
+            kafka_bootstrap_servers=kafka, mongodb_uri=mongodb_uri, mongodb_database=self.name,
+            topics={"prefix": self.name}, group_id=self.name,
+        )
+        self.processes: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.generation = 0
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings)
+        flow8 = shutil.which("flow8", path=str(Path(sys.executable).parent)) or "flow8"
+        self.generation += 1
+        for i in range(self.count):
+            port = free_port()
+            env = {**self.env, "SERVER_PORT": str(port), "WORKER_ID": f"{self.name}-w{i}-g{self.generation}"}
+            log = open(self.workdir / f"worker-{i}-g{self.generation}.log", "wb")  # noqa: SIM115 - the child owns it
+            proc = subprocess.Popen([flow8, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            self.processes.append((proc, port))
+        await self.wait_ready()
+
+    async def wait_ready(self) -> None:
+        """Every worker answers /healthz and the group has assigned all command partitions."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        commands = self.settings.topics.commands
+        want = {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
+        while True:
+            assigned: set[str] = set()
+            for proc, port in self.processes:
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker exited with {proc.returncode}; see {self.workdir}")
+                url = f"http://127.0.0.1:{port}/healthz"
+                with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as response:
+                    assigned |= set(orjson.loads(response.read())["assigned"])
+            if want <= assigned:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not ready after {READY_TIMEOUT_S} s; see logs in {self.workdir}")
+            await asyncio.sleep(0.2)  # polling another process's readiness: there is no event to await
+
+    def kill(self, index: int | None = None) -> None:
+        """``kill -9`` one worker (or all)."""
+        victims = self.processes if index is None else [self.processes[index]]
+        for proc, _ in victims:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.processes = [p for p in self.processes if p not in victims]
+
+    def stop(self) -> None:
+        for proc, _ in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc, _ in self.processes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes = []
+
+
+class EventTap:
+    """Reads ``flow8.events`` (read_committed) in the background; counts any (play_id, seq) seen twice."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.events: dict[str, dict[int, Event]] = defaultdict(dict)
+        self.duplicates: list[tuple[str, int]] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def open(self, *, from_beginning: bool = False) -> None:
+        topic = self.settings.topics.events
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(self.settings.topics.partitions)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="event-tap")
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            if not batch:
+                continue
+            for messages in batch.values():
+                for m in messages:
+                    event = event_adapter.validate_json(m.value or b"")
+                    seen = self.events[event.play_id]
+                    if event.seq in seen:
+                        self.duplicates.append((event.play_id, event.seq))
+                    seen[event.seq] = event
+            async with self._changed:
+                self._changed.notify_all()
+
+    def history(self, play_id: str) -> list[Event]:
+        return [e for _, e in sorted(self.events.get(play_id, {}).items())]
+
+    async def wait_for(self, play_id: str, predicate: EventPredicate, timeout: float = EVENT_TIMEOUT_S) -> Event:
+        async def first() -> Event:
+            async with self._changed:
+                while True:
+                    for event in self.history(play_id):
+                        if predicate(event):
+                            return event
+                    await self._changed.wait()
+
+        try:
+            async with asyncio.timeout(timeout):
+                return await first()
+        except TimeoutError:
+            raise AssertionError(f"play {play_id}: no matching event within {timeout} s") from None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class StreamsHarness:
+    def __init__(self, group: WorkerGroup) -> None:
+        self.group = group
+        self.settings = group.settings
+        self.tap = EventTap(self.settings)
+        self.store = MongoStore(self.settings.mongodb_uri, self.settings.mongodb_database)
+        self.producer = CommandProducer(self.settings)
+        self.wait_timeout = EVENT_TIMEOUT_S
+
+    async def open(self) -> StreamsHarness:
+        await self.store.open()
+        await self.producer.__aenter__()
+        await self.tap.open()
+        return self
+
+    async def close(self) -> None:
+        await self.tap.close()
+        await self.producer.__aexit__()
+        await self.store.close()
+
+    async def start(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> None:
+        await self.store.flows.put(company_id, flow)
+        command = StartPlay(
+            company_id=company_id, flow=flow.name, flow_version=flow.version, play_id=play_id, input=input
+        )
+        await self.producer.send(command)
+        await self.producer.flush()
+
+    async def run(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> PlayState:
+        await self.start(flow, input, company_id=company_id, play_id=play_id)
+        return await self.wait(play_id)
+
+    async def cancel(self, play_id: str, company_id: str) -> None:
+        await self.producer.send(CancelPlay(company_id=company_id, play_id=play_id))
+        await self.producer.flush()
+
+    async def wait(self, play_id: str) -> PlayState:
+        await self.tap.wait_for(play_id, lambda e: e.type in TERMINAL_EVENT_TYPES, self.wait_timeout)
+        state = fold(self.tap.history(play_id))
+        assert state is not None
+        return state
+
+    async def events(self, play_id: str) -> list[Event]:
+        return self.tap.history(play_id)
+
+    async def wait_for_event(self, play_id: str, predicate: EventPredicate) -> Event:
+        return await self.tap.wait_for(play_id, predicate, self.wait_timeout)
+
+    async def projection(self, company_id: str, play_id: str) -> PlayState | None:
+        """The projector writes in batches after the events: wait until it caught up."""
+        want = len(self.tap.history(play_id))
+        deadline = time.monotonic() + EVENT_TIMEOUT_S
+        while True:
+            state = await self.store.plays.get(company_id, play_id)
+            if (state is not None and state.seq >= want) or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.05)  # the projection has no event of its own to await
+
+    async def kv_get(self, company_id: str, key: str) -> Any:
+        entry = await self.store.kv.get(company_id, key)
+        return None if entry is None else entry.value
+
+    async def restart(self) -> None:
+        self.group.kill()
+        await self.group.start()
