@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -10,13 +11,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayStatus
+from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.local import LocalRuntime
+from flow8_streams.settings import Settings
 from flow8_streams.stores.sqlite import SqliteStore
 
+RESULT_TIMEOUT_S = 120
 DIAMOND = FlowDefinition.model_validate(
     {
         "name": "bench-diamond",
@@ -99,3 +104,92 @@ async def _drive(
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, plays)))))
     return BenchResult(plays, concurrency, time.perf_counter() - t0, latencies, failed)
+
+
+async def bench_streams(
+    settings: Settings,
+    plays: int,
+    concurrency: int,
+    workers: int,
+    workdir: Path,
+    progress: Callable[[int], None] | None = None,
+    warmup: int = 50,
+) -> BenchResult:
+    """Start ``workers`` real ``flow8 worker`` processes on topics and a database of
+    their own, then time plays from the StartPlay's produce to its consumed result."""
+    from flow8_streams.runtimes.streams.client import CommandProducer, tail_results
+    from flow8_streams.runtimes.streams.launcher import WorkerGroup
+    from flow8_streams.stores.mongo import MongoStore
+
+    group = WorkerGroup(settings.kafka_bootstrap_servers, settings.mongodb_uri, workdir, count=workers)
+    await group.start()
+    companies = [f"bench-{i}" for i in range(16)]
+    store = MongoStore(group.settings.mongodb_uri, group.settings.mongodb_database)
+    try:
+        await store.open()
+        for company in companies:
+            await store.flows.put(company, DIAMOND)
+        done: dict[str, asyncio.Future[float]] = {}
+        ready = asyncio.Event()
+
+        async def collect() -> None:
+            async for result, consumed_at in tail_results(group.settings, on_ready=ready.set):
+                fut = done.get(result.play_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(consumed_at)
+
+        collector = asyncio.create_task(collect())
+        try:
+            await ready.wait()
+            async with CommandProducer(group.settings) as producer:
+                await _drive_streams(producer, done, companies, warmup, min(concurrency, warmup), None)
+                return await _drive_streams(producer, done, companies, plays, concurrency, progress)
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+    finally:
+        await store.close()
+        group.stop()
+
+
+async def _drive_streams(
+    producer: Any,
+    done: dict[str, asyncio.Future[float]],
+    companies: list[str],
+    plays: int,
+    concurrency: int,
+    progress: Callable[[int], None] | None,
+) -> BenchResult:
+    from flow8_streams.domain.messages import StartPlay
+
+    loop = asyncio.get_running_loop()
+    run_id = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    next_index = 0
+
+    async def one_at_a_time() -> None:
+        nonlocal next_index
+        while next_index < plays:
+            index = next_index
+            next_index += 1
+            play_id = f"b-{run_id}-{index}"
+            done[play_id] = loop.create_future()
+            command = StartPlay(
+                company_id=companies[index % len(companies)], flow=DIAMOND.name, play_id=play_id, input={"i": index}
+            )
+            sent_at = await producer.send(command)
+            await producer.flush()
+            try:
+                consumed_at = await asyncio.wait_for(done[play_id], timeout=RESULT_TIMEOUT_S)
+            except TimeoutError:
+                raise Flow8Error(f"play {play_id}: no result within {RESULT_TIMEOUT_S} s") from None
+            finally:
+                done.pop(play_id, None)
+            latencies.append((consumed_at - sent_at) * 1000)
+            if progress is not None:
+                progress(1)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_at_a_time() for _ in range(max(1, min(concurrency, plays)))))
+    return BenchResult(plays, concurrency, time.perf_counter() - t0, latencies, 0)

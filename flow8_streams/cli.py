@@ -376,16 +376,34 @@ def bench(
     runtime: Annotated[str, typer.Option("--runtime", help="local (embedded) or streams.")] = "local",
     plays: Annotated[int, typer.Option("--plays", min=1)] = 2000,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 50,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (default: a temporary one).")] = None,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file (local; default: a temporary one).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=8, help="streams: flow8 worker processes.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line of results.")] = False,
 ) -> None:
-    """Run N plays of a 4-flowlet diamond of no-op modules; print plays/s and latency percentiles."""
-    from flow8_streams.bench import bench_local
+    """Run N plays of a 4-flowlet diamond of no-op modules; print plays/s and latency percentiles.
 
-    if runtime != "local":
-        raise InvalidInput(f"--runtime {runtime!r}: only 'local' is available in this build")
+    streams: starts WORKERS `flow8 worker` processes on Kafka ($KAFKA_BOOTSTRAP_SERVERS) and
+    MongoDB ($MONGODB_URI) with topics of their own, and times each play from the produce of
+    its StartPlay to the consumption of its result on flow8.play-results.
+    """
+    import tempfile
+
+    from flow8_streams.bench import bench_local, bench_streams
+
+    if runtime not in ("local", "streams"):
+        raise InvalidInput(f"--runtime {runtime!r}: choose local or streams")
+
+    def measure(progress: Any = None) -> Any:
+        if runtime == "local":
+            return _run_async(bench_local(plays, concurrency, db, progress))
+        from flow8_streams.settings import load_settings
+
+        settings = load_settings()
+        with tempfile.TemporaryDirectory(prefix="flow8-bench-") as tmp:
+            return _run_async(bench_streams(settings, plays, concurrency, workers, Path(tmp), progress))
+
     if json_out or not err.is_terminal:
-        result = _run_async(bench_local(plays, concurrency, db))
+        result = measure()
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -398,13 +416,14 @@ def bench(
             transient=True,
         ) as bar:
             task = bar.add_task("plays", total=plays)
-            result = _run_async(bench_local(plays, concurrency, db, lambda n: bar.advance(task, n)))
+            result = measure(lambda n: bar.advance(task, n))
     figures = result.as_dict()
     if json_out:
         sys.stdout.write(dumps(figures, indent=False) + "\n")
         return
     out.print(
-        f"{runtime}: {figures['plays']} plays, concurrency {concurrency}: "
+        f"{runtime}{f' ({workers} workers)' if runtime == 'streams' else ''}: {figures['plays']} plays, "
+        f"concurrency {concurrency}: "
         f"[bold]{figures['plays_per_s']} plays/s[/], p50 {figures['p50_ms']} ms, "
         f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms ({figures['failed']} failed)"
     )

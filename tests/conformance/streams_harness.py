@@ -20,11 +20,13 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
@@ -47,10 +49,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def parse_metrics(text: str) -> dict[Sample, float]:
+    """Prometheus text as ``{(sample name, frozenset(labels)): value}``."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (0 when there is none)."""
+    want = set(labels.items())
+    return sum(value for (n, have), value in samples.items() if n == name and want <= have)
+
+
 class WorkerGroup:
     """N ``flow8 worker`` processes in one consumer group, on topics and a database of their own."""
 
-    def __init__(self, kafka: str, mongodb_uri: str, workdir: Path, *, count: int = 1, name: str | None = None) -> None:
+    def __init__(
+        self,
+        kafka: str,
+        mongodb_uri: str,
+        workdir: Path,
+        *,
+        count: int = 1,
+        name: str | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.workdir = workdir
         self.count = count
@@ -62,7 +91,7 @@ class WorkerGroup:
             "FLOW8_TOPICS__PREFIX": self.name,
             "FLOW8_GROUP_ID": self.name,
             "FLOW8_DATA_DIR": str(workdir / "data"),
-            "FLOW8_LOG_LEVEL": "warning",
+            "FLOW8_LOG_LEVEL": log_level,
         }
         self.settings: Settings = load_settings(
             kafka_bootstrap_servers=kafka, mongodb_uri=mongodb_uri, mongodb_database=self.name,
@@ -85,23 +114,48 @@ class WorkerGroup:
         await self.wait_ready()
 
     async def wait_ready(self) -> None:
-        """Every worker answers /healthz and the group has assigned all command partitions."""
+        """Every worker answers /healthz and the group has assigned all command partitions,
+        each to one worker, and (when there are enough) some to every worker: the group settled."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         commands = self.settings.topics.commands
         want = {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
         while True:
-            assigned: set[str] = set()
+            shares: list[set[str]] = []
             for proc, port in self.processes:
                 if proc.poll() is not None:
                     raise AssertionError(f"worker exited with {proc.returncode}; see {self.workdir}")
                 url = f"http://127.0.0.1:{port}/healthz"
                 with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as response:
-                    assigned |= set(orjson.loads(response.read())["assigned"])
-            if want <= assigned:
+                    shares.append(set(orjson.loads(response.read())["assigned"]) & want)
+            assigned = set().union(*shares)
+            settled = len(shares) == len(self.processes) and sum(map(len, shares)) == len(assigned)
+            if len(self.processes) <= len(want):
+                settled = settled and all(shares)
+            if want <= assigned and settled:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(f"workers not ready after {READY_TIMEOUT_S} s; see logs in {self.workdir}")
             await asyncio.sleep(0.2)  # polling another process's readiness: there is no event to await
+
+    def port(self, index: int = 0) -> int:
+        """The HTTP port (/healthz, /metrics) of the index-th running worker."""
+        return self.processes[index][1]
+
+    def pid(self, index: int = 0) -> int:
+        return self.processes[index][0].pid
+
+    def get(self, index: int, path: str) -> tuple[str, bytes]:
+        """GET ``path`` on a worker's HTTP port: (content type, body)."""
+        url = f"http://127.0.0.1:{self.port(index)}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.headers.get("Content-Type", ""), response.read()
+
+    def healthz(self, index: int = 0) -> Any:
+        return orjson.loads(self.get(index, "/healthz")[1])
+
+    def metrics(self, index: int = 0) -> dict[Sample, float]:
+        """A worker's /metrics, parsed (see ``metric`` to read one)."""
+        return parse_metrics(self.get(index, "/metrics")[1].decode())
 
     def kill(self, index: int | None = None) -> None:
         """``kill -9`` one worker (or all)."""
@@ -132,6 +186,8 @@ class EventTap:
         self.settings = settings
         self.events: dict[str, dict[int, Event]] = defaultdict(dict)
         self.duplicates: list[tuple[str, int]] = []
+        self.terminal: dict[str, str] = {}  # play_id -> type of its terminal event
+        self.partition: dict[str, int] = {}  # play_id -> the events partition its events are on
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -167,6 +223,9 @@ class EventTap:
                     if event.seq in seen:
                         self.duplicates.append((event.play_id, event.seq))
                     seen[event.seq] = event
+                    self.partition[event.play_id] = m.partition
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        self.terminal[event.play_id] = event.type
             async with self._changed:
                 self._changed.notify_all()
 
@@ -187,6 +246,22 @@ class EventTap:
                 return await first()
         except TimeoutError:
             raise AssertionError(f"play {play_id}: no matching event within {timeout} s") from None
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+        """Until ``condition()`` holds, re-checked after each batch of events read."""
+
+        async def until() -> None:
+            async with self._changed:
+                while not condition():
+                    if self._task is not None and self._task.done():
+                        self._task.result()  # the reader died: say why
+                    await self._changed.wait()
+
+        try:
+            async with asyncio.timeout(timeout):
+                await until()
+        except TimeoutError:
+            raise AssertionError(f"not within {timeout} s: {what if isinstance(what, str) else what()}") from None
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,0 +1,105 @@
+"""Helpers of the streams runtime's own tests (real ``flow8 worker`` processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.modules import builtin
+from flow8_streams.runtimes.streams.client import tail_results
+from flow8_streams.settings import Settings
+from tests.conformance.streams_harness import WorkerGroup
+from tests.services import require_service
+
+
+def make_flow(name: str, *flowlets: dict[str, Any]) -> FlowDefinition:
+    """A validated flow of built-in modules."""
+    return FlowDefinition.model_validate({"name": name, "flowlets": list(flowlets)}).check(builtin.MODULES)
+
+
+def fl(name: str, module: str, *depends_on: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "module_ref": module, "depends_on": list(depends_on), **extra}
+
+
+@contextlib.contextmanager
+def running_group(workdir: Path, count: int = 1) -> Iterator[WorkerGroup]:
+    """``count`` workers on topics, a group and a database of their own; all stopped at the end."""
+    kafka = require_service("KAFKA_BOOTSTRAP_SERVERS")
+    mongodb_uri = require_service("MONGODB_URI")
+    # FLOW8_TEST_WORKER_LOG_LEVEL=info makes the workers' logs (in ``workdir``) tell more when a test fails
+    log_level = os.environ.get("FLOW8_TEST_WORKER_LOG_LEVEL", "warning")
+    group = WorkerGroup(kafka, mongodb_uri, workdir, count=count, log_level=log_level)
+    try:
+        asyncio.run(group.start())
+        yield group
+    finally:
+        group.stop()
+        assert group.processes == []
+
+
+class ResultCollector:
+    """Every play result on ``flow8.play-results`` (read_committed, from the beginning), in the background."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.results: dict[str, Any] = {}
+        self.seen: dict[str, int] = {}
+        self._changed = asyncio.Condition()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def duplicates(self) -> list[str]:
+        return sorted(play_id for play_id, n in self.seen.items() if n > 1)
+
+    async def open(self) -> ResultCollector:
+        self._task = asyncio.create_task(self._run(), name="result-collector")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            self._task.result()  # the consumer failed to start: raise why
+        return self
+
+    async def _run(self) -> None:
+        async for result, _ in tail_results(self.settings, from_beginning=True, on_ready=self._ready.set):
+            self.results[result.play_id] = result
+            self.seen[result.play_id] = self.seen.get(result.play_id, 0) + 1
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_for(self, play_ids: set[str], timeout: float) -> None:
+        async def until() -> None:
+            async with self._changed:
+                while not play_ids <= self.results.keys():
+                    assert self._task is not None
+                    if self._task.done():
+                        self._task.result()
+                    await self._changed.wait()
+
+        try:
+            async with asyncio.timeout(timeout):
+                await until()
+        except TimeoutError:
+            missing = len(play_ids - self.results.keys())
+            raise AssertionError(f"{missing} of {len(play_ids)} play results missing after {timeout} s") from None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@contextlib.asynccontextmanager
+async def collecting_results(settings: Settings) -> AsyncIterator[ResultCollector]:
+    collector = await ResultCollector(settings).open()
+    try:
+        yield collector
+    finally:
+        await collector.close()

@@ -1,0 +1,143 @@
+"""The acceptance test of the streams runtime: ``kill -9`` of one worker of three, mid-load.
+
+Three ``flow8 worker`` processes in one consumer group share 12 partitions. 1,000 plays
+over 50 companies run a small DAG with an async step (so plays are in flight over time)
+and a KV counter. After a few hundred results, one worker is killed without warning.
+Exactly-once means: every play completes, no event is written twice, every history
+chains, every play has exactly one result, and the counters add up to exactly 1,000.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
+from flow8_streams.domain.messages import StartPlay
+from flow8_streams.domain.state import PlayStatus
+from flow8_streams.engine import fold
+from flow8_streams.runtimes.streams.client import CommandProducer
+from flow8_streams.stores.mongo import MongoStore
+from tests.conformance.streams_harness import EventTap, WorkerGroup
+
+from .support import collecting_results, fl, make_flow, running_group
+
+pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
+
+PLAYS = 1000
+COMPANIES = 50
+KILL_AFTER = 300  # finished plays before the kill
+COUNTER = "plays_done"
+GUARD_S = 240.0  # every play finished within this after the kill (the dead member's session expires in 60 s)
+
+FLOW = make_flow(
+    "faulty",
+    fl("start", "echo", input={"n": "${input.n}"}),
+    fl("wait", "sleep", "start", input={"seconds": 0.05}),
+    fl("count", "kv.incr", "start", input={"key": COUNTER, "by": 1}),
+    fl("done", "echo", "wait", "count", input={"n": "${flowlets.start.output.n}", "count": "${flowlets.count.output}"}),
+)
+
+
+@pytest.fixture(scope="module")
+def three_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
+    with running_group(tmp_path_factory.mktemp("workers"), count=3) as group:
+        yield group
+
+
+def commands_partitions(group: WorkerGroup, index: int) -> set[int]:
+    commands = group.settings.topics.commands
+    assigned = group.healthz(index)["assigned"]
+    return {int(tp[len(commands) + 1 : -1]) for tp in assigned if tp.startswith(f"{commands}[")}
+
+
+@pytest.mark.timeout(400)
+async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
+    three_workers: WorkerGroup, no_leaked_tasks: None
+) -> None:
+    group = three_workers
+    settings = group.settings
+    companies = [f"co-{i:02d}" for i in range(COMPANIES)]
+    plays = {str(uuid.uuid4()): companies[i % COMPANIES] for i in range(PLAYS)}
+    number = {play_id: n for n, play_id in enumerate(plays)}
+    owned = [commands_partitions(group, i) for i in range(3)]
+    assert sorted(p for parts in owned for p in parts) == list(range(settings.topics.partitions)), owned
+    victim = 1
+    assert owned[victim], "the worker to kill owns no partition: killing it would prove nothing"
+
+    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    tap = EventTap(settings)
+    try:
+        for company in companies:
+            await store.flows.put(company, FLOW)
+        await tap.open(from_beginning=True)
+        async with collecting_results(settings) as results, CommandProducer(settings) as producer:
+            t0 = time.monotonic()
+            for play_id, company in plays.items():
+                command = StartPlay(company_id=company, flow=FLOW.name, play_id=play_id, input={"n": number[play_id]})
+                await producer.send(command)
+            await producer.flush()
+
+            await tap.wait_until(lambda: len(tap.terminal) >= KILL_AFTER, 120, f"{KILL_AFTER} plays finished")
+            group.kill(victim)
+            killed_at = time.monotonic()
+            done_before_kill = set(tap.terminal)
+            assert len(done_before_kill) < PLAYS, "every play finished before the kill: nothing was in flight"
+
+            await tap.wait_until(
+                lambda: plays.keys() <= tap.terminal.keys(),
+                GUARD_S,
+                lambda: f"all {PLAYS} plays finished ({PLAYS - len(plays.keys() & tap.terminal.keys())} still running)",
+            )
+            await results.wait_for(set(plays), 60)
+            took = time.monotonic() - t0
+            print(
+                f"\n{PLAYS} plays: {len(done_before_kill)} done at the kill ({killed_at - t0:.1f} s), "
+                f"all done {took:.1f} s after the first command"
+            )
+
+        # every play completed, once
+        outcomes = Counter(tap.terminal[p] for p in plays)
+        assert outcomes == {"PlayCompleted": PLAYS}, outcomes
+        assert tap.duplicates == [], f"(play_id, seq) written twice to flow8.events: {tap.duplicates[:10]}"
+
+        # the victim's plays were taken over: some of its partitions' plays finished after the kill
+        victim_parts = owned[victim]
+        taken_over = [p for p in plays if p not in done_before_kill and tap.partition[p] in victim_parts]
+        assert taken_over, "no play of the killed worker's partitions finished after the kill"
+
+        # every history chains from genesis and folds to a succeeded play with one start and one end
+        for play_id, company in plays.items():
+            history = tap.history(play_id)
+            assert verify_chain(history) == [], (play_id, verify_chain(history))
+            types = [e.type for e in history]
+            assert types.count("PlayStarted") == 1 and sum(t in TERMINAL_EVENT_TYPES for t in types) == 1, types
+            state = fold(history)
+            assert state is not None and state.status is PlayStatus.SUCCEEDED, (play_id, types)
+            assert state.company_id == company
+
+        # one result per play, all succeeded, nothing else on the topic
+        assert results.duplicates == [], f"play results delivered twice: {results.duplicates[:10]}"
+        assert results.results.keys() == plays.keys()
+        statuses = Counter(r.status for r in results.results.values())
+        assert statuses == {"succeeded": PLAYS}, statuses
+        for play_id, result in results.results.items():
+            assert result.company_id == plays[play_id]
+            assert result.output["done"]["n"] == number[play_id], result.output
+
+        # the counters: each company counted each of its plays exactly once
+        counted: dict[str, float] = {}
+        for company in companies:
+            entry = await store.kv.get(company, COUNTER)
+            counted[company] = 0 if entry is None else entry.value
+        expected = Counter(plays.values())
+        wrong = {c: (counted[c], expected[c]) for c in companies if counted[c] != expected[c]}
+        assert wrong == {}, f"kv counters (got, expected) that are off: {wrong}"
+        assert sum(counted.values()) == PLAYS
+    finally:
+        await tap.close()
+        await store.close()
