@@ -25,12 +25,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from faust.assignor import PartitionAssignor
+from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import EventT
 
 from flow8_streams.domain import events as ev
@@ -68,6 +68,31 @@ class Flow8Assignor(PartitionAssignor):
         return min(groups.values(), default=0)
 
 
+class Flow8Consumer(kafka_driver.Consumer):
+    """Records fetched while a rebalance stops the flow are dropped, and faust then seeks
+    every partition back to its committed offset to fetch them again. aiokafka's
+    ``seek_to_committed`` leaves a partition WITHOUT a committed offset where it is, so
+    there the dropped records were skipped for good: commands sent while a worker joined
+    were never processed. Such a partition goes back to its beginning here (the group's
+    reset policy is earliest); what is read again, the engine has seen and ignores."""
+
+    async def seek_to_committed(self) -> Any:
+        committed = await super().seek_to_committed()
+        never = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
+        if never:
+            await self._thread.seek_to_beginning(*never)
+        return committed
+
+
+class Flow8Transport(kafka_driver.Transport):
+    Consumer = Flow8Consumer
+
+
+class FaustApp(faust.App):
+    def _new_transport(self) -> Any:
+        return Flow8Transport(self.conf.broker_consumer, self)
+
+
 class Slot:
     """A play's entry in the orchestrator table: its partition and its state."""
 
@@ -94,7 +119,7 @@ class Flow8App:
         s = settings
         datadir = s.data_dir / s.worker_id
         datadir.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
+        self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
             store="memory://",
@@ -344,11 +369,19 @@ class Flow8App:
 
     async def _projector(self, stream: faust.StreamT[bytes]) -> None:
         batch_size = self.settings.projector_batch
-        async for values in stream.take(batch_size, within=0.05):
-            batch = list(_decode_events(values))
-            if batch:
-                await self.store.plays.apply(batch)
-                self.metrics.projection_batch.observe(len(batch))
+        async for received in stream.take_events(batch_size, within=0.05):  # type: ignore[attr-defined]
+            batch: list[ev.Event] = []
+            for event in received:
+                try:
+                    batch.append(ev.event_adapter.validate_json(event.value or b""))
+                except ValueError as exc:  # a foreign producer wrote to the events topic
+                    await self._dead_letter(event, "invalid_event", f"event: {str(exc)[:500]}")
+            if not batch:
+                continue
+            result = await self.store.plays.apply(batch)
+            self.metrics.projection_batch.observe(len(batch))
+            for gap in result.gaps:
+                log.warning("projection of %s is behind the log: %s (replay the play to repair it)", gap.play_id, gap)
 
     # ------------------------------------------------------------ web
 
@@ -369,11 +402,3 @@ class Flow8App:
             if high is not None:
                 lag = max(0, high - (committed or 0))
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-
-
-def _decode_events(values: Iterable[bytes]) -> Iterable[ev.Event]:
-    for raw in values:
-        try:
-            yield ev.event_adapter.validate_json(raw)
-        except Exception:  # written by the orchestrator; skip what a foreign producer put there
-            log.warning("projector skipped an undecodable event of %d bytes", len(raw or b""))
