@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -30,6 +30,9 @@ from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.sqlite import SqliteStore
 
+if TYPE_CHECKING:
+    from flow8_streams.channels import ChannelPool
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -43,9 +46,11 @@ app = typer.Typer(
 plays_app = typer.Typer(help="Plays recorded in the local database.", no_args_is_help=True)
 kv_app = typer.Typer(help="The per-company KV store of the local database.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of commands, events and flows.", no_args_is_help=True)
+channels_app = typer.Typer(help="Channels: the worker processes behind CHANNEL_PORT_RANGE.", no_args_is_help=True)
 app.add_typer(plays_app, name="plays")
 app.add_typer(kv_app, name="kv")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(channels_app, name="channels")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -80,11 +85,15 @@ def _run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
-def _registry(modules: list[str] | None) -> ModuleRegistry:
+def _sources(modules: list[str] | None) -> list[str]:
     sources: list[str] = []
     for item in modules or []:
         sources.extend(s for s in item.split(",") if s)
-    return ModuleRegistry.default(sources)
+    return sources
+
+
+def _registry(modules: list[str] | None) -> ModuleRegistry:
+    return ModuleRegistry.default(_sources(modules))
 
 
 def _store(db: Path) -> SqliteStore:
@@ -148,6 +157,14 @@ def run(
     db: DbOpt = DEFAULT_DB,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
     modules: ModulesOpt = None,
+    channels: Annotated[
+        bool,
+        typer.Option(
+            "--channels",
+            help="Run flowlets with defer_after_ms (and channel modules) on channel worker processes: "
+            "a pool on CHANNEL_PORT_RANGE / CHANNEL_POOL_SIZE, started for this run.",
+        ),
+    ] = False,
 ) -> None:
     """Run one play of FLOW to its end on the embedded runtime (exit 0 if it succeeded, 1 if not)."""
     registry = _registry(modules)
@@ -158,7 +175,8 @@ def run(
     command = StartPlay(company_id=company, flow=flow.name, play_id=play_id or str(uuid.uuid4()), input=play_input)
     assert command.play_id is not None
     live = not json_out and out.is_terminal
-    state = _run_async(_run_play(db, registry, flow, command.play_id, company, play_input, live))
+    pool_sources = _sources(modules) if channels else None
+    state = _run_async(_run_play(db, registry, flow, command.play_id, company, play_input, live, pool_sources))
     if json_out:
         sys.stdout.write(dumps(state.public()) + "\n")
     else:
@@ -169,10 +187,16 @@ def run(
 
 
 async def _run_play(
-    db: Path, registry: ModuleRegistry, flow: Any, play_id: str, company: str, play_input: Any, live: bool
+    db: Path,
+    registry: ModuleRegistry,
+    flow: Any,
+    play_id: str,
+    company: str,
+    play_input: Any,
+    live: bool,
+    channel_sources: list[str] | None = None,
 ) -> PlayState:
-    from flow8_streams.runtimes.local import LocalRuntime
-
+    """``channel_sources`` (the --modules list) given: run with a channel pool, closed at the end."""
     store = _store(db)
     try:
         recorded = store.plays.get_sync(play_id)
@@ -180,22 +204,47 @@ async def _run_play(
             raise InvalidInput(f"play {play_id} belongs to company {recorded.company_id!r}, not {company!r}")
         if recorded is not None and recorded.finished:
             return recorded  # idempotent: a play the db holds is printed, not run again
-        async with LocalRuntime(store, registry) as runtime:
-            if not live:
-                return await runtime.run(flow, play_input, company_id=company, play_id=play_id)
-            from flow8_streams.live import live_view
+        if channel_sources is None:
+            return await _drive_play(store, registry, flow, play_id, company, play_input, live, None)
+        from flow8_streams.channels import ChannelPool
+        from flow8_streams.settings import load_settings
 
-            await runtime.start(flow, play_input, company_id=company, play_id=play_id)
-            waiter = asyncio.create_task(runtime.wait(play_id))
-            with Live(console=out, refresh_per_second=10, transient=True) as view:
-                while not waiter.done():
-                    state = runtime.state(play_id)
-                    if state is not None:
-                        view.update(live_view(state))
-                    await asyncio.wait({waiter}, timeout=0.1)
-            return waiter.result()
+        pool = ChannelPool.from_settings(load_settings(), module_sources=channel_sources, kv_db=db)
+        try:
+            await pool.start()  # a port in use: InvalidInput naming it (exit 2)
+            return await _drive_play(store, registry, flow, play_id, company, play_input, live, pool)
+        finally:
+            await pool.close()
     finally:
         store.close()
+
+
+async def _drive_play(
+    store: SqliteStore,
+    registry: ModuleRegistry,
+    flow: Any,
+    play_id: str,
+    company: str,
+    play_input: Any,
+    live: bool,
+    pool: ChannelPool | None,
+) -> PlayState:
+    from flow8_streams.runtimes.local import LocalRuntime
+
+    async with LocalRuntime(store, registry, channels=pool) as runtime:
+        if not live:
+            return await runtime.run(flow, play_input, company_id=company, play_id=play_id)
+        from flow8_streams.live import live_view
+
+        await runtime.start(flow, play_input, company_id=company, play_id=play_id)
+        waiter = asyncio.create_task(runtime.wait(play_id))
+        with Live(console=out, refresh_per_second=10, transient=True) as view:
+            while not waiter.done():
+                state = runtime.state(play_id)
+                if state is not None:
+                    view.update(live_view(state))
+                await asyncio.wait({waiter}, timeout=0.1)
+        return waiter.result()
 
 
 @app.command()
@@ -426,6 +475,71 @@ def bench(
         f"concurrency {concurrency}: "
         f"[bold]{figures['plays_per_s']} plays/s[/], p50 {figures['p50_ms']} ms, "
         f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms ({figures['failed']} failed)"
+    )
+
+
+# ---------------------------------------------------------------- channels
+
+STATE_STYLE = {"idle": "green", "busy": "yellow", "pending": "cyan", "down": "red"}
+
+
+@channels_app.command("status")
+def channels_status(
+    port_range: Annotated[
+        str | None,
+        typer.Option("--range", help="Ports to ask, like 7701-7799 (default: CHANNEL_PORT_RANGE from the settings)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Where the channels listen.")] = "127.0.0.1",
+    timeout: Annotated[float, typer.Option("--timeout", min=0.01, help="Seconds each port has to answer.")] = 0.5,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Each channel port's state: idle, busy (with which play and flowlet, since when), pending, or down."""
+    from datetime import UTC, datetime
+
+    from flow8_streams.channels.ports import format_port_range, parse_port_range
+    from flow8_streams.channels.status import age, probe_range, row
+
+    if port_range is not None:
+        ports = parse_port_range(port_range, name="--range")
+    else:
+        from flow8_streams.settings import load_settings
+
+        ports = load_settings().channel_ports
+    found = _run_async(probe_range(ports, host=host, timeout=timeout))
+    rows = [row(port, status) for port, status in found]
+    if json_out:
+        for r in rows:
+            sys.stdout.write(dumps(r, indent=False) + "\n")
+        return
+    now = datetime.now(UTC)
+    widest = max((len(r.get("play_id") or "") for r in rows), default=4)
+    table = Table(
+        Column("port", no_wrap=True),
+        Column("state", no_wrap=True),
+        "company",
+        Column("play", no_wrap=True, min_width=max(4, widest)),  # whole, to be copied
+        "flowlet",
+        Column("since", no_wrap=True),
+    )
+    for r in rows:
+        state = r["state"]
+        since = r.get("since")
+        flowlet = f"{r['flowlet']} #{r['attempt']}" if r.get("flowlet") else ""
+        table.add_row(
+            str(r["port"]),
+            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            r.get("company_id") or "",
+            r.get("play_id") or "",
+            flowlet,
+            f"{since:%H:%M:%S} ({age(since, now)})" if since is not None else "",
+        )
+    console = out if out.is_terminal else Console(highlight=False, width=max(out.width, 132))  # piped: whole rows
+    console.print(table)
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("busy", "pending", "idle", "down")}
+    up = len(rows) - counts["down"]
+    console.print(
+        f"{up} of {len(rows)} ports on {host} {format_port_range(list(ports))} answer: "
+        f"{counts['busy']} busy, {counts['pending']} pending, {counts['idle']} idle; {counts['down']} down"
     )
 
 

@@ -52,6 +52,31 @@ class Metrics:
             registry=r,
         )
         self.inflight_plays = Gauge("flow8_inflight_plays", "Plays in this instance's table.", registry=r)
+        # channels: the pool of background worker processes, one per port
+        self.channels_busy = Gauge(
+            "flow8_channels_busy", "Channels running a task (or awaiting its outside end).", registry=r
+        )
+        self.channel_tasks_waiting = Gauge(
+            "flow8_channel_tasks_waiting", "Channel tasks queued for a free channel.", registry=r
+        )
+        self.channel_task_duration = Histogram(
+            "flow8_channel_task_duration_seconds",
+            "From a channel accepting a task to its end, by outcome (succeeded, failed, timed_out, lost, cancelled).",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.channel_timeouts = Counter(
+            "flow8_channel_timeouts_total", "Channel tasks killed at their deadline.", registry=r
+        )
+        self.channels_lost = Counter(
+            "flow8_channels_lost_total",
+            "Channels lost mid-task: no heartbeat, the worker died, or its connection dropped.",
+            registry=r,
+        )
+        self.channel_restarts = Counter(
+            "flow8_channel_restarts_total", "Channel worker processes restarted on their port.", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,11 @@ only then acts on them: start module tasks, cancel timed-out ones, arm timers,
 wake waiters. A crash between decision and commit loses nothing that was
 promised; on the next start, unfinished plays are folded from the log and their
 in-flight flowlets are run again (the same attempt, so KV counters do not double).
+
+With a ``ChannelPool``, a flowlet that has ``defer_after_ms`` (or whose module is
+declared ``channel``) runs on a channel worker process instead of this loop, after
+that delay; the channel's acceptance comes back as a ``FlowletDispatch`` (recorded
+as FlowletDispatched) before the result. Without a pool such flowlets run in place.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from flow8_streams.channels.pending import Pending
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.flow import FlowDefinition
-from flow8_streams.domain.messages import CancelPlay, FlowletResult, Message, Start, Tick
+from flow8_streams.domain.messages import CancelPlay, FlowletDispatch, FlowletResult, Message, Start, Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import Flow8Error, NotFound
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from flow8_streams.channels import ChannelPool
 
 log = logging.getLogger("flow8.local")
 Listener = Callable[[Sequence[ev.Event]], None]
@@ -46,10 +55,12 @@ class LocalRuntime:
         *,
         clock: Callable[[], datetime] = utcnow,
         max_concurrency: int = 10_000,
+        channels: ChannelPool | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
+        self.channels = channels
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._states: dict[str, PlayState] = {}
         self._waiters: dict[str, list[asyncio.Future[PlayState]]] = {}
@@ -185,7 +196,7 @@ class LocalRuntime:
         for state in resumed:
             for name, f in in_flight(state):
                 if (state.play_id, name) not in self._tasks:
-                    self._dispatch(state.play_id, state.company_id, name, f.attempts, state, f.task_input)
+                    self._dispatch(state.play_id, state.company_id, name, f.attempts, state, f.task_input, f.deadline)
             self._arm_timer(state)
         for state in rearm:
             self._arm_timer(state)
@@ -196,11 +207,15 @@ class LocalRuntime:
             match event:
                 case ev.FlowletScheduled(payload=p):
                     state = touched[event.play_id]
-                    self._dispatch(event.play_id, event.company_id, p.flowlet, p.attempt, state, p.input)
+                    self._dispatch(event.play_id, event.company_id, p.flowlet, p.attempt, state, p.input, p.deadline)
                 case ev.FlowletTimedOut(payload=p) | ev.FlowletCancelled(payload=p):
                     task = self._tasks.pop((event.play_id, p.flowlet), None)
                     if task is not None:
                         task.cancel()
+                    if self.channels is not None:
+                        # kill the channel worker running it now; cancelling the task does too,
+                        # once it runs, and a second cancel is a no-op
+                        self.channels.cancel(event.play_id, p.flowlet, p.attempt)
         for play_id, state in touched.items():
             if state.finished:
                 self._states.pop(play_id, None)
@@ -229,13 +244,70 @@ class LocalRuntime:
         self._timers[state.play_id] = loop.call_later(delay, self._inbox.put_nowait, Tick(play_id=state.play_id))
 
     def _dispatch(
-        self, play_id: str, company_id: str, flowlet: str, attempt: int, state: PlayState, task_input: Any
+        self,
+        play_id: str,
+        company_id: str,
+        flowlet: str,
+        attempt: int,
+        state: PlayState,
+        task_input: Any,
+        deadline: datetime | None,
     ) -> None:
-        module_ref = state.flow.by_name[flowlet].module_ref
+        spec = state.flow.by_name[flowlet]
         key = (play_id, flowlet)
-        self._tasks[key] = asyncio.create_task(
-            self._execute(key, company_id, attempt, module_ref, task_input), name=f"flow8:{play_id}/{flowlet}"
-        )
+        if self.channels is not None and self._on_channel(spec.module_ref, spec.defer_after_ms):
+            task = Task(
+                play_id=play_id,
+                company_id=company_id,
+                flowlet=flowlet,
+                attempt=attempt,
+                module_ref=spec.module_ref,
+                input=task_input,
+                timeout_ms=spec.timeout,
+                deadline=deadline or self.clock() + timedelta(milliseconds=spec.timeout),
+                defer_after_ms=spec.defer_after_ms,
+            )
+            coro = self._execute_on_channel(key, self.channels, task)
+        else:
+            coro = self._execute(key, company_id, attempt, spec.module_ref, task_input)
+        self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{play_id}/{flowlet}")
+
+    def _on_channel(self, module_ref: str, defer_after_ms: int | None) -> bool:
+        if defer_after_ms is not None:
+            return True
+        return module_ref in self.registry and self.registry.get(module_ref).channel
+
+    async def _execute_on_channel(self, key: tuple[str, str], pool: ChannelPool, task: Task) -> None:
+        """Wait ``defer_after_ms``, run the task on a channel, and pass on its dispatch and result."""
+
+        def dispatched(play_id: str, flowlet: str, attempt: int, channel: str) -> None:
+            self._inbox.put_nowait(
+                FlowletDispatch(
+                    play_id=play_id, company_id=task.company_id, flowlet=flowlet, attempt=attempt, channel=channel
+                )
+            )
+
+        try:
+            if task.defer_after_ms:
+                await asyncio.sleep(task.defer_after_ms / 1000)  # a delay the flow asked for
+            try:
+                result = await pool.submit(task, on_dispatch=dispatched)
+            except Flow8Error as exc:  # the pool closed under us: fail the attempt, retryable
+                now = self.clock()
+                result = FlowletResult(
+                    play_id=task.play_id,
+                    company_id=task.company_id,
+                    flowlet=task.flowlet,
+                    attempt=task.attempt,
+                    ok=False,
+                    error=f"channel_lost: {exc}",
+                    started_at=now,
+                    ended_at=now,
+                )
+        finally:
+            if self._tasks.get(key) is asyncio.current_task():
+                del self._tasks[key]
+        self._inbox.put_nowait(result)
 
     async def _execute(
         self, key: tuple[str, str], company_id: str, attempt: int, module_ref: str, task_input: Any
@@ -257,4 +329,14 @@ class LocalRuntime:
         finally:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]
+        if result.ok and isinstance(result.output, Pending):
+            result = result.model_copy(
+                update={
+                    "ok": False,
+                    "output": None,
+                    "retryable": False,
+                    "error": f"module {module_ref!r} returned Pending, which needs a channel: give the flowlet "
+                    "defer_after_ms (or declare the module channel) and run with channels (flow8 run --channels)",
+                }
+            )
         self._inbox.put_nowait(result)

@@ -1,0 +1,137 @@
+"""One task's conversation with one channel: send ``run``, watch heartbeats and the
+deadline, and come back with the result, or with why there is none (lost, timed out)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from flow8_streams.channels.exceptions import ProtocolError
+from flow8_streams.channels.protocol import (
+    FROM_WORKER,
+    MAX_LINE,
+    Accepted,
+    ErrorReply,
+    Heartbeat,
+    PendingNote,
+    ProgressNote,
+    ResultMessage,
+    Run,
+    decode,
+    encode,
+)
+from flow8_streams.domain.messages import FlowletResult, Task
+
+if TYPE_CHECKING:
+    from flow8_streams.channels.slot import ChannelSlot
+
+DispatchHook = Callable[[str, str, int, str], None]
+"""``(play_id, flowlet, attempt, channel)``: a channel accepted the attempt (record FlowletDispatched)."""
+PendingHook = Callable[[str, str, int, str, str], None]
+"""``(play_id, flowlet, attempt, channel, token)``: the module handed its work to an outside service."""
+
+
+@dataclass(eq=False)
+class Job:
+    """A submitted task, from its queueing to its result."""
+
+    task: Task
+    future: asyncio.Future[FlowletResult]
+    on_dispatch: DispatchHook | None
+    queued_at: float  # loop time
+    slot: ChannelSlot | None = None
+    runner: asyncio.Task[None] | None = None
+    accepted_at: datetime | None = None
+    started: float | None = None  # loop time the worker accepted it
+    token: str | None = None
+    progress: dict[str, object] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class Lost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    pass
+
+
+Outcome = FlowletResult | Lost | TimedOut
+
+
+async def converse(
+    job: Job,
+    slot: ChannelSlot,
+    *,
+    deadline: float,
+    heartbeat_timeout_s: float,
+    modules: Sequence[str],
+    on_accepted: Callable[[Accepted], None],
+    on_pending: Callable[[PendingNote], None],
+    on_progress: Callable[[ProgressNote], None],
+) -> Outcome:
+    """Run ``job`` on ``slot``'s worker until a result, a missed heartbeat or ``deadline`` (loop time)."""
+    loop = asyncio.get_running_loop()
+    task = job.task
+    writer: asyncio.StreamWriter | None = None
+    try:
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + heartbeat_timeout_s)):
+                reader, writer = await asyncio.open_connection(slot.command.host, slot.port, limit=MAX_LINE)
+        except TimeoutError:
+            return TimedOut() if loop.time() >= deadline else Lost(f"port {slot.port} did not accept a connection")
+        except OSError as exc:
+            return Lost(f"cannot connect to port {slot.port}: {exc.strerror or exc}")
+        writer.write(encode(Run(task=task, modules=list(modules))))
+        heard = loop.time()
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                return TimedOut()
+            if now - heard >= heartbeat_timeout_s:
+                return Lost(f"no heartbeat from port {slot.port} for {heartbeat_timeout_s:g} s")
+            try:
+                async with asyncio.timeout_at(min(deadline, heard + heartbeat_timeout_s)):
+                    line = await reader.readline()
+            except TimeoutError:
+                continue
+            except ValueError:
+                return Lost(f"port {slot.port} sent a line longer than {MAX_LINE} bytes")
+            except OSError as exc:
+                return Lost(f"the connection to port {slot.port} failed: {exc.strerror or exc}")
+            if not line:
+                return Lost(f"the worker on port {slot.port} closed the connection")
+            heard = loop.time()
+            try:
+                msg = decode(line, FROM_WORKER)
+            except ProtocolError as exc:
+                return Lost(f"the worker on port {slot.port} sent a bad line: {exc}")
+            if isinstance(msg, Accepted):
+                on_accepted(msg)
+            elif isinstance(msg, Heartbeat):
+                pass
+            elif isinstance(msg, PendingNote):
+                on_pending(msg)
+            elif isinstance(msg, ProgressNote):
+                on_progress(msg)
+            elif isinstance(msg, ResultMessage):
+                result = msg.result
+                if (result.play_id, result.flowlet, result.attempt) != (task.play_id, task.flowlet, task.attempt):
+                    return Lost(
+                        f"the worker on port {slot.port} reported {result.play_id}/{result.flowlet} "
+                        f"attempt {result.attempt} for {task.play_id}/{task.flowlet} attempt {task.attempt}"
+                    )
+                return result
+            else:
+                assert isinstance(msg, ErrorReply)
+                return Lost(f"the worker on port {slot.port} refused the task: {msg.error}")
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

@@ -1,0 +1,452 @@
+"""The channel pool: ``size`` worker processes on the first ``size`` ports of a range,
+and the dispatch of tasks to them.
+
+``submit(task)`` queues the task (one FIFO per company, taken round-robin), hands it
+to the first free channel, and returns its ``FlowletResult``. The pool never loses a
+submitted task: it comes back with the module's result, or failed and retryable with
+``timed out after N ms`` (deadline: the task's own, plus a small grace so the host's
+engine records FlowletTimedOut first, or the channel execution timeout, whichever is
+first) or ``channel_lost: ...`` (no heartbeat for ``heartbeat_timeout_s``, the worker
+died, the connection dropped). Either way the worker is killed (-9) and its slot
+restarted on the same port, where it serves again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from flow8_streams.channels.dispatcher import DispatchHook, Job, Lost, Outcome, PendingHook, TimedOut, converse
+from flow8_streams.channels.exceptions import ChannelError, ChannelSettingsInvalid, PoolClosed
+from flow8_streams.channels.fair_queue import FairQueue
+from flow8_streams.channels.ports import DEFAULT_HOST, check_pool_fits, check_ports_free, parse_port_range
+from flow8_streams.channels.protocol import Accepted, PendingNote, ProgressNote
+from flow8_streams.channels.slot import ChannelSlot, WorkerCommand
+from flow8_streams.domain.messages import FlowletResult, Task
+from flow8_streams.errors import Flow8Error
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+    from flow8_streams.metrics import Metrics
+    from flow8_streams.settings import Settings
+
+log = logging.getLogger("flow8.channels")
+RESTART_BACKOFF_S = (0.5, 30.0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def job_id(task: Task) -> tuple[str, str]:
+    return task.play_id, task.flowlet
+
+
+def _failed(task: Task, error: str, started: datetime | None, *, retryable: bool) -> FlowletResult:
+    now = utcnow()
+    return FlowletResult(
+        play_id=task.play_id,
+        company_id=task.company_id,
+        flowlet=task.flowlet,
+        attempt=task.attempt,
+        ok=False,
+        error=error,
+        retryable=retryable,
+        started_at=started or now,
+        ended_at=now,
+    )
+
+
+class ChannelPool:
+    """Use as ``async with ChannelPool(range(7701, 7800), 20, ...) as pool``, or ``start()``/``close()``."""
+
+    def __init__(
+        self,
+        ports: Sequence[int] | str,
+        size: int | None = None,
+        *,
+        execution_timeout_s: float = 1800,
+        heartbeat_timeout_s: float = 30,
+        module_sources: Sequence[str] = (),
+        kv_db: str | PathLike[str] | None = None,
+        metrics: Metrics | None = None,
+        on_dispatch: DispatchHook | None = None,
+        on_pending: PendingHook | None = None,
+        host: str = DEFAULT_HOST,
+        heartbeat_interval_s: float | None = None,
+        deadline_grace_s: float = 0.5,
+        start_timeout_s: float = 30.0,
+        python: str = sys.executable,
+    ) -> None:
+        port_range = parse_port_range(ports) if isinstance(ports, str) else ports
+        self.ports = list(port_range)
+        self.size = len(self.ports) if size is None else size
+        check_pool_fits(self.ports, self.size)
+        for name, value in (
+            ("channel_execution_timeout_seconds", execution_timeout_s),
+            ("channel_heartbeat_timeout_seconds", heartbeat_timeout_s),
+        ):
+            if not value > 0:
+                raise ChannelSettingsInvalid(f"{name} {value!r} must be > 0")
+        self.host = host
+        self.execution_timeout_s = float(execution_timeout_s)
+        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
+        self.deadline_grace_s = deadline_grace_s
+        self.start_timeout_s = start_timeout_s
+        self.module_sources = list(module_sources)
+        self.metrics = metrics
+        self.on_dispatch = on_dispatch
+        self.on_pending = on_pending
+        beat = heartbeat_interval_s or max(0.05, min(1.0, self.heartbeat_timeout_s / 4))
+        self.command = WorkerCommand(
+            host=host, module_sources=self.module_sources, kv_db=kv_db, heartbeat_s=beat, python=python
+        )
+        self.slots = [ChannelSlot(port, self.command) for port in self.ports[: self.size]]
+        self._queue: FairQueue[Job] = FairQueue(lambda job: job.task.company_id)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._closing = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> ChannelPool:
+        """A pool as CHANNEL_PORT_RANGE, CHANNEL_POOL_SIZE and the ``execution:`` settings say."""
+        return cls(
+            settings.channel_ports,
+            settings.channel_pool_size,
+            execution_timeout_s=settings.execution.channel_execution_timeout_seconds,
+            heartbeat_timeout_s=settings.execution.channel_heartbeat_timeout_seconds,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> ChannelPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Check the ports, start every worker and return once each answers ``status``.
+
+        A port in use fails the start with ``PortInUse`` (an ``InvalidInput``) naming it.
+        """
+        if self._closing:
+            raise PoolClosed("this channel pool was closed; make a new one")
+        if self._started:
+            return
+        check_ports_free((slot.port for slot in self.slots), self.host)
+        self._started = True
+        spawned = await asyncio.gather(
+            *(slot.spawn(self.start_timeout_s) for slot in self.slots), return_exceptions=True
+        )
+        failures = [r for r in spawned if isinstance(r, BaseException)]
+        if failures:
+            await self.close()
+            first = next((f for f in failures if isinstance(f, Flow8Error)), failures[0])
+            raise first
+        for slot in self.slots:
+            slot.become("idle")
+            self._watch(slot)
+        if self.metrics is not None:
+            self.metrics.channels_busy.set(0)
+            self.metrics.channel_tasks_waiting.set(0)
+        log.info(
+            "channels: %d workers on %s ports %s-%s", self.size, self.host, self.slots[0].port, self.slots[-1].port
+        )
+
+    async def close(self) -> None:
+        """Fail what waits, kill what runs, stop every worker; nothing is left running."""
+        if self._closing:
+            return
+        self._closing = True
+        for job in self._queue.drain():
+            if not job.future.done():
+                job.future.set_exception(PoolClosed("the channel pool closed before the task ran"))
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(slot.stop() for slot in self.slots), return_exceptions=True)
+        for slot in self.slots:
+            slot.job = None
+            slot.become("closed")
+        self._gauges()
+
+    # ------------------------------------------------------------ API
+
+    def submit_nowait(self, task: Task, *, on_dispatch: DispatchHook | None = None) -> asyncio.Future[FlowletResult]:
+        """Queue ``task`` now; the future gets its result. Cancelling the future cancels the task
+        (taken off the queue, or its worker killed and the slot restarted)."""
+        if not self._started or self._closing:
+            raise PoolClosed("the channel pool is not running (start it first)" if not self._closing else "closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[FlowletResult] = loop.create_future()
+        job = Job(task=task, future=future, on_dispatch=on_dispatch, queued_at=loop.time())
+        future.add_done_callback(partial(self._future_done, job))
+        self._queue.push(job)
+        self._pump()
+        return future
+
+    async def submit(self, task: Task, *, on_dispatch: DispatchHook | None = None) -> FlowletResult:
+        """Run ``task`` on a channel and return its result (see the module doc for failures)."""
+        return await self.submit_nowait(task, on_dispatch=on_dispatch)
+
+    def cancel(self, play_id: str, flowlet: str, attempt: int | None = None) -> int:
+        """Cancel the flowlet's waiting or running task(s): a running one's worker is killed and
+        its slot restarted. Their submitters get a failed, not retryable result. Returns how many."""
+        found = 0
+        for job in [j for j in self._queue if self._matches(j, play_id, flowlet, attempt)]:
+            self._queue.remove(job)
+            found += 1
+            if not job.future.done():
+                job.future.set_result(_failed(job.task, "cancelled before it ran on a channel", None, retryable=False))
+        for slot in self.slots:
+            running = slot.job
+            if running is not None and self._matches(running, play_id, flowlet, attempt):
+                found += 1
+                if running.runner is not None:
+                    running.runner.cancel()
+        self._gauges()
+        return found
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for slot in self.slots if slot.state == "busy")
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Each slot as this process sees it (``flow8 channels status`` asks the ports instead)."""
+        rows = []
+        for slot in self.slots:
+            task = slot.job.task if slot.job is not None else None
+            rows.append(
+                {
+                    "port": slot.port,
+                    "state": slot.state,
+                    "pid": slot.pid,
+                    "since": slot.since,
+                    "company_id": task and task.company_id,
+                    "play_id": task and task.play_id,
+                    "flowlet": task and task.flowlet,
+                    "attempt": task and task.attempt,
+                    "restarts": slot.restarts,
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------ dispatch
+
+    @staticmethod
+    def _matches(job: Job, play_id: str, flowlet: str, attempt: int | None) -> bool:
+        t = job.task
+        return t.play_id == play_id and t.flowlet == flowlet and (attempt is None or t.attempt == attempt)
+
+    def _spawn_background(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.channels_busy.set(self.busy)
+            self.metrics.channel_tasks_waiting.set(len(self._queue))
+
+    def _future_done(self, job: Job, future: asyncio.Future[FlowletResult]) -> None:
+        if not future.cancelled():
+            return
+        if self._queue.remove(job):
+            self._gauges()
+        elif job.runner is not None and not job.runner.done():
+            job.runner.cancel()
+
+    def _pump(self) -> None:
+        """Hand waiting tasks to free channels, fairly across companies."""
+        if self._closing:
+            return
+        while self._queue:
+            slot = next((s for s in self.slots if s.state == "idle"), None)
+            if slot is None:
+                break
+            job = self._queue.pop()
+            if job.future.done():
+                continue
+            slot.job, job.slot = job, slot
+            slot.become("busy")
+            job.runner = self._spawn_background(
+                self._run(slot, job), f"channel-{slot.port}:{job.task.play_id}/{job.task.flowlet}"
+            )
+            job.runner.add_done_callback(partial(self._runner_done, slot, job))
+        self._gauges()
+
+    def _runner_done(self, slot: ChannelSlot, job: Job, runner: asyncio.Task[None]) -> None:
+        """Whatever ended the runner, the submitter gets an answer. A runner cancelled before
+        it ever ran (by ``cancel`` or ``close``) had not touched its worker: the slot is free."""
+        if not runner.cancelled() and runner.exception() is not None:  # pragma: no cover - a bug
+            log.error("channel %s: the dispatch of %s failed", slot.port, job.task.play_id, exc_info=runner.exception())
+        if job.future.done() or job.runner is not runner:  # answered, or back in the queue
+            return
+        if self._closing:
+            job.future.set_exception(PoolClosed("the channel pool closed before the task ran"))
+            return
+        job.future.set_result(_failed(job.task, "cancelled before it ran on a channel", None, retryable=False))
+        if slot.job is job:
+            self._free(slot)
+            self._pump()
+
+    async def _run(self, slot: ChannelSlot, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        task = job.task
+        now = loop.time()
+        by_task = now + (task.deadline - utcnow()).total_seconds() + self.deadline_grace_s
+        by_channel = now + self.execution_timeout_s
+        if by_task <= by_channel:
+            deadline, timed_out = by_task, f"timed out after {task.timeout_ms} ms"
+        else:
+            limit_ms = round(self.execution_timeout_s * 1000)
+            deadline, timed_out = by_channel, f"timed out after {limit_ms} ms (the channel execution timeout)"
+        if deadline <= now:  # expired while it waited: the channel need not be touched
+            self._free(slot)
+            self._finish(job, _failed(task, timed_out, None, retryable=True), "timed_out")
+            self._pump()
+            return
+        bug = False
+        try:
+            outcome: Outcome = await converse(
+                job,
+                slot,
+                deadline=deadline,
+                heartbeat_timeout_s=self.heartbeat_timeout_s,
+                modules=self.command.module_sources,
+                on_accepted=partial(self._accepted, slot, job),
+                on_pending=partial(self._pending, slot, job),
+                on_progress=partial(self._progress, job),
+            )
+            if isinstance(outcome, Lost):
+                code = await slot.exit_code(within_s=0.2)
+                if code is not None:
+                    outcome = Lost(f"{outcome.reason} (worker exited with code {code})")
+        except asyncio.CancelledError:
+            if self._closing:
+                if not job.future.done():
+                    job.future.set_exception(PoolClosed("the channel pool closed while the task ran"))
+                return
+            self._finish(job, _failed(task, "cancelled on its channel", job.accepted_at, retryable=False), "cancelled")
+            self._restart(slot, "its task was cancelled")
+            return
+        except Exception as exc:  # a dispatcher bug must not leave a submitter waiting forever
+            log.exception("channel %s: dispatching %s/%s failed", slot.port, task.play_id, task.flowlet)
+            outcome, bug = Lost(f"dispatcher error: {type(exc).__name__}: {exc}"), True
+        if isinstance(outcome, FlowletResult):
+            self._free(slot)
+            self._finish(job, outcome, "succeeded" if outcome.ok else "failed")
+            self._pump()
+        elif isinstance(outcome, TimedOut):
+            log.warning("channel %s: %s/%s %s; killing its worker", slot.port, task.play_id, task.flowlet, timed_out)
+            if self.metrics is not None:
+                self.metrics.channel_timeouts.inc()
+            self._finish(job, _failed(task, timed_out, job.accepted_at, retryable=True), "timed_out")
+            self._restart(slot, timed_out)
+        elif job.started is None and not bug and not job.future.done():
+            # The worker never accepted it, so the module never ran: not an attempt lost, a
+            # channel. The task goes back to the head of the queue; the slot is restarted.
+            log.warning("channel %s: %s; %s/%s waits for another channel", slot.port, outcome.reason, *job_id(task))
+            job.slot = job.runner = None
+            self._queue.push_front(job)
+            self._restart(slot, "lost before it accepted a task")
+            self._pump()
+        else:
+            log.warning(
+                "channel %s: lost while running %s/%s: %s", slot.port, task.play_id, task.flowlet, outcome.reason
+            )
+            if self.metrics is not None:
+                self.metrics.channels_lost.inc()
+            self._finish(job, _failed(task, f"channel_lost: {outcome.reason}", job.accepted_at, retryable=True), "lost")
+            self._restart(slot, "lost")
+
+    def _accepted(self, slot: ChannelSlot, job: Job, msg: Accepted) -> None:
+        job.accepted_at = utcnow()
+        job.started = asyncio.get_running_loop().time()
+        slot.since = job.accepted_at
+        t = job.task
+        for hook in (job.on_dispatch, self.on_dispatch):
+            if hook is not None:
+                try:
+                    hook(t.play_id, t.flowlet, t.attempt, slot.address)
+                except Exception:
+                    log.exception("channel %s: the on_dispatch hook failed", slot.port)
+
+    def _pending(self, slot: ChannelSlot, job: Job, msg: PendingNote) -> None:
+        job.token = msg.token
+        if self.on_pending is not None:
+            t = job.task
+            try:
+                self.on_pending(t.play_id, t.flowlet, t.attempt, slot.address, msg.token)
+            except Exception:
+                log.exception("channel %s: the on_pending hook failed", slot.port)
+
+    def _progress(self, job: Job, msg: ProgressNote) -> None:
+        job.progress = msg.progress
+
+    def _finish(self, job: Job, result: FlowletResult, outcome: str) -> None:
+        if self.metrics is not None and job.started is not None:
+            self.metrics.channel_task_duration.labels(outcome).observe(asyncio.get_running_loop().time() - job.started)
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _free(self, slot: ChannelSlot) -> None:
+        slot.job = None
+        slot.become("idle")
+        self._gauges()
+
+    # ------------------------------------------------------------ worker processes
+
+    def _watch(self, slot: ChannelSlot) -> None:
+        proc = slot.process
+        if proc is not None:
+            self._spawn_background(self._await_exit(slot, proc), f"channel-{slot.port}-watch")
+
+    async def _await_exit(self, slot: ChannelSlot, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._closing or slot.process is not proc or slot.state != "idle":
+            return  # closing, replaced, or busy (its task sees the connection drop and restarts it)
+        log.warning("channel %s: idle worker %s exited with code %s", slot.port, proc.pid, code)
+        self._restart(slot, f"worker exited with code {code}")
+
+    def _restart(self, slot: ChannelSlot, why: str) -> None:
+        slot.job = None
+        slot.become("restarting")
+        self._gauges()
+        self._spawn_background(self._respawn(slot, why), f"channel-{slot.port}-restart")
+
+    async def _respawn(self, slot: ChannelSlot, why: str) -> None:
+        await slot.kill()
+        if self.metrics is not None:
+            self.metrics.channel_restarts.inc()
+        delay, longest = RESTART_BACKOFF_S
+        while not self._closing:
+            try:
+                await slot.spawn(self.start_timeout_s)
+            except (ChannelError, Flow8Error, OSError) as exc:
+                slot.become("down")
+                log.error("channel %s: cannot restart its worker (%s): %s; again in %.1f s", slot.port, why, exc, delay)
+                await asyncio.sleep(delay)  # a back-off between attempts, not a synchronisation
+                delay = min(delay * 2, longest)
+                continue
+            slot.restarts += 1
+            self._watch(slot)
+            slot.become("idle")
+            log.info("channel %s: worker restarted (%s) as pid %s", slot.port, why, slot.pid)
+            self._pump()
+            return

@@ -1,0 +1,55 @@
+"""What ``flow8 channels status`` shows: every port of a range, asked for its status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from flow8_streams.channels import client
+from flow8_streams.channels.ports import DEFAULT_HOST
+from flow8_streams.channels.protocol import Status
+
+DOWN = "down"
+
+
+async def probe_range(
+    ports: Sequence[int], *, host: str = DEFAULT_HOST, timeout: float = 0.5, concurrency: int = 200
+) -> list[tuple[int, Status | None]]:
+    """Each port with its status, or None when nothing answers it within ``timeout`` seconds."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(port: int) -> tuple[int, Status | None]:
+        async with gate:
+            return port, await client.probe(port, host=host, timeout=timeout)
+
+    return list(await asyncio.gather(*(one(p) for p in ports)))
+
+
+def row(port: int, status: Status | None) -> dict[str, Any]:
+    """One port as a flat record (a JSON line of ``flow8 channels status --json``)."""
+    if status is None:
+        return {"port": port, "state": DOWN}
+    return {
+        "port": port,
+        "state": status.state,
+        "since": status.since,
+        "pid": status.pid,
+        "company_id": status.company_id,
+        "play_id": status.play_id,
+        "flowlet": status.flowlet,
+        "attempt": status.attempt,
+        "module_ref": status.module_ref,
+        "token": status.token,
+        "progress": status.progress,
+    }
+
+
+def age(since: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
