@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from flow8_streams.domain.messages import FlowletResult
-from flow8_streams.errors import Flow8Error, ModuleFailed
+from flow8_streams.errors import Flow8Error, ModuleFailed, StoreUnavailable
 from flow8_streams.modules.context import KV, ModuleContext
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import KVStore
@@ -54,6 +54,8 @@ async def execute(
     except orjson.JSONEncodeError as exc:
         ok, output, retryable = False, None, False
         error = f"module {module_ref!r} returned an output that is not JSON: {exc}"
+    except StoreUnavailable as exc:  # the store failed, not the module: another attempt may pass
+        ok, error, retryable = False, str(exc), True
     except Flow8Error as exc:
         ok, error, retryable = False, str(exc), False
     except Exception as exc:  # a module's bug fails its flowlet, never the host

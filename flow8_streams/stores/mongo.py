@@ -47,6 +47,10 @@ FerretDB also shaped these choices; each is valid MongoDB too:
   within the same millisecond come in no particular order.
 - a ``bulk_write`` whose op fails answers with a malformed reply (pymongo ``KeyError:
   'nModified'``) and stops at that op, ordered or not: such a batch is redone play by play.
+- an ``update`` command holds one SQLite connection per upsert that inserts until the whole
+  command ends, out of a pool of 100: one bulk of 100 new plays, or two concurrent ones of
+  60, wait for a connection forever and wedge the whole server (no command of any database
+  answers again). Plays are written ``PLAYS_PER_BULK`` at a time.
 """
 
 from __future__ import annotations
@@ -103,6 +107,7 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 _INT64 = (-(2**63), 2**63 - 1)
 _INCR_ATTEMPTS = 200  # version conflicts with other processes before incr gives up
+PLAYS_PER_BULK = 20  # FerretDB wedges on big update commands (see the module's docstring)
 
 
 def _now() -> datetime:
@@ -442,33 +447,40 @@ class MongoPlays:
         return result
 
     async def _write(self, states: Sequence[PlayState]) -> set[str]:
-        """Write the states (guarded by seq) in one bulk; the play ids another company holds."""
+        """Write the states (guarded by seq); the play ids another company holds."""
+        taken: set[str] = set()
+        async with self._write_lock:
+            for start in range(0, len(states), PLAYS_PER_BULK):
+                taken |= await self._write_bulk(states[start : start + PLAYS_PER_BULK])
+        return taken
+
+    async def _write_bulk(self, states: Sequence[PlayState]) -> set[str]:
+        """One bulk write; the caller holds the write lock."""
         if not states:
             return set()
         now = _now()
         pairs = [_play_updates(s, now) for s in states]
         ops = [op for (i, u) in pairs for op in (UpdateOne(*i, upsert=True), UpdateOne(*u))]
-        async with self._write_lock:
-            with self._s.errors(f"writing {len(states)} play(s)"):
+        with self._s.errors(f"writing {len(states)} play(s)"):
+            try:
+                await self._s.coll(PLAYS).bulk_write(ops, ordered=True)
+                return set()
+            except (BulkWriteError, KeyError):
+                # KeyError 'nModified': FerretDB's malformed reply to a bulk with a failed op.
+                # An upsert fails on a play id another company holds, or (FerretDB) when
+                # another process created the play just then: redo the batch play by play
+                # (every op is idempotent) to tell which.
+                pass
+            taken: set[str] = set()
+            plays = self._s.coll(PLAYS)
+            for s, (insert, update) in zip(states, pairs, strict=True):
                 try:
-                    await self._s.coll(PLAYS).bulk_write(ops, ordered=True)
-                    return set()
-                except (BulkWriteError, KeyError):
-                    # KeyError 'nModified': FerretDB's malformed reply to a bulk with a failed op.
-                    # An upsert fails on a play id another company holds, or (FerretDB) when
-                    # another process created the play just then: redo the batch play by play
-                    # (every op is idempotent) to tell which.
-                    pass
-                taken: set[str] = set()
-                plays = self._s.coll(PLAYS)
-                for s, (insert, update) in zip(states, pairs, strict=True):
-                    try:
-                        await _upsert(plays, *insert)
-                    except DuplicateKeyError:
-                        taken.add(s.play_id)
-                        continue
-                    await plays.update_one(*update)
-                return taken
+                    await _upsert(plays, *insert)
+                except DuplicateKeyError:
+                    taken.add(s.play_id)
+                    continue
+                await plays.update_one(*update)
+            return taken
 
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None:
         """``company_id`` None: by id alone, the operator path (CLI ``plays show``)."""

@@ -166,6 +166,24 @@ class WorkerGroup:
             proc.wait()
         self.processes = [p for p in self.processes if p not in victims]
 
+    async def discard(self) -> None:
+        """Delete the group's topics (its own and faust's) and drop its database: after ``stop``."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            ours = [t for t in await admin.list_topics() if t.startswith((f"{self.name}.", f"{self.name}-"))]
+            if ours:
+                await admin.delete_topics(ours)
+        finally:
+            await admin.close()
+        store = MongoStore(self.settings.mongodb_uri, self.settings.mongodb_database)
+        try:
+            await store.client.drop_database(self.settings.mongodb_database)
+        finally:
+            await store.close()
+
     def stop(self) -> None:
         for proc, _ in self.processes:
             with contextlib.suppress(ProcessLookupError):

@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.assignor import PartitionAssignor
@@ -47,6 +47,7 @@ from flow8_streams.settings import Settings
 log = logging.getLogger("flow8.streams")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 TOMBSTONE = b"#"  # a finished play: kept so a repeated StartPlay stays a no-op
+TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
 
 
 def utcnow() -> datetime:
@@ -58,14 +59,43 @@ class Flow8Assignor(PartitionAssignor):
 
     faust picks a partition's transactional producer by the topic's co-partitioned
     group, known only for subscribed topics. Ours all have the same partition count,
-    so they belong with the inputs' group.
+    so they belong with the inputs' group: the group of ``anchor`` (the commands
+    topic). Not the lowest group: that is faust's one-partition leader topic, whose
+    producers exist for partition 0 only.
     """
+
+    anchor: str | None = None
 
     def group_for_topic(self, topic: str) -> int:
         groups = self._topic_groups
         if topic in groups:
             return groups[topic]
-        return min(groups.values(), default=0)
+        if self.anchor is not None and self.anchor in groups:
+            return groups[self.anchor]
+        return max(groups.values(), default=0)
+
+
+class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
+    """Under exactly-once faust takes a changelog's highwater from aiokafka's
+    ``last_stable_offset``, which aiokafka knows only after it fetched that partition:
+    for a partition just taken over it is None, faust reads -1 ("empty changelog") and
+    does not restore the table. The plays of a dead worker were then lost to its
+    successor (their results found no state). A ListOffsets request of this
+    read_committed consumer answers the last stable offset itself."""
+
+    async def _highwaters(self, partitions: Any) -> Any:
+        return await self._ensure_consumer().end_offsets(list(partitions))
+
+    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
+        """faust's transaction manager asks this for the partition of a send, from the
+        consumer's metadata, which knows subscribed topics only. For the results and DLQ
+        topics it answered None, and faust then sent them with its plain producer, outside
+        the partition's transaction: a worker killed before its commit left a result
+        whose events were aborted, and the play's successor published it again. Every
+        send here names its partition (the input's); it is the answer."""
+        if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
+            return partition
+        return super().key_partition(topic, key, partition)
 
 
 class Flow8Consumer(kafka_driver.Consumer):
@@ -76,6 +106,35 @@ class Flow8Consumer(kafka_driver.Consumer):
     were never processed. Such a partition goes back to its beginning here (the group's
     reset policy is earliest); what is read again, the engine has seen and ignores."""
 
+    def _new_consumer_thread(self) -> Any:
+        return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``: never past a message a stream still works on.
+
+        faust commits the first run of consecutive acked offsets, and lets that run start
+        one past the committed offset (room for a transaction marker there). With the
+        executor's concurrent actors, acks come out of order: a slow task at the committed
+        offset was stepped over once its successors were acked, and a worker that died
+        then lost it (its play never finished). Acked offsets above the lowest message
+        still in flight are held back from faust here until that message is acked."""
+        generation = self.app.consumer_generation_id
+        in_flight = [
+            m.offset
+            for m in list(self._unacked_messages)
+            if m.tp == tp and not m.acked and m.generation_id == generation
+        ]
+        acked = self._acked[tp]
+        if not in_flight or not acked:
+            return super()._new_offset(tp)
+        lowest = min(in_flight)
+        held = sorted(o for o in acked if o > lowest)
+        acked[:] = [o for o in acked if o < lowest]
+        try:
+            return super()._new_offset(tp)
+        finally:
+            self._acked[tp].extend(held)
+
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
         never = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
@@ -84,8 +143,21 @@ class Flow8Consumer(kafka_driver.Consumer):
         return committed
 
 
+class Flow8Producer(kafka_driver.Producer):
+    """A partition's transaction commits only once its input offsets can advance, so no
+    sooner than the slowest task in flight there ends (see ``Flow8Consumer._new_offset``).
+    With aiokafka's 60 s transaction timeout the broker aborted the transaction of a
+    partition busy with slow tasks, and the worker crashed (ProducerFenced) at its next
+    commit. The timeout is the default flowlet timeout (300 s); a dead worker's open
+    transaction is aborted when its successor takes the partition, not by this timeout."""
+
+    def _settings_extra(self) -> Any:
+        return {**super()._settings_extra(), "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
+
+
 class Flow8Transport(kafka_driver.Transport):
     Consumer = Flow8Consumer
+    Producer = Flow8Producer
 
 
 class FaustApp(faust.App):
@@ -142,6 +214,7 @@ class Flow8App:
             consumer_auto_offset_reset="earliest",
         )
         app = self.app
+        cast(Flow8Assignor, app.assignor).anchor = t.commands
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
