@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".flow8")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     commit_interval_ms: int = Field(default=100, ge=10, le=60_000)
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=3_000,
+        le=300_000,
+        description="How long the group waits for a silent worker before its partitions go to the others "
+        "(heartbeats run on the consumer's own thread, so a busy event loop does not trip it).",
+    )
+    store_timeout_ms: int = Field(
+        default=10_000,
+        ge=100,
+        le=600_000,
+        description="Bound on one MongoDB operation: past it the call fails (a flowlet retries it) instead of waiting.",
+    )
     executor_concurrency: int = Field(default=64, ge=1, le=10_000)
     projector_batch: int = Field(default=500, ge=1, le=100_000)
     topics: Topics = Topics()

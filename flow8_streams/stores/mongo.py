@@ -188,13 +188,18 @@ class MongoStore:
         flow_cache_ttl: float = 300,
         flow_cache_max: int = 10_000,
         incr_window: int = 1000,
+        timeout_ms: int | None = None,
     ) -> None:
         if incr_window < 1:
             raise InvalidInput(f"incr_window must be at least 1, not {incr_window}")
         if isinstance(client_or_uri, str):
             self.hosts = _hosts(client_or_uri)
             try:
-                self.client: AsyncMongoClient[Doc] = AsyncMongoClient(client_or_uri, tz_aware=True, appname="flow8")
+                # timeoutMS bounds each operation (pymongo's client-side timeout): a wedged server
+                # fails the call (StoreUnavailable, a retryable flowlet failure) instead of hanging it
+                self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
+                    client_or_uri, tz_aware=True, appname="flow8", timeoutMS=timeout_ms
+                )
             except (PyMongoError, ValueError) as exc:  # InvalidURI, ConfigurationError, a bad port: no password
                 raise InvalidInput(f"MongoDB URI for {self.hosts}: {_short(exc)}") from exc
             self._owns_client = True

@@ -29,7 +29,7 @@ def fl(name: str, module: str, *depends_on: str, **extra: Any) -> dict[str, Any]
 @contextlib.contextmanager
 def running_group(workdir: Path, count: int = 1) -> Iterator[WorkerGroup]:
     """``count`` workers on topics, a group and a database of their own; all stopped at the end,
-    and their topics and database deleted (unless FLOW8_TEST_KEEP=1)."""
+    and their topics deleted (unless FLOW8_TEST_KEEP=1)."""
     kafka = require_service("KAFKA_BOOTSTRAP_SERVERS")
     mongodb_uri = require_service("MONGODB_URI")
     # FLOW8_TEST_WORKER_LOG_LEVEL=info makes the workers' logs (in ``workdir``) tell more when a test fails
@@ -41,7 +41,7 @@ def running_group(workdir: Path, count: int = 1) -> Iterator[WorkerGroup]:
     finally:
         group.stop()
         assert group.processes == []
-        if os.environ.get("FLOW8_TEST_KEEP") != "1":  # keep topics and database to look at after a failure
+        if os.environ.get("FLOW8_TEST_KEEP") != "1":  # keep the topics to look at after a failure
             asyncio.run(group.discard())
 
 

@@ -38,7 +38,9 @@ FLOW = make_flow(
     "faulty",
     fl("start", "echo", input={"n": "${input.n}"}),
     fl("wait", "sleep", "start", input={"seconds": 0.05}),
-    fl("count", "kv.incr", "start", input={"key": COUNTER, "by": 1}),
+    # FerretDB answers "database is locked" now and then under this load: a store error is
+    # retryable, and a retried increment counts once (its op id names the play and flowlet)
+    fl("count", "kv.incr", "start", input={"key": COUNTER, "by": 1}, retry={"max_attempts": 5, "backoff_ms": 100}),
     fl("done", "echo", "wait", "count", input={"n": "${flowlets.start.output.n}", "count": "${flowlets.count.output}"}),
 )
 
@@ -85,6 +87,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
             await tap.wait_until(lambda: len(tap.terminal) >= KILL_AFTER, 120, f"{KILL_AFTER} plays finished")
             group.kill(victim)
             killed_at = time.monotonic()
+            await tap.sync()  # every play the victim finished (committed) is counted as done before the kill
             done_before_kill = set(tap.terminal)
             assert len(done_before_kill) < PLAYS, "every play finished before the kill: nothing was in flight"
 
@@ -105,7 +108,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
         assert outcomes == {"PlayCompleted": PLAYS}, outcomes
         assert tap.duplicates == [], f"(play_id, seq) written twice to flow8.events: {tap.duplicates[:10]}"
 
-        # the victim's plays were taken over: some of its partitions' plays finished after the kill
+        # the victim's plays were taken over: some of its partitions' plays were unfinished at its death
         victim_parts = owned[victim]
         taken_over = [p for p in plays if p not in done_before_kill and tap.partition[p] in victim_parts]
         assert taken_over, "no play of the killed worker's partitions finished after the kill"

@@ -25,19 +25,22 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.assignor import PartitionAssignor
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import EventT
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.messages import CancelPlay, FlowletResult, Start, StartPlay, Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import next_wakeup, step
-from flow8_streams.errors import Flow8Error
+from flow8_streams.errors import Flow8Error, StoreUnavailable
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
@@ -45,6 +48,7 @@ from flow8_streams.runtimes.streams import codec
 from flow8_streams.settings import Settings
 
 log = logging.getLogger("flow8.streams")
+T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 TOMBSTONE = b"#"  # a finished play: kept so a repeated StartPlay stays a no-op
 TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
@@ -198,6 +202,8 @@ class Flow8App:
             processing_guarantee=s.processing_guarantee,
             broker_commit_interval=s.commit_interval_ms / 1000,
             broker_commit_every=10_000,
+            broker_session_timeout=s.session_timeout_ms / 1000,
+            broker_heartbeat_interval=max(1.0, s.session_timeout_ms / 10_000),
             topic_partitions=t.partitions,
             topic_replication_factor=t.replication_factor,
             table_standby_replicas=0,
@@ -268,7 +274,10 @@ class Flow8App:
         if isinstance(command, CancelPlay):
             return command
         assert isinstance(command, StartPlay)
-        flow = await self.store.flows.get(command.company_id, command.flow, command.flow_version)
+        flow = await self._retrying(
+            f"reading flow {command.flow!r} of {command.company_id!r}",
+            partial(self.store.flows.get, command.company_id, command.flow, command.flow_version),
+        )
         if flow is None:
             version = f" v{command.flow_version}" if command.flow_version else ""
             raise Flow8Error(
@@ -451,10 +460,29 @@ class Flow8App:
                     await self._dead_letter(event, "invalid_event", f"event: {str(exc)[:500]}")
             if not batch:
                 continue
-            result = await self.store.plays.apply(batch)
+            result = await self._retrying(f"projection of {len(batch)} events", partial(self.store.plays.apply, batch))
             self.metrics.projection_batch.observe(len(batch))
             for gap in result.gaps:
                 log.warning("projection of %s is behind the log: %s (replay the play to repair it)", gap.play_id, gap)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` again while MongoDB is unavailable. The message that needs it stays
+        unacked meanwhile (a crash reads it again), so the agent falls behind and skips
+        nothing; the projector's writes are guarded by seq, so a half-applied batch
+        applied again is harmless."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            before_sleep=lambda state: log.warning(
+                "%s failed (attempt %d), retrying: %s",
+                what,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: retried until it succeeds")  # pragma: no cover
 
     # ------------------------------------------------------------ web
 

@@ -23,6 +23,7 @@ def build(settings: Settings, registry: ModuleRegistry) -> object:
         flow_cache_ttl=settings.cache.flows.ttl_seconds,
         flow_cache_max=settings.cache.flows.max_entries,
         incr_window=settings.kv_incr_dedup_window,
+        timeout_ms=settings.store_timeout_ms,
     )
     return Flow8App(settings, registry, store, metrics)
 
