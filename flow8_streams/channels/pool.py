@@ -26,7 +26,7 @@ from flow8_streams.channels.exceptions import ChannelError, ChannelSettingsInval
 from flow8_streams.channels.fair_queue import FairQueue
 from flow8_streams.channels.ports import DEFAULT_HOST, check_pool_fits, check_ports_free, parse_port_range
 from flow8_streams.channels.protocol import Accepted, PendingNote, ProgressNote
-from flow8_streams.channels.slot import ChannelSlot, WorkerCommand
+from flow8_streams.channels.slot import ChannelSlot, MongoKV, WorkerCommand
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 
@@ -64,7 +64,11 @@ def _failed(task: Task, error: str, started: datetime | None, *, retryable: bool
 
 
 class ChannelPool:
-    """Use as ``async with ChannelPool(range(7701, 7800), 20, ...) as pool``, or ``start()``/``close()``."""
+    """Use as ``async with ChannelPool(range(7701, 7800), 20, ...) as pool``, or ``start()``/``close()``.
+
+    The modules on its channels see the KV store of ``kv_db`` (a SQLite file: the embedded
+    runtime) or ``kv_mongodb`` (a ``MongoKV``: the streams runtime), or none.
+    """
 
     def __init__(
         self,
@@ -75,6 +79,7 @@ class ChannelPool:
         heartbeat_timeout_s: float = 30,
         module_sources: Sequence[str] = (),
         kv_db: str | PathLike[str] | None = None,
+        kv_mongodb: MongoKV | None = None,
         metrics: Metrics | None = None,
         on_dispatch: DispatchHook | None = None,
         on_pending: PendingHook | None = None,
@@ -105,7 +110,12 @@ class ChannelPool:
         self.on_pending = on_pending
         beat = heartbeat_interval_s or max(0.05, min(1.0, self.heartbeat_timeout_s / 4))
         self.command = WorkerCommand(
-            host=host, module_sources=self.module_sources, kv_db=kv_db, heartbeat_s=beat, python=python
+            host=host,
+            module_sources=self.module_sources,
+            kv_db=kv_db,
+            kv_mongodb=kv_mongodb,
+            heartbeat_s=beat,
+            python=python,
         )
         self.slots = [ChannelSlot(port, self.command) for port in self.ports[: self.size]]
         self._queue: FairQueue[Job] = FairQueue(lambda job: job.task.company_id)

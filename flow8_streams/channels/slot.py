@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -36,6 +37,16 @@ def _source_arg(source: str) -> str:
     return str(path.resolve()) if source.endswith(".py") or path.exists() else source
 
 
+@dataclass(frozen=True)
+class MongoKV:
+    """The MongoDB database whose KV store channel workers use (the streams runtime's)."""
+
+    uri: str
+    database: str
+    timeout_ms: int = 10_000
+    incr_window: int = 1000
+
+
 class WorkerCommand:
     """How to start the worker of one port."""
 
@@ -48,10 +59,14 @@ class WorkerCommand:
         heartbeat_s: float,
         python: str = sys.executable,
         log_level: str = "warning",
+        kv_mongodb: MongoKV | None = None,
     ) -> None:
+        if kv_db is not None and kv_mongodb is not None:
+            raise ValueError("a channel has one KV store: kv_db or kv_mongodb, not both")
         self.host = host
         self.module_sources = [_source_arg(s) for s in module_sources]
         self.kv_db = None if kv_db is None else str(Path(kv_db).resolve())
+        self.kv_mongodb = kv_mongodb
         self.heartbeat_s = heartbeat_s
         self.python = python
         self.log_level = log_level
@@ -62,8 +77,18 @@ class WorkerCommand:
             argv += ["--modules", source]
         if self.kv_db is not None:
             argv += ["--kv-db", self.kv_db]
+        if self.kv_mongodb is not None:
+            m = self.kv_mongodb
+            argv += ["--kv-mongodb-database", m.database, "--kv-timeout-ms", str(m.timeout_ms)]
+            argv += ["--kv-incr-window", str(m.incr_window)]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
         return [*argv, "--log-level", self.log_level]
+
+    def env(self) -> dict[str, str] | None:
+        """The worker's environment: ours, with the MongoDB URI (kept out of the process list)."""
+        if self.kv_mongodb is None:
+            return None
+        return {**os.environ, "MONGODB_URI": self.kv_mongodb.uri}
 
 
 class ChannelSlot:
@@ -92,6 +117,7 @@ class ChannelSlot:
         """Start the worker and return once it answers ``status`` on the port."""
         proc = await asyncio.create_subprocess_exec(
             *self.command.argv(self.port),
+            env=self.command.env(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=None,  # the worker's log goes where ours goes

@@ -1,6 +1,7 @@
 """The channel worker: one process behind one port, one task at a time.
 
-    python -m flow8_streams.channels.worker --port 7701 [--modules mods.py] [--kv-db flow8.db]
+    python -m flow8_streams.channels.worker --port 7701 [--modules mods.py] \
+        [--kv-db flow8.db | --kv-mongodb-database flow8 [--kv-mongodb-uri URI]]
 
 It listens on ``host:port``; a ``run`` line starts a task, and the same connection
 gets ``accepted``, a ``heartbeat`` every ``--heartbeat-s`` while the module runs (or
@@ -9,7 +10,10 @@ for ``status`` or complete/progress a pending flowlet at any time. A line that i
 not a message gets an ``error`` reply and changes nothing.
 
 Plain (not async) modules run on a thread of this process, so a CPU-bound module
-does not stop the heartbeats. When its ready line is written to stdout
+does not stop the heartbeats. The KV store modules see is a SQLite file (``--kv-db``,
+the embedded runtime) or a MongoDB database (``--kv-mongodb-database``, the streams
+runtime; the URI from ``--kv-mongodb-uri`` or ``$MONGODB_URI``, so that a password
+need not show in the process list). When its ready line is written to stdout
 (``{"type": "ready", ...}``) the worker serves; a start that fails writes
 ``{"type": "error", ...}`` instead and exits 2. With ``--parent-pid`` it exits when
 that process is gone, so a killed instance leaves no workers holding its ports.
@@ -72,7 +76,7 @@ class NoKV:
     """The KV store of a channel started without one: every call fails the flowlet, cleanly."""
 
     def __init__(self, port: int) -> None:
-        self._why = f"the channel on port {port} has no KV store (start it with --kv-db)"
+        self._why = f"the channel on port {port} has no KV store (start it with --kv-db or --kv-mongodb-database)"
 
     async def get(self, company_id: str, key: str) -> KVEntry | None:
         raise NoKVStore(self._why)
@@ -360,7 +364,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True, help="The channel's port.")
     p.add_argument("--host", default=DEFAULT_HOST, help="Address to listen on (default 127.0.0.1).")
     p.add_argument("--modules", action="append", default=[], help="Module source: a .py file or a package.")
-    p.add_argument("--kv-db", default=None, help="SQLite file holding the KV store; without it KV calls fail.")
+    kv = p.add_mutually_exclusive_group()
+    kv.add_argument("--kv-db", default=None, help="SQLite file holding the KV store; without a KV store KV calls fail.")
+    kv.add_argument("--kv-mongodb-database", default=None, help="MongoDB database holding the KV store.")
+    p.add_argument(
+        "--kv-mongodb-uri",
+        default=os.environ.get("MONGODB_URI"),
+        help="MongoDB URI for --kv-mongodb-database (default $MONGODB_URI).",
+    )
+    p.add_argument("--kv-timeout-ms", type=int, default=10_000, help="Bound on one MongoDB operation.")
+    p.add_argument("--kv-incr-window", type=int, default=1000, help="Operation ids a MongoDB counter remembers.")
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="Seconds between heartbeats while a task runs.")
     p.add_argument("--parent-pid", type=int, default=None, help="Exit when this process is no longer the parent.")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -374,13 +387,25 @@ def _say(payload: dict[str, Any]) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     kv: KVStore | None = None
-    store = None
+    store = mongo = None
     try:
         if args.kv_db:
             from flow8_streams.stores.sqlite import SqliteStore
 
             store = SqliteStore(args.kv_db)
             kv = store.kv
+        elif args.kv_mongodb_database:
+            if not args.kv_mongodb_uri:
+                raise Flow8Error("--kv-mongodb-database needs --kv-mongodb-uri or $MONGODB_URI")
+            from flow8_streams.stores.mongo import MongoStore
+
+            mongo = MongoStore(
+                args.kv_mongodb_uri,
+                args.kv_mongodb_database,
+                timeout_ms=args.kv_timeout_ms,
+                incr_window=args.kv_incr_window,
+            )
+            kv = mongo.kv
         worker = ChannelWorker(args.port, host=args.host, sources=args.modules, kv=kv, heartbeat_s=args.heartbeat_s)
         worker.registry(())  # load the modules now: a broken source fails the start, not a task
         try:
@@ -396,6 +421,8 @@ async def _serve(args: argparse.Namespace) -> int:
         _say({"type": "error", "port": args.port, "error": str(exc)})
         if store is not None:
             store.close()
+        if mongo is not None:
+            await mongo.close()
         return 2
     _say({"type": "ready", "port": args.port, "pid": os.getpid()})
     os.dup2(2, 1)  # a module's print() must not fill a pipe nobody reads any more
@@ -420,6 +447,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await worker.close()
         if store is not None:
             store.close()
+        if mongo is not None:
+            await mongo.close()
     return 0
 
 
