@@ -68,8 +68,18 @@ def worker(
             "--modules", "-m", envvar="FLOW8_MODULES", help="Extra modules: a Python file or package with MODULES."
         ),
     ] = None,
+    channels: Annotated[
+        bool,
+        typer.Option(
+            "--channels/--no-channels",
+            envvar="FLOW8_CHANNELS",
+            help="Run flowlets with defer_after_ms (and channel modules) on channel worker processes, one per "
+            "port of CHANNEL_PORT_RANGE (CHANNEL_POOL_SIZE of them); --no-channels runs them in the executor. "
+            "Workers sharing a machine need ranges of their own.",
+        ),
+    ] = True,
 ) -> None:
-    """Run a streams worker: orchestrator, executor and projector agents (faust, uvloop)."""
+    """Run a streams worker: orchestrator, executor and projector agents (faust, uvloop), and its channels."""
     from flow8_streams.modules.registry import ModuleRegistry
     from flow8_streams.runtimes.streams.worker import run_worker
 
@@ -78,7 +88,7 @@ def worker(
     )
     sources = [s for item in modules or [] for s in item.split(",") if s]
     registry = ModuleRegistry.default(sources)
-    run_worker(settings, registry)
+    run_worker(settings, registry, sources if channels else None)
 
 
 @flows_app.command("put")

@@ -85,6 +85,20 @@ class Tick(_Message):
     play_id: PlayId
 
 
+class ChannelHeartbeat(_Message):
+    """The executor holding a channel task is alive (waiting for its defer, queued, or running).
+
+    Not for the engine: the orchestrator's channel watchdog reads it, and a channel flowlet
+    it has not heard of for the heartbeat timeout fails with ``channel_lost``.
+    """
+
+    type: Literal["ChannelHeartbeat"] = "ChannelHeartbeat"
+    play_id: PlayId
+    company_id: CompanyId
+    flowlet: str
+    attempt: int = Field(ge=1)
+
+
 Message = Start | CancelPlay | FlowletResult | FlowletDispatch | Tick
 
 
@@ -103,4 +117,4 @@ class Task(_Message):
     defer_after_ms: int | None = None
 
 
-Internal = Annotated[FlowletResult | Tick | FlowletDispatch, Field(discriminator="type")]
+Internal = Annotated[FlowletResult | Tick | FlowletDispatch | ChannelHeartbeat, Field(discriminator="type")]

@@ -79,10 +79,15 @@ class WorkerGroup:
         count: int = 1,
         name: str | None = None,
         log_level: str = "warning",
+        extra_env: dict[str, str] | None = None,
+        worker_env: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
+        """``extra_env`` goes to every worker, ``worker_env(i)`` to the i-th. Channels are off
+        (FLOW8_CHANNELS=0: many workers on one machine) unless the env turns them on."""
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.workdir = workdir
         self.count = count
+        self.worker_env = worker_env
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_"))},
             "KAFKA_BOOTSTRAP_SERVERS": kafka,
@@ -92,6 +97,8 @@ class WorkerGroup:
             "FLOW8_GROUP_ID": self.name,
             "FLOW8_DATA_DIR": str(workdir / "data"),
             "FLOW8_LOG_LEVEL": log_level,
+            "FLOW8_CHANNELS": "0",
+            **(extra_env or {}),
         }
         self.settings: Settings = load_settings(
             kafka_bootstrap_servers=kafka, mongodb_uri=mongodb_uri, mongodb_database=self.name,
@@ -107,6 +114,7 @@ class WorkerGroup:
         for i in range(self.count):
             port = free_port()
             env = {**self.env, "SERVER_PORT": str(port), "WORKER_ID": f"{self.name}-w{i}-g{self.generation}"}
+            env.update(self.worker_env(i) if self.worker_env is not None else {})
             log = open(self.workdir / f"worker-{i}-g{self.generation}.log", "wb")  # noqa: SIM115 - the child owns it
             proc = subprocess.Popen([flow8, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
             log.close()

@@ -27,14 +27,14 @@ def fl(name: str, module: str, *depends_on: str, **extra: Any) -> dict[str, Any]
 
 
 @contextlib.contextmanager
-def running_group(workdir: Path, count: int = 1) -> Iterator[WorkerGroup]:
+def running_group(workdir: Path, count: int = 1, **options: Any) -> Iterator[WorkerGroup]:
     """``count`` workers on topics, a group and a database of their own; all stopped at the end,
-    and their topics deleted (unless FLOW8_TEST_KEEP=1)."""
+    and their topics deleted (unless FLOW8_TEST_KEEP=1). ``options`` go to ``WorkerGroup``."""
     kafka = require_service("KAFKA_BOOTSTRAP_SERVERS")
     mongodb_uri = require_service("MONGODB_URI")
     # FLOW8_TEST_WORKER_LOG_LEVEL=info makes the workers' logs (in ``workdir``) tell more when a test fails
     log_level = os.environ.get("FLOW8_TEST_WORKER_LOG_LEVEL", "warning")
-    group = WorkerGroup(kafka, mongodb_uri, workdir, count=count, log_level=log_level)
+    group = WorkerGroup(kafka, mongodb_uri, workdir, count=count, log_level=log_level, **options)
     try:
         asyncio.run(group.start())
         yield group

@@ -17,6 +17,10 @@ one partition whatever partitioner an upstream producer used.
 The executor runs modules at least once (a redelivered task runs again); the engine
 drops the duplicate result and KV counters are idempotent by operation id, so the
 effect is exactly once. The projector folds events into MongoDB guarded by ``seq``.
+
+A worker with channels hands long flowlets (``defer_after_ms``, channel modules) to its
+``ChannelPool`` instead of running them in the executor, and watches their heartbeats
+in the orchestrator: see ``channels``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
 from faust.assignor import PartitionAssignor
@@ -37,7 +41,7 @@ from faust.types import EventT
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from flow8_streams.domain import events as ev
-from flow8_streams.domain.messages import CancelPlay, FlowletResult, Start, StartPlay, Task, Tick
+from flow8_streams.domain.messages import CancelPlay, ChannelHeartbeat, FlowletResult, Start, StartPlay, Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import next_wakeup, step
 from flow8_streams.errors import Flow8Error, StoreUnavailable
@@ -45,7 +49,18 @@ from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams import codec
+from flow8_streams.runtimes.streams.channels import (
+    ChannelExecutor,
+    ChannelWatch,
+    DirectProducer,
+    runs_on_channel,
+    watch_for,
+    without_pending,
+)
 from flow8_streams.settings import Settings
+
+if TYPE_CHECKING:
+    from flow8_streams.channels.pool import ChannelPool
 
 log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
@@ -165,8 +180,26 @@ class Flow8Transport(kafka_driver.Transport):
 
 
 class FaustApp(faust.App):
+    """``flow8_on_start`` hooks run before the agents start; ``flow8_on_stop`` ones before they stop."""
+
+    flow8_on_start: tuple[Callable[[], Awaitable[None]], ...] = ()
+    flow8_on_stop: tuple[Callable[[], Awaitable[None]], ...] = ()
+
     def _new_transport(self) -> Any:
         return Flow8Transport(self.conf.broker_consumer, self)
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        for hook in self.flow8_on_start:
+            await hook()
+
+    async def on_stop(self) -> None:
+        for hook in self.flow8_on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("stopping: %s failed", hook)
+        await super().on_stop()
 
 
 class Slot:
@@ -185,7 +218,14 @@ class Slot:
 class Flow8App:
     """Builds and holds the faust app; the composition root passes everything in."""
 
-    def __init__(self, settings: Settings, registry: ModuleRegistry, store: Any, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModuleRegistry,
+        store: Any,
+        metrics: Metrics,
+        channels: ChannelPool | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
@@ -246,6 +286,18 @@ class Flow8App:
         app.page("/metrics")(metrics_page)
         app.page("/healthz")(health_page)
 
+        # channels: the executor runs long flowlets on the pool, the orchestrator watches them
+        self.channel_executor: ChannelExecutor | None = None
+        self.channel_watch: ChannelWatch | None = None
+        if channels is not None:
+            heartbeat_timeout = s.execution.channel_heartbeat_timeout_seconds
+            self.channel_executor = ChannelExecutor(
+                channels, DirectProducer(s), advertised_host=s.advertised_host, heartbeat_every_s=heartbeat_timeout / 3
+            )
+            self.channel_watch = watch_for(registry, heartbeat_timeout)
+            app.flow8_on_start = (self.channel_executor.start,)
+            app.flow8_on_stop = (self.channel_executor.close,)
+
     @property
     def topic_names(self) -> list[str]:
         t = self.settings.topics
@@ -261,6 +313,10 @@ class Flow8App:
                     incoming = await self._resolve(codec.decode_command(event.value), message)
                 else:
                     incoming = codec.decode_internal(event.value)
+                    if isinstance(incoming, ChannelHeartbeat):  # for the watchdog, not the engine
+                        if self.channel_watch is not None:
+                            self.channel_watch.beat(incoming)
+                        continue
             except codec.BadMessage as exc:
                 await self._dead_letter(event, exc.reason, exc.detail)
                 continue
@@ -303,6 +359,13 @@ class Flow8App:
         events, after, remote = await self._advance(state, incoming)
         if not events or after is None:
             return
+        if self.channel_watch is not None:
+            self.channel_watch.track(after, partition)
+        if self.channel_executor is not None:
+            for event in events:
+                if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
+                    p = event.payload
+                    self.channel_executor.cancel(play_id, p.flowlet, p.attempt)
         if after.finished:
             self.plays[play_id] = Slot.pack(partition, TOMBSTONE + after.status.value.encode())
             self.wakeups.pop(play_id, None)
@@ -346,7 +409,9 @@ class Flow8App:
             for event in events:
                 if not isinstance(event, ev.FlowletScheduled):
                     continue
-                if event.payload.module_ref in self.registry and self.registry.get(event.payload.module_ref).inline:
+                p = event.payload
+                deferred = self.channel_executor is not None and p.defer_after_ms is not None
+                if p.module_ref in self.registry and self.registry.get(p.module_ref).inline and not deferred:
                     queue.append(await self._run_task(codec.task_of(event)))
                 else:
                     remote.append(event)
@@ -375,6 +440,8 @@ class Flow8App:
     # ------------------------------------------------------------ timers
 
     async def _fire_ticks(self) -> None:
+        if self.channel_watch is not None and self.channel_watch.entries:
+            await self._channels_lost()
         if not self.wakeups:
             return
         now = utcnow()
@@ -387,19 +454,44 @@ class Flow8App:
             except Exception as exc:  # lost the partition meanwhile: its new owner rescans
                 log.info("tick for %s not sent: %s", play_id, exc)
 
+    async def _channels_lost(self) -> None:
+        """Channel flowlets not heard of for the heartbeat timeout: failed, ``channel_lost``."""
+        assert self.channel_watch is not None and self.channel_executor is not None
+        owned = self._owned_partitions()
+        for key, watched in self.channel_watch.overdue():
+            if watched.partition not in owned:
+                continue  # the partition went to another worker, whose watch has the flowlet now
+            result = self.channel_watch.lost(key, watched)
+            log.warning("channel flowlet %s/%s attempt %s lost: %s", *key, result.error)
+            self.metrics.channels_lost.inc()
+            try:
+                await self.channel_executor.producer.send(watched.partition, watched.company_id, result)
+            except Exception as exc:  # Kafka unavailable: the next rescan watches it again
+                log.warning("channel_lost of %s/%s not sent: %s", key[0], key[1], exc)
+
     async def _rescan(self) -> None:
-        """Rebuild the wakeups of the plays this instance owns (after a rebalance)."""
+        """Rebuild the wakeups and channel watch of the plays this instance owns (after a rebalance)."""
         found: dict[str, tuple[datetime, str, int]] = {}
+        owned: list[tuple[PlayState, int]] = []
         for play_id, raw in list(self.plays.items()):
             partition, body = Slot.unpack(raw)
             if body.startswith(TOMBSTONE):
                 continue
             state = PlayState.model_validate_json(body)
+            owned.append((state, partition))
             wake = next_wakeup(state)
             if wake is not None:
                 found[play_id] = (wake, state.company_id, partition)
         self.wakeups = found
+        if self.channel_watch is not None:
+            # the table may still hold plays of partitions revoked from us: not ours to watch
+            mine = self._owned_partitions()
+            self.channel_watch.rescan((state, partition) for state, partition in owned if partition in mine)
         self.metrics.inflight_plays.set(sum(1 for _ in found))
+
+    def _owned_partitions(self) -> set[int]:
+        completions = self.settings.topics.completions
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == completions}
 
     # ------------------------------------------------------------ executor
 
@@ -409,6 +501,10 @@ class Flow8App:
                 task = codec.decode_task(event.value)
             except codec.BadMessage as exc:
                 await self._dead_letter(event, exc.reason, exc.detail)
+                continue
+            channels = self.channel_executor
+            if channels is not None and runs_on_channel(self.registry, task.module_ref, task.defer_after_ms):
+                channels.hand_over(task, event.message.partition)  # acked now; it reports later
                 continue
             result = await self._run_task(task)
             await self.completions.send(key=event.key, value=codec.encode(result), partition=event.message.partition)
@@ -443,6 +539,7 @@ class Flow8App:
                 started_at=now,
                 ended_at=now,
             )
+        result = without_pending(result, task.module_ref)
         outcome = "ok" if result.ok else "error"
         self.metrics.flowlet_duration.labels(task.module_ref, outcome).observe(time.perf_counter() - t0)
         return result

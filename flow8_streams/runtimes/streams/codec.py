@@ -55,7 +55,7 @@ def decode_command(raw: bytes | None) -> Any:
 
 
 def decode_internal(raw: bytes | None) -> Any:
-    """A FlowletResult, Tick or FlowletDispatch from ``flow8.completions``."""
+    """A FlowletResult, Tick, FlowletDispatch or ChannelHeartbeat from ``flow8.completions``."""
     return _decode(internal_adapter, raw, "completion")
 
 

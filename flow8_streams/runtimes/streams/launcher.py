@@ -57,6 +57,7 @@ class WorkerGroup:
             "FLOW8_GROUP_ID": self.name,
             "FLOW8_DATA_DIR": str(workdir / "data"),
             "FLOW8_LOG_LEVEL": "warning",
+            "FLOW8_CHANNELS": "0",  # N workers on one machine cannot share one channel port range
             **(extra_env or {}),
         }
         self.settings: Settings = load_settings(

@@ -11,7 +11,8 @@ from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.settings import Settings
 
 
-def build(settings: Settings, registry: ModuleRegistry) -> object:
+def build(settings: Settings, registry: ModuleRegistry, channel_sources: list[str] | None = None) -> object:
+    """The worker's app; with ``channel_sources`` (the --modules list) it runs a channel pool."""
     from flow8_streams.runtimes.streams.app import Flow8App
     from flow8_streams.stores.mongo import MongoStore
 
@@ -25,7 +26,30 @@ def build(settings: Settings, registry: ModuleRegistry) -> object:
         incr_window=settings.kv_incr_dedup_window,
         timeout_ms=settings.store_timeout_ms,
     )
-    return Flow8App(settings, registry, store, metrics)
+    pool = None
+    if channel_sources is not None:
+        from flow8_streams.channels.pool import ChannelPool
+        from flow8_streams.channels.slot import MongoKV
+
+        kv = MongoKV(
+            settings.mongodb_uri,
+            settings.mongodb_database,
+            timeout_ms=settings.store_timeout_ms,
+            incr_window=settings.kv_incr_dedup_window,
+        )
+        # channels listen where the HTTP server does; outside systems are told ADVERTISED_HOST
+        pool = ChannelPool.from_settings(
+            settings, module_sources=channel_sources, kv_mongodb=kv, metrics=metrics, host=settings.server_host
+        )
+    return Flow8App(settings, registry, store, metrics, channels=pool)
+
+
+def check_channel_ports(settings: Settings) -> None:
+    """Fail the start, naming the ports, when the channel range is (partly) taken."""
+    from flow8_streams.channels.ports import check_ports_free
+
+    size = settings.channel_pool_size or len(settings.channel_ports)
+    check_ports_free(settings.channel_ports[:size], settings.server_host)
 
 
 async def prepare(settings: Settings) -> None:
@@ -40,13 +64,16 @@ async def prepare(settings: Settings) -> None:
         await store.close()
 
 
-def run_worker(settings: Settings, registry: ModuleRegistry) -> None:
+def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: list[str] | None = None) -> None:
+    """Run until stopped; with ``channel_sources`` (the --modules list) a channel pool runs long flowlets."""
     import faust
     import uvloop
 
+    if channel_sources is not None:
+        check_channel_ports(settings)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(prepare(settings))
-    flow8 = build(settings, registry)
+    flow8 = build(settings, registry, channel_sources)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     level = settings.log_level.upper()

@@ -1,0 +1,342 @@
+"""Channels in the streams runtime: long flowlets on the worker's ``ChannelPool``.
+
+Executor side (``ChannelExecutor``): a task whose flowlet has ``defer_after_ms`` (or whose
+module is declared ``channel``) is not run in the executor agent. It is handed to a
+background task, so its Kafka message is acked at once; that task waits the defer, submits
+the task to the pool, and sends on ``flow8.completions`` (the task's partition, keyed by
+company) a ``FlowletDispatch`` when a channel accepts it and the ``FlowletResult`` at the
+end. While it holds the task it sends a ``ChannelHeartbeat`` every third of the heartbeat
+timeout.
+
+Orchestrator side (``ChannelWatch``): the channel flowlets in flight of the plays this
+worker owns, each with when it was last heard of (scheduled, or a heartbeat). One silent
+for the heartbeat timeout is lost: the orchestrator sends itself a failed, retryable
+``FlowletResult`` ("channel_lost: ..."), and the engine's retry policy applies. This is what
+notices a worker that died with tasks on its channels: those tasks' messages were acked,
+so nobody else would ever run them.
+
+These messages go by a plain (not transactional) producer. A partition's transaction
+commits only when its input offsets advance, so a send from a background task would wait,
+unseen, for the partition's next input, forever on an idle one; and after a rebalance the
+partition's transactional producer is no longer ours. They need no transaction: a
+duplicate result or dispatch is dropped by the engine (it takes one per attempt), and
+heartbeats are only read by the watchdog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+
+from flow8_streams.channels.pending import Pending
+from flow8_streams.domain.messages import ChannelHeartbeat, FlowletDispatch, FlowletResult, Task
+from flow8_streams.domain.state import PlayState
+from flow8_streams.engine import in_flight
+from flow8_streams.errors import Flow8Error
+from flow8_streams.runtimes.streams import codec
+
+if TYPE_CHECKING:
+    from flow8_streams.channels.pool import ChannelPool
+    from flow8_streams.modules.registry import ModuleRegistry
+    from flow8_streams.settings import Settings
+
+log = logging.getLogger("flow8.streams.channels")
+Key = tuple[str, str, int]  # play_id, flowlet, attempt
+CLOSE_GRACE_S = 5.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def runs_on_channel(registry: ModuleRegistry, module_ref: str, defer_after_ms: int | None) -> bool:
+    """Whether a flowlet goes to a channel (when the worker has channels)."""
+    if defer_after_ms is not None:
+        return True
+    return module_ref in registry and registry.get(module_ref).channel
+
+
+def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
+    """A failed, retryable attempt: what a lost channel becomes."""
+    play_id, flowlet, attempt = (task.play_id, task.flowlet, task.attempt) if isinstance(task, Task) else task
+    now = utcnow()
+    return FlowletResult(
+        play_id=play_id,
+        company_id=company_id,
+        flowlet=flowlet,
+        attempt=attempt,
+        ok=False,
+        error=error,
+        retryable=True,
+        started_at=now,
+        ended_at=now,
+    )
+
+
+def without_pending(result: FlowletResult, module_ref: str) -> FlowletResult:
+    """A ``Pending`` returned off a channel cannot be completed from outside: fail it, clearly."""
+    if not (result.ok and isinstance(result.output, Pending)):
+        return result
+    return result.model_copy(
+        update={
+            "ok": False,
+            "output": None,
+            "retryable": False,
+            "error": f"module {module_ref!r} returned Pending, which needs a channel: give the flowlet "
+            "defer_after_ms (or declare the module channel) and run the workers with channels "
+            "(flow8 worker --channels)",
+        }
+    )
+
+
+class DirectProducer:
+    """Sends to ``flow8.completions`` outside any transaction: seen at once (see the module doc)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topics.completions
+        self.settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        # made here, on the loop that runs it (aiokafka binds a producer to its loop)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.worker_id}-channels",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, partition: int, company_id: str, message: BaseModel) -> None:
+        if self._producer is None:
+            raise RuntimeError("DirectProducer.send before start()")
+        await self._producer.send_and_wait(
+            self.topic, value=codec.encode(message), key=company_id.encode(), partition=partition
+        )
+
+
+@dataclass
+class Held:
+    task: Task
+    partition: int
+    runner: asyncio.Task[None]
+
+
+class ChannelExecutor:
+    """The executor's side: channel tasks run in the background on ``pool``."""
+
+    def __init__(
+        self,
+        pool: ChannelPool,
+        producer: DirectProducer,
+        *,
+        advertised_host: str,
+        heartbeat_every_s: float,
+    ) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.advertised_host = advertised_host
+        self.heartbeat_every_s = heartbeat_every_s
+        self.held: dict[Key, Held] = {}
+        self._beating: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def address(self, channel: str) -> str:
+        """``host:port`` as outside systems reach it: the worker's ADVERTISED_HOST."""
+        return f"{self.advertised_host}:{channel.rsplit(':', 1)[-1]}"
+
+    async def start(self) -> None:
+        await self.producer.start()
+        try:
+            await self.pool.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        self._beating = asyncio.create_task(self._heartbeats(), name="flow8-channel-heartbeats")
+
+    async def close(self) -> None:
+        """Close the pool: the tasks it held come back failed (``channel_lost``), and their
+        results are sent, so the plays' owners retry them without waiting for the watchdog."""
+        self._closing = True
+        await self.pool.close()
+        runners = [h.runner for h in self.held.values()]
+        if runners:
+            _, late = await asyncio.wait(runners, timeout=CLOSE_GRACE_S)
+            for runner in late:
+                runner.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._beating is not None:
+            self._beating.cancel()
+            await asyncio.gather(self._beating, return_exceptions=True)
+        await self.producer.stop()
+
+    def hand_over(self, task: Task, partition: int) -> None:
+        """Run ``task`` on a channel in the background; returns at once."""
+        key = (task.play_id, task.flowlet, task.attempt)
+        if key in self.held:
+            return  # a redelivered task message: the attempt is already ours
+        runner = asyncio.create_task(self._run(task, partition), name=f"flow8-channel:{task.play_id}/{task.flowlet}")
+        self.held[key] = Held(task, partition, runner)
+        runner.add_done_callback(lambda done: self._release(key, done))
+
+    def cancel(self, play_id: str, flowlet: str, attempt: int) -> None:
+        """The engine timed the attempt out or cancelled it: stop it (killing its channel
+        worker if it runs); nothing is reported, the engine has decided already."""
+        held = self.held.get((play_id, flowlet, attempt))
+        if held is not None:
+            held.runner.cancel()  # cancels its wait, its place in the queue, or its run
+        self.pool.cancel(play_id, flowlet, attempt)
+
+    def _release(self, key: Key, runner: asyncio.Task[None]) -> None:
+        held = self.held.get(key)
+        if held is not None and held.runner is runner:
+            del self.held[key]
+        if not runner.cancelled() and runner.exception() is not None:
+            log.error("channel task %s/%s attempt %s failed", *key, exc_info=runner.exception())
+
+    async def _run(self, task: Task, partition: int) -> None:
+        company = task.company_id
+        sends: list[asyncio.Task[None]] = []
+
+        def dispatched(play_id: str, flowlet: str, attempt: int, channel: str) -> None:
+            message = FlowletDispatch(
+                play_id=play_id, company_id=company, flowlet=flowlet, attempt=attempt, channel=self.address(channel)
+            )
+            sends.append(asyncio.create_task(self.producer.send(partition, company, message)))
+
+        if task.defer_after_ms:
+            await asyncio.sleep(task.defer_after_ms / 1000)  # a delay the flow asked for
+        try:
+            result = await self.pool.submit(task, on_dispatch=dispatched)
+        except Flow8Error as exc:  # the pool closed (this worker stops): another worker retries it
+            result = failed(task, company, f"channel_lost: {exc}")
+        for outcome in await asyncio.gather(*sends, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.warning("FlowletDispatch of %s/%s not sent: %s", task.play_id, task.flowlet, outcome)
+        try:
+            await self.producer.send(partition, company, result)
+        except Exception as exc:  # the watchdog of the play's owner fails the attempt
+            log.warning("result of %s/%s attempt %s not sent: %s", task.play_id, task.flowlet, task.attempt, exc)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_every_s)  # the heartbeat period, not a synchronisation
+            sends = []
+            for h in list(self.held.values()):
+                t = h.task
+                beat = ChannelHeartbeat(
+                    play_id=t.play_id, company_id=t.company_id, flowlet=t.flowlet, attempt=t.attempt
+                )
+                sends.append(self.producer.send(h.partition, t.company_id, beat))
+            for outcome in await asyncio.gather(*sends, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.warning("channel heartbeat not sent: %s", outcome)
+
+
+@dataclass
+class Watched:
+    last_seen: float  # monotonic
+    company_id: str
+    partition: int
+
+
+class ChannelWatch:
+    """The orchestrator's side: the heartbeat watchdog of channel flowlets in flight."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        is_channel: Callable[[str, int | None], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.is_channel = is_channel  # (module_ref, defer_after_ms) -> bool
+        self.clock = clock
+        self.entries: dict[Key, Watched] = {}
+        self._by_play: dict[str, set[Key]] = {}
+
+    def _watched(self, state: PlayState) -> set[Key]:
+        if state.finished:
+            return set()
+        keys = set()
+        for name, f in in_flight(state):
+            spec = state.flow.by_name[name]
+            if self.is_channel(spec.module_ref, spec.defer_after_ms):
+                keys.add((state.play_id, name, f.attempts))
+        return keys
+
+    def track(self, state: PlayState, partition: int) -> None:
+        """After a decision on ``state``: watch its channel flowlets in flight (a new one from
+        now), forget the others."""
+        want = self._watched(state)
+        have = self._by_play.pop(state.play_id, set())
+        for key in have - want:
+            self.entries.pop(key, None)
+        self._add(want - have, state, partition)
+        if want:
+            self._by_play[state.play_id] = want
+
+    def forget(self, play_id: str) -> None:
+        for key in self._by_play.pop(play_id, set()):
+            self.entries.pop(key, None)
+
+    def beat(self, heartbeat: ChannelHeartbeat) -> None:
+        entry = self.entries.get((heartbeat.play_id, heartbeat.flowlet, heartbeat.attempt))
+        if entry is not None:  # else: a finished attempt, or a play not (yet) ours
+            entry.last_seen = self.clock()
+
+    def overdue(self) -> list[tuple[Key, Watched]]:
+        """The entries silent for the timeout, taken out of the watch (reported once)."""
+        limit = self.clock() - self.timeout_s
+        late = [(key, w) for key, w in self.entries.items() if w.last_seen <= limit]
+        for key, _ in late:
+            del self.entries[key]
+            keys = self._by_play.get(key[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_play[key[0]]
+        return late
+
+    def rescan(self, owned: Iterable[tuple[PlayState, int]]) -> None:
+        """The plays this worker owns now (after a rebalance): their channel flowlets not yet
+        watched are, from now (a grace of one timeout); plays no longer ours are forgotten."""
+        seen: set[str] = set()
+        for state, partition in owned:
+            seen.add(state.play_id)
+            missing = self._watched(state) - self._by_play.get(state.play_id, set())
+            if missing:
+                self._add(missing, state, partition)
+        for play_id in [p for p in self._by_play if p not in seen]:
+            self.forget(play_id)
+
+    def _add(self, keys: set[Key], state: PlayState, partition: int) -> None:
+        if not keys:
+            return
+        now = self.clock()
+        for key in keys:
+            self.entries[key] = Watched(now, state.company_id, partition)
+        self._by_play.setdefault(state.play_id, set()).update(keys)
+
+    def lost(self, key: Key, watched: Watched) -> FlowletResult:
+        return failed(key, watched.company_id, f"channel_lost: no heartbeat for {self.timeout_s:g} s")
+
+
+def watch_for(registry: ModuleRegistry, timeout_s: float) -> ChannelWatch:
+    def is_channel(module_ref: str, defer_after_ms: int | None) -> bool:
+        return runs_on_channel(registry, module_ref, defer_after_ms)
+
+    return ChannelWatch(timeout_s, is_channel)
