@@ -151,12 +151,20 @@ class ChannelExecutor:
         self.advertised_host = advertised_host
         self.heartbeat_every_s = heartbeat_every_s
         self.held: dict[Key, Held] = {}
+        if pool.on_pending is None:
+            pool.on_pending = self._pending
         self._beating: asyncio.Task[None] | None = None
         self._closing = False
 
     def address(self, channel: str) -> str:
         """``host:port`` as outside systems reach it: the worker's ADVERTISED_HOST."""
         return f"{self.advertised_host}:{channel.rsplit(':', 1)[-1]}"
+
+    def _pending(self, play_id: str, flowlet: str, attempt: int, channel: str, token: str) -> None:
+        log.info(
+            "%s/%s attempt %d waits for an outside service: complete token %r at %s",
+            play_id, flowlet, attempt, token, self.address(channel),
+        )  # fmt: skip
 
     async def start(self) -> None:
         await self.producer.start()
