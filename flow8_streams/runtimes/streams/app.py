@@ -154,6 +154,17 @@ class Flow8Consumer(kafka_driver.Consumer):
         finally:
             self._acked[tp].extend(held)
 
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Offsets no record will come for (transaction markers, aborted records) count
+        as acked, so commits can pass them. faust calls this with ``offset_to`` = the
+        offset of the record just read, and adds the interval up to and *including*
+        it: that record counted as acked before any agent saw it. An executor task
+        right after a transaction marker was committed while it still ran (or before
+        it ran), and a worker killed then lost it: its play never finished. The gap
+        here ends before that record."""
+        if offset_from < offset_to:
+            await super()._add_gap(tp, offset_from, offset_to - 1)
+
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
         never = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
