@@ -11,10 +11,10 @@ document:
 - plays: ``seq`` guards each write, in two updates that work on MongoDB and FerretDB:
   ``{_id, company_id}`` ``$setOnInsert`` (upsert), then ``{_id, company_id, seq < n}``
   ``$set`` (no upsert). A redelivered or older state matches nothing.
-- kv ``incr``: one update, guarded by the version read and by "op id not recorded",
-  applies the increment and records ``{id, value, version}`` of the op in the key's
-  document (the last ``incr_window`` ops, at least), so a redelivered op returns its
-  first result and counts nothing.
+- kv: every write inserts the key's next version (``kv_versions``, unique ``_id`` per
+  version and unique op), so writers that collide lose an insert, not an update; an
+  increment's op id is recorded with its version, so a redelivered op returns its first
+  result and counts nothing (see ``MongoKV``).
 
 Every query carries ``company_id`` where the port has it. ``plays.get(None, id)`` and
 ``plays.list()`` without a company are the operator path (the CLI's ``plays show``/``list``).
@@ -23,22 +23,15 @@ FerretDB (1.24, SQLite backend) is NOT safe for concurrent writers of one docume
 its updates (``update``, ``findAndModify``, even ``$inc``) read, modify and write back
 without a transaction, so concurrent updates from several connections are lost (measured:
 200 concurrent ``$inc`` -> 18; a ``seq``-guarded ``$set`` let seq 2 overwrite seq 7).
-Only inserts (unique ``_id``/index) and deletes are atomic there. This adapter therefore
-serializes its own writes of one play batch / one KV key in-process (asyncio locks), which
-makes one store correct on FerretDB; the guarantees between processes (two workers, two
-projectors) hold on MongoDB only. Concurrent first upserts of one ``_id`` fail with
-E11000 on FerretDB (MongoDB retries them): such an upsert is tried once more.
+Only inserts (unique ``_id``/index) and deletes are atomic there. KV writes are therefore
+inserts (correct between processes on both servers). Play projections serialize their
+writes of one play batch in-process (asyncio locks), which makes one store correct on
+FerretDB; between processes (two projectors during a hand-over) it holds on MongoDB only.
+Concurrent first upserts of one ``_id`` fail with E11000 on FerretDB (MongoDB retries
+them): such an upsert is tried once more.
 
 FerretDB also shaped these choices; each is valid MongoDB too:
 
-- ``{"ops.id": {"$ne": x}}``, ``$nin``, ``$not`` and ``$elemMatch`` on an array of
-  sub-documents match wrongly; ``$nor: [{"ops.id": x}]`` is right, so incr uses that.
-- ``$push`` ignores ``$slice`` and ``$position``, and ``$pull`` with a condition does
-  nothing: the ops array is trimmed by a separate update guarded by ``n_ops``.
-- ``findAndModify`` does not implement a projection (``fields``): kv ``set`` asks for one
-  and, when refused (code 238), goes without from then on.
-- FerretDB reads a whole document whatever the projection: a hot counter with a full
-  ops window (1000) costs it ~50 ms a read; MongoDB reads and ships only what is asked.
 - field names with a ``.`` or a leading ``$`` are refused, even nested: a JSON value
   with such a key (a KV value, a flowlet output) is stored as JSON bytes in ``<field>_json``.
 - ``createIndexes`` with several indexes that exist already crashes the connection:
@@ -57,7 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import random
+import uuid
 from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -68,9 +63,9 @@ import orjson
 from bson.errors import InvalidDocument
 from cachetools import TTLCache
 from pydantic import ValidationError
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
@@ -82,7 +77,7 @@ from flow8_streams.stores.ports import KVEntry
 
 Doc = dict[str, Any]
 
-PLAYS, EVENTS, KV, FLOWS, MODULES = "plays", "events", "kv", "flows", "modules"
+PLAYS, EVENTS, KV, KV_VERSIONS, FLOWS, MODULES = "plays", "events", "kv", "kv_versions", "flows", "modules"
 
 INDEXES: dict[str, list[IndexModel]] = {
     FLOWS: [
@@ -102,11 +97,15 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("company_id", ASCENDING), ("created_at", DESCENDING)], name="company_created"),
     ],
     EVENTS: [IndexModel([("play_id", ASCENDING), ("seq", ASCENDING)], name="play_seq")],
+    KV_VERSIONS: [
+        IndexModel([("op", ASCENDING)], name="op", unique=True),
+        IndexModel([("company_id", ASCENDING), ("kv", ASCENDING), ("version", ASCENDING)], name="company_kv_version"),
+    ],
     MODULES: [IndexModel([("company_id", ASCENDING), ("name", ASCENDING)], name="company_name")],
 }
 
 _INT64 = (-(2**63), 2**63 - 1)
-_INCR_ATTEMPTS = 200  # version conflicts with other processes before incr gives up
+_WRITE_ATTEMPTS = 200  # version conflicts with other writers before a kv write gives up
 PLAYS_PER_BULK = 20  # FerretDB wedges on big update commands (see the module's docstring)
 
 
@@ -546,186 +545,178 @@ class _KeyLocks:
 
 
 class MongoKV:
-    """The ``KVStore`` port: one document per (company, key).
+    """The ``KVStore`` port as an append-only log of versions per key, with a head.
 
-    ``{_id, company_id, key, value, version, updated_at, ops, n_ops}``: ``ops`` holds
-    ``{id, value, version}`` of the last ``incr_window`` increments (up to 10 % more
-    between trims), ``n_ops`` its length. Op ids are remembered per (company, key).
-    This instance's writes of one key run one at a time (a lock per key).
+    Every write of a key inserts the document of its next version into ``kv_versions``:
+    ``{_id: "<kv id>#<version>", company_id, key, kv, version, value, op}``. Two writers
+    of one version collide on the unique ``_id``, and the loser reads again and retries.
+    Inserts are the one write FerretDB makes atomic between connections, so this holds
+    between any writers (two workers during a partition hand-over, a request that
+    FerretDB finishes long after its client gave up) on FerretDB and MongoDB alike.
+    ``op`` is unique too: ``"<kv id>!<op id>"`` for an increment (a repeat collides with
+    its first record, and returns that result), a fresh one for a set or a cas.
+
+    ``kv`` holds each key's head, ``{_id: kv id, company_id, key, version, value}``:
+    the newest version this store wrote, moved forward only (on MongoDB; FerretDB may
+    land an older head late). It is a hint: a read goes on from it, by ``_id``, to any
+    newer version. Versions older than the last ``incr_window`` are deleted now and
+    then, so an op id is remembered for that many writes of its key.
+    This instance's writes of one key run one at a time (a lock per key): they do
+    not collide with each other.
     """
 
     def __init__(self, store: MongoStore, incr_window: int) -> None:
         self._s = store
         self.window = incr_window
-        self._slack = max(1, incr_window // 10)  # trim ops when this many over the window
+        self._slack = max(1, incr_window // 10)  # prune when this many versions over the window
         self._locks = _KeyLocks()
-        self._fam_projection = True  # findAndModify with "fields"; FerretDB does not implement it
+        self._indexed = False  # the unique op index is what makes an op count once: made before a write
 
     @property
-    def _coll(self) -> AsyncCollection[Doc]:
+    def _heads(self) -> AsyncCollection[Doc]:
         return self._s.coll(KV)
+
+    @property
+    def _versions(self) -> AsyncCollection[Doc]:
+        return self._s.coll(KV_VERSIONS)
 
     async def get(self, company_id: str, key: str) -> KVEntry | None:
         with self._s.errors(f"reading kv key {key!r}"):
-            doc = await self._coll.find_one(
-                {"_id": _kv_id(company_id, key), "company_id": company_id},
-                {"value": 1, "value_json": 1, "version": 1},
-            )
-        return None if doc is None else KVEntry(key, _unpack(doc, "value"), int(doc["version"]))
+            version, value = await self._latest(company_id, _kv_id(company_id, key))
+        return None if version == 0 else KVEntry(key, value, version)
 
     async def set(self, company_id: str, key: str, value: Any) -> KVEntry:
-        stored = _pack("value", _json_value(value, f"kv key {key!r}"))
-        query = {"_id": _kv_id(company_id, key), "company_id": company_id}
-        update = {
-            "$set": {"key": key, **stored, "updated_at": _now()},
-            "$inc": {"version": 1},
-            "$setOnInsert": {"ops": [], "n_ops": 0},
-        }
-        async with self._locks.hold((company_id, key)):
-            with self._s.errors(f"writing kv key {key!r}"):
-                for attempt in range(2):  # two first writes of a key at once: one upsert loses, once
-                    try:
-                        doc = await self._find_one_and_update(query, update)
-                        break
-                    except DuplicateKeyError:
-                        if attempt:
-                            raise
-        assert doc is not None
-        return KVEntry(key, value, int(doc["version"]))
-
-    async def _find_one_and_update(self, query: Doc, update: Doc) -> Doc | None:
-        """Upsert and return the version, without the ``ops`` where the server can project."""
-        if self._fam_projection:
-            try:
-                return await self._coll.find_one_and_update(
-                    query, update, {"version": 1}, upsert=True, return_document=ReturnDocument.AFTER
-                )
-            except OperationFailure as exc:
-                if exc.code != 238:  # NotImplemented: refused before anything was written
-                    raise
-                self._fam_projection = False
-        return await self._coll.find_one_and_update(query, update, upsert=True, return_document=ReturnDocument.AFTER)
-
-    async def cas(self, company_id: str, key: str, value: Any, expected_version: int) -> KVEntry | None:
-        stored = _pack("value", _json_value(value, f"kv key {key!r}"))
+        value = _json_value(value, f"kv key {key!r}")
         kv_id = _kv_id(company_id, key)
         async with self._locks.hold((company_id, key)):
             with self._s.errors(f"writing kv key {key!r}"):
-                if expected_version == 0:
-                    try:
-                        await self._coll.insert_one(
-                            {
-                                "_id": kv_id,
-                                "company_id": company_id,
-                                "key": key,
-                                **stored,
-                                "version": 1,
-                                "updated_at": _now(),
-                                "ops": [],
-                                "n_ops": 0,
-                            }
-                        )
-                    except DuplicateKeyError:
-                        return None
-                else:
-                    done = await self._coll.update_one(
-                        {"_id": kv_id, "company_id": company_id, "version": expected_version},
-                        {"$set": {**stored, "updated_at": _now()}, "$inc": {"version": 1}},
-                    )
-                    if done.matched_count != 1:
-                        return None
+                for attempt in range(_WRITE_ATTEMPTS):
+                    await _backoff(attempt)
+                    version, _ = await self._latest(company_id, kv_id)
+                    if await self._write(company_id, key, kv_id, version + 1, value, _fresh_op(kv_id)):
+                        return KVEntry(key, value, version + 1)
+        raise self._gave_up(company_id, key, "set")
+
+    async def cas(self, company_id: str, key: str, value: Any, expected_version: int) -> KVEntry | None:
+        value = _json_value(value, f"kv key {key!r}")
+        kv_id = _kv_id(company_id, key)
+        async with self._locks.hold((company_id, key)):
+            with self._s.errors(f"writing kv key {key!r}"):
+                version, _ = await self._latest(company_id, kv_id)
+                if version != expected_version:
+                    return None
+                if not await self._write(company_id, key, kv_id, version + 1, value, _fresh_op(kv_id)):
+                    return None  # another writer took that version first
         return KVEntry(key, value, expected_version + 1)
 
     async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
         """Add ``by`` once per ``op_id``; a repeated op returns its first result, uncounted.
 
-        Read value and version (not the ops), then ONE update whose filter holds the
-        version read and "op not recorded" (``$nor: [{"ops.id": op_id}]``), and which sets
-        the new value and version and pushes ``{id, value, version}``. When it misses, the
-        op is either recorded (return its result) or another writer came first (read
-        again). A first increment inserts the document; a duplicate key means another
-        first write won (read again). Increments of one key in this process queue on a
-        lock, so only other processes make the guard miss.
-
-        The result cannot come from a blind ``$inc`` filtered on the op id: the pushed op
-        could not hold the value the ``$inc`` produces (no pipeline updates on FerretDB).
-        """
+        Read the newest version ``v`` and insert ``v + 1`` holding the sum and the op. A
+        duplicate key means the op is recorded (return its result) or another writer
+        took ``v + 1`` (read again)."""
         if not _is_number(by):
             raise InvalidInput(f"kv incr of key {key!r}: {by!r} is not a number")
         kv_id = _kv_id(company_id, key)
+        op = _op(kv_id, op_id)
         async with self._locks.hold((company_id, key)):
             with self._s.errors(f"incrementing kv key {key!r}"):
-                for attempt in range(_INCR_ATTEMPTS):
-                    if attempt:
-                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
-                    entry = await self._try_incr(company_id, key, kv_id, by, op_id)
-                    if entry is not None:
-                        return entry
-        raise StoreUnavailable(
-            f"kv key {key!r} of company {company_id!r}: incr gave up after {_INCR_ATTEMPTS} conflicting writes"
+                for attempt in range(_WRITE_ATTEMPTS):
+                    await _backoff(attempt)
+                    version, current = await self._latest(company_id, kv_id)
+                    current = 0 if version == 0 else current
+                    if not _is_number(current):
+                        done = await self._recorded(company_id, key, op)
+                        if done is not None:  # counted before a set() made it a non-number
+                            return done
+                        raise InvalidInput(f"kv key {key!r} of company {company_id!r} holds {current!r}, not a number")
+                    if await self._write(company_id, key, kv_id, version + 1, current + by, op):
+                        return KVEntry(key, current + by, version + 1)
+                    done = await self._recorded(company_id, key, op)
+                    if done is not None:
+                        return done
+        raise self._gave_up(company_id, key, "incr")
+
+    async def _latest(self, company_id: str, kv_id: str) -> tuple[int, Any]:
+        """``(version, value)`` of the newest version, ``(0, None)`` for an absent key."""
+        head = await self._heads.find_one({"_id": kv_id, "company_id": company_id}, _VALUE_FIELDS)
+        version, value = (0, None) if head is None else (int(head["version"]), _unpack(head, "value"))
+        while True:
+            newer = await self._versions.find_one(
+                {"_id": _version_id(kv_id, version + 1), "company_id": company_id}, _VALUE_FIELDS
+            )
+            if newer is None:
+                return version, value
+            version, value = version + 1, _unpack(newer, "value")
+
+    async def _write(self, company_id: str, key: str, kv_id: str, version: int, value: Any, op: str) -> bool:
+        """Insert ``version``; False when its ``_id`` or its op is taken."""
+        if not self._indexed:
+            for index in INDEXES[KV_VERSIONS]:  # idempotent; one at a time for FerretDB
+                await self._versions.create_indexes([index])
+            self._indexed = True
+        stored = _pack("value", value)
+        try:
+            await self._versions.insert_one(
+                {
+                    "_id": _version_id(kv_id, version),
+                    "company_id": company_id,
+                    "key": key,
+                    "kv": kv_id,
+                    "version": version,
+                    **stored,
+                    "op": op,
+                    "at": _now(),
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        with contextlib.suppress(
+            DuplicateKeyError
+        ):  # the head moves forward only: an upsert that finds a newer one collides
+            await self._heads.update_one(
+                {"_id": kv_id, "company_id": company_id, "version": {"$lt": version}},
+                {"$set": {"key": key, "version": version, **stored, "updated_at": _now()}},
+                upsert=True,
+            )
+        if version > self.window and version % self._slack == 0:
+            await self._versions.delete_many(
+                {"company_id": company_id, "kv": kv_id, "version": {"$lte": version - self.window}}
+            )
+        return True
+
+    async def _recorded(self, company_id: str, key: str, op: str) -> KVEntry | None:
+        """The first result of ``op`` on this key, if it is recorded."""
+        doc = await self._versions.find_one({"op": op, "company_id": company_id}, {"version": 1, **_VALUE_FIELDS})
+        return None if doc is None else KVEntry(key, _unpack(doc, "value"), int(doc["version"]))
+
+    @staticmethod
+    def _gave_up(company_id: str, key: str, what: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"kv key {key!r} of company {company_id!r}: {what} gave up after {_WRITE_ATTEMPTS} conflicting writes"
         )
 
-    async def _try_incr(self, company_id: str, key: str, kv_id: str, by: float, op_id: str) -> KVEntry | None:
-        """One attempt: the entry, or None when another writer came first."""
-        query = {"_id": kv_id, "company_id": company_id}
-        doc = await self._coll.find_one(query, {"value": 1, "value_json": 1, "version": 1, "n_ops": 1})
-        if doc is None:
-            try:
-                await self._coll.insert_one(
-                    {
-                        **query,
-                        "key": key,
-                        "value": by,
-                        "value_json": None,
-                        "version": 1,
-                        "updated_at": _now(),
-                        "ops": [{"id": op_id, "value": by, "version": 1}],
-                        "n_ops": 1,
-                    }
-                )
-            except DuplicateKeyError:
-                return None  # another first write won: read it
-            return KVEntry(key, by, 1)
-        current = _unpack(doc, "value")
-        if not _is_number(current):
-            done = await self._recorded(query, key, op_id)  # counted before a set() made it a non-number
-            if done is not None:
-                return done
-            raise InvalidInput(f"kv key {key!r} of company {company_id!r} holds {current!r}, not a number")
-        value, version, n_ops = current + by, int(doc["version"]) + 1, int(doc.get("n_ops", 0)) + 1
-        written = await self._coll.update_one(
-            {**query, "version": doc["version"], "$nor": [{"ops.id": op_id}]},
-            {
-                "$set": {"value": value, "value_json": None, "version": version, "updated_at": _now()},
-                "$push": {"ops": {"id": op_id, "value": value, "version": version}},
-                "$inc": {"n_ops": 1},
-            },
-        )
-        if written.matched_count == 1:
-            if n_ops > self.window + self._slack:
-                await self._trim(query)
-            return KVEntry(key, value, version)
-        return await self._recorded(query, key, op_id)
 
-    async def _recorded(self, query: Doc, key: str, op_id: str) -> KVEntry | None:
-        """The first result of ``op_id`` on this key, if it is recorded."""
-        doc = await self._coll.find_one(query, {"ops": 1})
-        for op in reversed((doc or {}).get("ops") or []):
-            if op.get("id") == op_id:
-                return KVEntry(key, op["value"], int(op["version"]))
-        return None
+_VALUE_FIELDS = {"version": 1, "value": 1, "value_json": 1}
 
-    async def _trim(self, query: Doc) -> None:
-        """Keep the last ``window`` ops. Guarded by ``n_ops``: a push in between (an op this
-        read did not see) makes it miss, and a later increment trims instead.
-        (``$push`` with ``$slice`` would cap the array in the same update, but FerretDB
-        ignores ``$slice``.)"""
-        doc = await self._coll.find_one(query, {"ops": 1, "n_ops": 1})
-        if doc is None or len(ops := doc.get("ops") or []) <= self.window:
-            return
-        await self._coll.update_one(
-            {**query, "n_ops": doc.get("n_ops", 0)}, {"$set": {"ops": ops[-self.window :], "n_ops": self.window}}
-        )
+
+def _version_id(kv_id: str, version: int) -> str:
+    return f"{kv_id}#{version}"
+
+
+def _op(kv_id: str, op_id: str) -> str:
+    return f"{kv_id}!{op_id}"
+
+
+def _fresh_op(kv_id: str) -> str:
+    """A set or a cas is no repeatable op: a unique value keeps the op index unique."""
+    return f"{kv_id}/{uuid.uuid4().hex}"
+
+
+async def _backoff(attempt: int) -> None:
+    """Before a retry after a conflict with another writer: a short random wait."""
+    if attempt:
+        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
 
 
 # ------------------------------------------------------------ flow catalog
