@@ -195,7 +195,8 @@ async def test_cancelling_a_play_kills_its_channel_worker(harness: StreamsHarnes
 
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[tuple[WorkerGroup, list[range]]]:
-    blocks = [free_port_block(2), free_port_block(2)]
+    block = free_port_block(4)
+    blocks = [block[:2], block[2:]]  # disjoint
     env = channels_env(
         blocks,
         FLOW8_EXECUTION__CHANNEL_HEARTBEAT_TIMEOUT_SECONDS=str(HEARTBEAT_TIMEOUT_S),

@@ -26,6 +26,7 @@ heartbeats are only read by the watchdog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -154,7 +155,7 @@ class ChannelExecutor:
         if pool.on_pending is None:
             pool.on_pending = self._pending
         self._beating: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closing = asyncio.Event()
 
     def address(self, channel: str) -> str:
         """``host:port`` as outside systems reach it: the worker's ADVERTISED_HOST."""
@@ -178,7 +179,7 @@ class ChannelExecutor:
     async def close(self) -> None:
         """Close the pool: the tasks it held come back failed (``channel_lost``), and their
         results are sent, so the plays' owners retry them without waiting for the watchdog."""
-        self._closing = True
+        self._closing.set()  # tasks waiting for their defer stop waiting (and come back failed)
         await self.pool.close()
         runners = [h.runner for h in self.held.values()]
         if runners:
@@ -225,8 +226,9 @@ class ChannelExecutor:
             )
             sends.append(asyncio.create_task(self.producer.send(partition, company, message)))
 
-        if task.defer_after_ms:
-            await asyncio.sleep(task.defer_after_ms / 1000)  # a delay the flow asked for
+        if task.defer_after_ms:  # a delay the flow asked for, cut short by close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), task.defer_after_ms / 1000)
         try:
             result = await self.pool.submit(task, on_dispatch=dispatched)
         except Flow8Error as exc:  # the pool closed (this worker stops): another worker retries it
