@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,21 +25,12 @@ from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import CancelPlay, StartPlay
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
-from flow8_streams.runtimes.streams.admin import ensure_topics
+from flow8_streams.runtimes.streams import launcher
 from flow8_streams.runtimes.streams.client import CommandProducer
-from flow8_streams.settings import Settings, load_settings
+from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 
 from .harness import EVENT_TIMEOUT_S, EventPredicate
-
-READY_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
@@ -67,83 +50,23 @@ def metric(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return sum(value for (n, have), value in samples.items() if n == name and want <= have)
 
 
-class WorkerGroup:
-    """N ``flow8 worker`` processes in one consumer group, on topics and a database of their own."""
+class WorkerGroup(launcher.WorkerGroup):
+    """The launcher's group, for tests: it waits until the group settled, and reads a
+    worker's /healthz and /metrics. Channels are off (FLOW8_CHANNELS=0: many workers on one
+    machine) unless ``extra_env`` or ``worker_env`` turn them on."""
 
-    def __init__(
-        self,
-        kafka: str,
-        mongodb_uri: str,
-        workdir: Path,
-        *,
-        count: int = 1,
-        name: str | None = None,
-        log_level: str = "warning",
-        extra_env: dict[str, str] | None = None,
-        worker_env: Callable[[int], dict[str, str]] | None = None,
-    ) -> None:
-        """``extra_env`` goes to every worker, ``worker_env(i)`` to the i-th. Channels are off
-        (FLOW8_CHANNELS=0: many workers on one machine) unless the env turns them on."""
-        self.name = name or f"t{uuid.uuid4().hex[:10]}"
-        self.workdir = workdir
-        self.count = count
-        self.worker_env = worker_env
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_"))},
-            "KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "MONGODB_URI": mongodb_uri,
-            "MONGODB_DATABASE": self.name,
-            "FLOW8_TOPICS__PREFIX": self.name,
-            "FLOW8_GROUP_ID": self.name,
-            "FLOW8_DATA_DIR": str(workdir / "data"),
-            "FLOW8_LOG_LEVEL": log_level,
-            "FLOW8_CHANNELS": "0",
-            **(extra_env or {}),
-        }
-        self.settings: Settings = load_settings(
-            kafka_bootstrap_servers=kafka, mongodb_uri=mongodb_uri, mongodb_database=self.name,
-            topics={"prefix": self.name}, group_id=self.name,
-        )
-        self.processes: list[tuple[subprocess.Popen[bytes], int]] = []
-        self.generation = 0
+    ready_timeout_s = 90.0
 
-    async def start(self) -> None:
-        await ensure_topics(self.settings)
-        flow8 = shutil.which("flow8", path=str(Path(sys.executable).parent)) or "flow8"
-        self.generation += 1
-        for i in range(self.count):
-            port = free_port()
-            env = {**self.env, "SERVER_PORT": str(port), "WORKER_ID": f"{self.name}-w{i}-g{self.generation}"}
-            env.update(self.worker_env(i) if self.worker_env is not None else {})
-            log = open(self.workdir / f"worker-{i}-g{self.generation}.log", "wb")  # noqa: SIM115 - the child owns it
-            proc = subprocess.Popen([flow8, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-            self.processes.append((proc, port))
-        await self.wait_ready()
-
-    async def wait_ready(self) -> None:
+    def ready(self) -> bool:
         """Every worker answers /healthz and the group has assigned all command partitions,
         each to one worker, and (when there are enough) some to every worker: the group settled."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        commands = self.settings.topics.commands
-        want = {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
-        while True:
-            shares: list[set[str]] = []
-            for proc, port in self.processes:
-                if proc.poll() is not None:
-                    raise AssertionError(f"worker exited with {proc.returncode}; see {self.workdir}")
-                url = f"http://127.0.0.1:{port}/healthz"
-                with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as response:
-                    shares.append(set(orjson.loads(response.read())["assigned"]) & want)
-            assigned = set().union(*shares)
-            settled = len(shares) == len(self.processes) and sum(map(len, shares)) == len(assigned)
-            if len(self.processes) <= len(want):
-                settled = settled and all(shares)
-            if want <= assigned and settled:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"workers not ready after {READY_TIMEOUT_S} s; see logs in {self.workdir}")
-            await asyncio.sleep(0.2)  # polling another process's readiness: there is no event to await
+        want = self.command_partitions()
+        shares = [share & want for share in self.assigned_by_worker()]
+        assigned = set().union(*shares)
+        settled = len(shares) == len(self.processes) and sum(map(len, shares)) == len(assigned)
+        if len(self.processes) <= len(want):
+            settled = settled and all(shares)
+        return want <= assigned and settled
 
     def port(self, index: int = 0) -> int:
         """The HTTP port (/healthz, /metrics) of the index-th running worker."""
@@ -165,15 +88,6 @@ class WorkerGroup:
         """A worker's /metrics, parsed (see ``metric`` to read one)."""
         return parse_metrics(self.get(index, "/metrics")[1].decode())
 
-    def kill(self, index: int | None = None) -> None:
-        """``kill -9`` one worker (or all)."""
-        victims = self.processes if index is None else [self.processes[index]]
-        for proc, _ in victims:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        self.processes = [p for p in self.processes if p not in victims]
-
     async def discard(self) -> None:
         """Delete the group's topics (its own and faust's): after ``stop``.
 
@@ -190,18 +104,6 @@ class WorkerGroup:
                 await admin.delete_topics(ours)
         finally:
             await admin.close()
-
-    def stop(self) -> None:
-        for proc, _ in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        for proc, _ in self.processes:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.processes = []
 
 
 class EventTap:
@@ -220,7 +122,8 @@ class EventTap:
     async def open(self, *, from_beginning: bool = False) -> None:
         topic = self.settings.topics.events
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, isolation_level="read_committed",
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            isolation_level="read_committed",
             enable_auto_commit=False,
         )
         await consumer.start()

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -35,6 +36,8 @@ def free_port() -> int:
 class WorkerGroup:
     """N ``flow8 worker`` processes in one consumer group."""
 
+    ready_timeout_s = READY_TIMEOUT_S
+
     def __init__(
         self,
         kafka: str,
@@ -43,11 +46,15 @@ class WorkerGroup:
         *,
         count: int = 1,
         name: str | None = None,
+        log_level: str = "warning",
         extra_env: dict[str, str] | None = None,
+        worker_env: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
+        """``extra_env`` goes to every worker, ``worker_env(i)`` to the i-th."""
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.workdir = workdir
         self.count = count
+        self.worker_env = worker_env
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_"))},
             "KAFKA_BOOTSTRAP_SERVERS": kafka,
@@ -56,7 +63,7 @@ class WorkerGroup:
             "FLOW8_TOPICS__PREFIX": self.name,
             "FLOW8_GROUP_ID": self.name,
             "FLOW8_DATA_DIR": str(workdir / "data"),
-            "FLOW8_LOG_LEVEL": "warning",
+            "FLOW8_LOG_LEVEL": log_level,
             "FLOW8_CHANNELS": "0",  # N workers on one machine cannot share one channel port range
             **(extra_env or {}),
         }
@@ -80,29 +87,43 @@ class WorkerGroup:
         for i in range(self.count if count is None else count):
             port = free_port()
             env = {**self.env, "SERVER_PORT": str(port), "WORKER_ID": f"{self.name}-w{i}-g{self.generation}"}
+            if self.worker_env is not None:
+                env.update(self.worker_env(i))
             with open(self.workdir / f"worker-{i}-g{self.generation}.log", "wb") as log:
                 proc = subprocess.Popen([flow8, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
             self.processes.append((proc, port))
         await self.wait_ready()
 
-    def assigned(self) -> set[str]:
-        """Partitions the running workers say they own (from their /healthz)."""
-        owned: set[str] = set()
+    def assigned_by_worker(self) -> list[set[str]]:
+        """The partitions each running worker says it owns (from its /healthz); a worker
+        that does not answer yet is left out."""
+        shares: list[set[str]] = []
         for proc, port in self.processes:
             if proc.poll() is not None:
                 raise StoreUnavailable(f"a worker exited with {proc.returncode}; its log is in {self.workdir}")
             url = f"http://127.0.0.1:{port}/healthz"
             with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as response:
-                owned |= set(orjson.loads(response.read())["assigned"])
-        return owned
+                shares.append(set(orjson.loads(response.read())["assigned"]))
+        return shares
+
+    def assigned(self) -> set[str]:
+        """Partitions the running workers say they own."""
+        return set().union(*self.assigned_by_worker())
+
+    def command_partitions(self) -> set[str]:
+        """The group's command partitions, named as /healthz names them."""
+        commands = self.settings.topics.commands
+        return {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
+
+    def ready(self) -> bool:
+        """The group owns every command partition."""
+        return self.command_partitions() <= self.assigned()
 
     async def wait_ready(self) -> None:
-        commands = self.settings.topics.commands
-        want = {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not want <= self.assigned():
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self.ready():
             if time.monotonic() > deadline:
-                raise StoreUnavailable(f"workers not ready after {READY_TIMEOUT_S:.0f} s; logs in {self.workdir}")
+                raise StoreUnavailable(f"workers not ready after {self.ready_timeout_s:.0f} s; logs in {self.workdir}")
             await asyncio.sleep(0.2)  # another process's readiness: there is no event to await
 
     def ports(self) -> list[int]:
