@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ import pytest
 from flow8_streams.settings import load_settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import WorkerGroup
-
-from .support import running_group
 
 FLOW8 = str(Path(sys.executable).parent / "flow8")
 RESULT_KEYS = {
@@ -79,12 +76,6 @@ def assert_clean_error(result: Result, *fragments: str) -> None:
     assert "\n\n" not in message, message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
-
-
-@pytest.fixture(scope="module")
-def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as group:
-        yield group
 
 
 @pytest.fixture(scope="module")

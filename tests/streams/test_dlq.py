@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from flow8_streams.domain.messages import StartPlay
 from flow8_streams.settings import Settings
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup, metric
 
-from .support import fl, make_flow, running_group
+from .support import fl, make_flow
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -34,21 +33,6 @@ BAD: list[tuple[bytes, str, list[str]]] = [
         ["'dlq-co'", "'ghost'", "catalog"],
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as group:
-        yield group
-
-
-@pytest.fixture
-async def harness(worker_group: WorkerGroup, no_leaked_tasks: None) -> AsyncIterator[StreamsHarness]:
-    harness = await StreamsHarness(worker_group).open()
-    try:
-        yield harness
-    finally:
-        await harness.close()
 
 
 async def read_dlq(settings: Settings, count: int, timeout: float = 60) -> list[ConsumerRecord[Any, Any]]:

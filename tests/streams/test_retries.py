@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
 
-from .support import fl, make_flow, running_group
+from .support import fl, make_flow
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -19,12 +19,6 @@ FLOW = make_flow(
     "flaky",
     fl("once", "fail", input={"times": 1, "message": "first try fails"}, retry={"max_attempts": 2, "backoff_ms": 100}),
 )
-
-
-@pytest.fixture(scope="module")
-def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as group:
-        yield group
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from flow8_streams.domain.messages import StartPlay
 from tests.conformance.streams_harness import Sample, StreamsHarness, WorkerGroup, metric
 
-from .support import fl, make_flow, running_group
+from .support import fl, make_flow
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -21,21 +20,6 @@ FLOW = make_flow(
     fl("first", "echo", input={"n": "${input.n}"}),
     fl("nap", "sleep", "first", input={"seconds": 0.01}),
 )
-
-
-@pytest.fixture(scope="module")
-def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as group:
-        yield group
-
-
-@pytest.fixture
-async def harness(worker_group: WorkerGroup, no_leaked_tasks: None) -> AsyncIterator[StreamsHarness]:
-    harness = await StreamsHarness(worker_group).open()
-    try:
-        yield harness
-    finally:
-        await harness.close()
 
 
 def delta(after: dict[Sample, float], before: dict[Sample, float], name: str, **labels: str) -> float:
