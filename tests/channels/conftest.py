@@ -18,6 +18,8 @@ import pytest
 
 from flow8_streams.channels import ChannelPool, PortInUse
 from flow8_streams.channels.ports import port_is_free
+from flow8_streams.domain.events import Event
+from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import Task
 
 HERE = Path(__file__).resolve().parent
@@ -90,6 +92,38 @@ class Dispatches:
         fut = self._waiting.setdefault(key, asyncio.get_running_loop().create_future())
         async with asyncio.timeout(GUARD_S):
             return await fut
+
+
+def flow(name: str, *flowlets: dict[str, Any]) -> FlowDefinition:
+    return FlowDefinition.model_validate({"name": name, "flowlets": list(flowlets)})
+
+
+# One flow for the embedded and the streams runtime: a flowlet deferred 300 ms, a channel
+# module, one run inline, a kv.incr sent to a channel at once, and a join of the four.
+DEFERRED_FLOW = flow(
+    "deferred",
+    {"name": "later", "module_ref": "pid", "defer_after_ms": 300},
+    {"name": "declared", "module_ref": "channel_pid"},
+    {"name": "inline", "module_ref": "pid"},
+    {"name": "count", "module_ref": "kv.incr", "input": {"key": "hits"}, "defer_after_ms": 0},
+    {"name": "join", "module_ref": "echo", "depends_on": ["later", "declared", "inline", "count"]},
+)
+
+
+def new_play() -> str:
+    return f"play-{uuid.uuid4().hex[:12]}"
+
+
+def is_(type_: str, flowlet: str | None = None, attempt: int | None = None) -> Callable[[Event], bool]:
+    def predicate(e: Event) -> bool:
+        p = e.payload
+        return (
+            e.type == type_
+            and (flowlet is None or getattr(p, "flowlet", None) == flowlet)
+            and (attempt is None or getattr(p, "attempt", None) == attempt)
+        )
+
+    return predicate
 
 
 def port_of(channel: str) -> int:

@@ -16,19 +16,14 @@ import pytest
 
 from flow8_streams.channels import ChannelPool, client
 from flow8_streams.domain.events import Event
-from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayStatus
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.local import LocalRuntime
 from flow8_streams.stores.sqlite import SqliteStore
 
-from .conftest import GUARD_S, TEST_MODULES, PoolFactory, port_of, process_alive
+from .conftest import DEFERRED_FLOW, GUARD_S, TEST_MODULES, PoolFactory, flow, is_, new_play, port_of, process_alive
 
 COMPANY = "acme"
-
-
-def flow(name: str, *flowlets: dict[str, Any]) -> FlowDefinition:
-    return FlowDefinition.model_validate({"name": name, "flowlets": list(flowlets)})
 
 
 @dataclass
@@ -60,18 +55,6 @@ class Setup:
             unsubscribe()
 
 
-def is_(type_: str, flowlet: str | None = None, attempt: int | None = None) -> Callable[[Event], bool]:
-    def predicate(e: Event) -> bool:
-        p = e.payload
-        return (
-            e.type == type_
-            and (flowlet is None or getattr(p, "flowlet", None) == flowlet)
-            and (attempt is None or getattr(p, "attempt", None) == attempt)
-        )
-
-    return predicate
-
-
 @pytest.fixture
 async def setup_for(tmp_path: Path, make_pool: PoolFactory) -> AsyncIterator[Callable[..., Any]]:
     opened: list[tuple[LocalRuntime, SqliteStore]] = []
@@ -92,24 +75,13 @@ async def setup_for(tmp_path: Path, make_pool: PoolFactory) -> AsyncIterator[Cal
             store.close()
 
 
-def new_play() -> str:
-    return f"play-{uuid.uuid4().hex[:12]}"
-
-
 async def test_deferred_and_channel_flowlets_run_on_channels_and_are_dispatched_first(
     setup_for: Callable[..., Any],
 ) -> None:
     s: Setup = await setup_for(2)
     play_id = new_play()
     final = await s.runtime.run(
-        flow(
-            "deferred",
-            {"name": "later", "module_ref": "pid", "defer_after_ms": 300},
-            {"name": "declared", "module_ref": "channel_pid"},
-            {"name": "inline", "module_ref": "pid"},
-            {"name": "count", "module_ref": "kv.incr", "input": {"key": "hits"}, "defer_after_ms": 0},
-            {"name": "join", "module_ref": "echo", "depends_on": ["later", "declared", "inline", "count"]},
-        ),
+        DEFERRED_FLOW,
         company_id=COMPANY,
         play_id=play_id,
     )

@@ -17,15 +17,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from flow8_streams.channels import client
-from flow8_streams.domain.events import Event
-from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayStatus
-from tests.channels.conftest import TEST_MODULES, free_port_block, port_of, process_alive
+from tests.channels.conftest import (
+    DEFERRED_FLOW,
+    TEST_MODULES,
+    flow,
+    free_port_block,
+    is_,
+    new_play,
+    port_of,
+    process_alive,
+)
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup, metric
 
 from .support import running_group
@@ -36,22 +42,6 @@ COMPANY = "acme"
 POOL = 3
 WAIT_S = 30.0  # a guard: an event that never comes fails the test instead of hanging it
 HEARTBEAT_TIMEOUT_S = 3  # the watchdog test's: a dead worker's flowlet is lost after this
-
-
-def flow(name: str, *flowlets: dict[str, Any]) -> FlowDefinition:
-    return FlowDefinition.model_validate({"name": name, "flowlets": list(flowlets)})
-
-
-def is_(type_: str, flowlet: str, attempt: int | None = None) -> Callable[[Event], bool]:
-    def predicate(e: Event) -> bool:
-        p = e.payload
-        return (
-            e.type == type_
-            and getattr(p, "flowlet", None) == flowlet
-            and (attempt is None or getattr(p, "attempt", None) == attempt)
-        )
-
-    return predicate
 
 
 def channels_env(blocks: list[range], **more: str) -> Callable[[int], dict[str, str]]:
@@ -69,10 +59,6 @@ def channels_env(blocks: list[range], **more: str) -> Callable[[int], dict[str, 
         }
 
     return env
-
-
-def new_play() -> str:
-    return f"play-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +84,7 @@ async def test_channel_flowlets_run_on_channel_processes_with_the_mongodb_kv(
     group, block = one_worker
     play_id = new_play()
     final = await harness.run(
-        flow(
-            "deferred",
-            {"name": "later", "module_ref": "pid", "defer_after_ms": 300},
-            {"name": "declared", "module_ref": "channel_pid"},
-            {"name": "inline", "module_ref": "pid"},
-            {"name": "count", "module_ref": "kv.incr", "input": {"key": "hits"}, "defer_after_ms": 0},
-            {"name": "join", "module_ref": "echo", "depends_on": ["later", "declared", "inline", "count"]},
-        ),
+        DEFERRED_FLOW,
         company_id=COMPANY,
         play_id=play_id,
     )
