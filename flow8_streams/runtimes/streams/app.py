@@ -26,10 +26,12 @@ in the orchestrator: see ``channels``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -165,6 +167,20 @@ class Flow8Consumer(kafka_driver.Consumer):
         if offset_from < offset_to:
             await super()._add_gap(tp, offset_from, offset_to - 1)
 
+    def resume_partitions(self, tps: Any) -> None:
+        """faust's fetch loop drops the records of a partition that is no longer in the
+        (live) set of active partitions when it gets to them: records fetched just before
+        a rebalance or a table recovery paused the partition were lost, with the consumer's
+        position already past them. A completion dropped so was never applied (its play
+        never finished) and the next record made the hole a "gap" that commits skip. A
+        resumed partition reads again from the last record delivered (at most one
+        duplicate, which the engine and the executor take as a repeat)."""
+        for tp in set(tps):
+            offset = self._read_offset.get(tp)
+            if tp in self._paused_partitions and offset is not None and not self._is_changelog_tp(tp):
+                self._thread.seek(tp, offset)
+        super().resume_partitions(tps)
+
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
         never = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
@@ -183,6 +199,20 @@ class Flow8Producer(kafka_driver.Producer):
 
     def _settings_extra(self) -> Any:
         return {**super()._settings_extra(), "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
+
+    async def commit_transactions(
+        self, tid_to_offset_map: Mapping[str, Mapping[Any, int]], group_id: str, start_new_transaction: bool = True
+    ) -> None:
+        """Commit each partition's transaction between two orchestrator decisions, never
+        inside one: a decision holds its partition's gate while it sends (``Flow8App``).
+        A decision that comes during the commit waits for it (one partition's commit,
+        milliseconds) and goes whole into the next transaction."""
+        gates: defaultdict[int, asyncio.Lock] | None = getattr(self.app, "flow8_gates", None)
+        for tid, offsets in tid_to_offset_map.items():
+            partition = int(tid.rsplit("-", 1)[1])  # "<group id>-<topic group>-<partition>"
+            gate = gates[partition] if gates is not None else contextlib.nullcontext()
+            async with gate:
+                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
 
 
 class Flow8Transport(kafka_driver.Transport):
@@ -242,6 +272,7 @@ class Flow8App:
         self.store = store
         self.metrics = metrics
         self.wakeups: dict[str, tuple[datetime, str, int]] = {}
+        self.gates: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)  # see Flow8Producer
         t = settings.topics
         s = settings
         datadir = s.data_dir / s.worker_id
@@ -272,6 +303,7 @@ class Flow8App:
         )
         app = self.app
         cast(Flow8Assignor, app.assignor).anchor = t.commands
+        app.flow8_gates = self.gates  # type: ignore[attr-defined]  # read by Flow8Producer
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
@@ -297,6 +329,11 @@ class Flow8App:
         app.page("/metrics")(metrics_page)
         app.page("/healthz")(health_page)
 
+        # ticks (and channel messages) go out of any transaction: see _fire_ticks
+        self.direct = DirectProducer(s)
+        app.flow8_on_start = (self.direct.start,)
+        app.flow8_on_stop = (self.direct.stop,)
+
         # channels: the executor runs long flowlets on the pool, the orchestrator watches them
         self.channel_executor: ChannelExecutor | None = None
         self.channel_watch: ChannelWatch | None = None
@@ -306,8 +343,8 @@ class Flow8App:
                 channels, DirectProducer(s), advertised_host=s.advertised_host, heartbeat_every_s=heartbeat_timeout / 3
             )
             self.channel_watch = watch_for(registry, heartbeat_timeout)
-            app.flow8_on_start = (self.channel_executor.start,)
-            app.flow8_on_stop = (self.channel_executor.close,)
+            app.flow8_on_start = (self.direct.start, self.channel_executor.start)
+            app.flow8_on_stop = (self.channel_executor.close, self.direct.stop)
 
     @property
     def topic_names(self) -> list[str]:
@@ -377,11 +414,21 @@ class Flow8App:
                 if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
                     p = event.payload
                     self.channel_executor.cancel(play_id, p.flowlet, p.attempt)
+        # One decision, one transaction: faust commits a partition's transaction on a
+        # timer, and a commit between two of these sends split the decision (a play's
+        # table entry said "finished" while its PlayCompleted was aborted with the worker).
+        async with self.gates[partition]:
+            await self._publish(play_id, after, events, remote, partition)
+
+    async def _publish(
+        self, play_id: str, after: PlayState, events: list[ev.Event], remote: list[ev.FlowletScheduled], partition: int
+    ) -> None:
+        """The table entry of ``after``, its events, tasks and result: sent now, in order."""
         if after.finished:
-            self.plays[play_id] = Slot.pack(partition, TOMBSTONE + after.status.value.encode())
+            await self._store(play_id, Slot.pack(partition, TOMBSTONE + after.status.value.encode()), partition)
             self.wakeups.pop(play_id, None)
         else:
-            self.plays[play_id] = Slot.pack(partition, after.__pydantic_serializer__.to_json(after))
+            await self._store(play_id, Slot.pack(partition, after.__pydantic_serializer__.to_json(after)), partition)
             wake = next_wakeup(after)
             if wake is None:
                 self.wakeups.pop(play_id, None)
@@ -401,6 +448,21 @@ class Flow8App:
             self.metrics.plays_finished.labels(status).inc()
             if after.ended_at is not None:
                 self.metrics.play_duration.labels(status).observe((after.ended_at - after.started_at).total_seconds())
+
+    async def _store(self, play_id: str, value: bytes, partition: int) -> None:
+        """Set a table entry and send its changelog record now. ``table[key] = value``
+        leaves the record to faust's send buffer, which may send it after the next
+        commit: in another transaction than the decision's events."""
+        table: Any = self.plays  # faust.Table: its serializers and changelog callback
+        table.data[play_id] = value
+        await table.changelog_topic.send(
+            key=play_id,
+            value=value,
+            partition=partition,
+            key_serializer=table.key_serializer,
+            value_serializer=table.value_serializer,
+            callback=table._on_changelog_sent,
+        )
 
     async def _advance(
         self, state: PlayState | None, incoming: Any
@@ -459,9 +521,8 @@ class Flow8App:
         due = [(pid, company, part) for pid, (at, company, part) in self.wakeups.items() if at <= now]
         for play_id, company, partition in due:
             self.wakeups.pop(play_id, None)
-            tick = codec.encode(Tick(play_id=play_id))
-            try:
-                await self.completions.send(key=company.encode(), value=tick, partition=partition)
+            try:  # outside the partition's transaction: an idle partition would never commit it
+                await self.direct.send(partition, company, Tick(play_id=play_id))
             except Exception as exc:  # lost the partition meanwhile: its new owner rescans
                 log.info("tick for %s not sent: %s", play_id, exc)
 
