@@ -49,18 +49,7 @@ def job_id(task: Task) -> tuple[str, str]:
 
 
 def _failed(task: Task, error: str, started: datetime | None, *, retryable: bool) -> FlowletResult:
-    now = utcnow()
-    return FlowletResult(
-        play_id=task.play_id,
-        company_id=task.company_id,
-        flowlet=task.flowlet,
-        attempt=task.attempt,
-        ok=False,
-        error=error,
-        retryable=retryable,
-        started_at=started or now,
-        ended_at=now,
-    )
+    return FlowletResult.failure(task, error, now=utcnow(), started_at=started, retryable=retryable)
 
 
 class ChannelPool:

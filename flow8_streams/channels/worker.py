@@ -343,17 +343,7 @@ class ChannelWorker:
 def _failed(
     task: Task, error: str, started: datetime, *, retryable: bool, ended: datetime | None = None
 ) -> FlowletResult:
-    return FlowletResult(
-        play_id=task.play_id,
-        company_id=task.company_id,
-        flowlet=task.flowlet,
-        attempt=task.attempt,
-        ok=False,
-        error=error,
-        retryable=retryable,
-        started_at=started,
-        ended_at=ended or utcnow(),
-    )
+    return FlowletResult.failure(task, error, now=ended or utcnow(), started_at=started, retryable=retryable)
 
 
 # ---------------------------------------------------------------- the process

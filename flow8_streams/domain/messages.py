@@ -66,6 +66,33 @@ class FlowletResult(_Message):
     started_at: datetime
     ended_at: datetime
 
+    @classmethod
+    def failure(
+        cls,
+        of: Task | tuple[str, str, str, int],
+        error: str,
+        *,
+        now: datetime,
+        started_at: datetime | None = None,
+        retryable: bool = True,
+    ) -> FlowletResult:
+        """A failed attempt of ``of`` (a Task, or its play_id, company_id, flowlet, attempt)
+        that ended ``now``; without ``started_at`` it never ran, so it started ``now`` too."""
+        play_id, company_id, flowlet, attempt = (
+            (of.play_id, of.company_id, of.flowlet, of.attempt) if isinstance(of, Task) else of
+        )
+        return cls(
+            play_id=play_id,
+            company_id=company_id,
+            flowlet=flowlet,
+            attempt=attempt,
+            ok=False,
+            error=error,
+            retryable=retryable,
+            started_at=started_at or now,
+            ended_at=now,
+        )
+
 
 class FlowletDispatch(_Message):
     """A channel accepted a flowlet attempt (channel-port workers)."""

@@ -293,17 +293,7 @@ class LocalRuntime:
             try:
                 result = await pool.submit(task, on_dispatch=dispatched)
             except Flow8Error as exc:  # the pool closed under us: fail the attempt, retryable
-                now = self.clock()
-                result = FlowletResult(
-                    play_id=task.play_id,
-                    company_id=task.company_id,
-                    flowlet=task.flowlet,
-                    attempt=task.attempt,
-                    ok=False,
-                    error=f"channel_lost: {exc}",
-                    started_at=now,
-                    ended_at=now,
-                )
+                result = FlowletResult.failure(task, f"channel_lost: {exc}", now=self.clock())
         finally:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]

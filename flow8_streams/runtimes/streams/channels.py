@@ -68,18 +68,7 @@ def runs_on_channel(registry: ModuleRegistry, module_ref: str, defer_after_ms: i
 def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
     """A failed, retryable attempt: what a lost channel becomes."""
     play_id, flowlet, attempt = (task.play_id, task.flowlet, task.attempt) if isinstance(task, Task) else task
-    now = utcnow()
-    return FlowletResult(
-        play_id=play_id,
-        company_id=company_id,
-        flowlet=flowlet,
-        attempt=attempt,
-        ok=False,
-        error=error,
-        retryable=True,
-        started_at=now,
-        ended_at=now,
-    )
+    return FlowletResult.failure((play_id, company_id, flowlet, attempt), error, now=utcnow())
 
 
 def without_pending(result: FlowletResult, module_ref: str) -> FlowletResult:
