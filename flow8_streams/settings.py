@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         "(heartbeats run on the consumer's own thread, so a busy event loop does not trip it).",
     )
     store_timeout_ms: int = Field(
-        default=10_000,
+        default=30_000,
         ge=100,
         le=600_000,
         description="Bound on one MongoDB operation: past it the call fails (a flowlet retries it) instead of waiting.",

@@ -31,7 +31,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -107,6 +107,57 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: Any) -> Any:
         return await self._ensure_consumer().end_offsets(list(partitions))
 
+    # Seek epochs. faust iterates a fetched batch on its own loop while this thread goes
+    # on, and a seek (a rebalance, a resumed partition) can come in between: records of
+    # a batch fetched before the seek were then delivered after it. faust took the jump
+    # from the seek's offset to such a record for a gap of transaction markers, counted
+    # the records in between as done, and dropped them when they were fetched again (a
+    # completion lost this way left its play unfinished). Every seek runs on this
+    # thread's loop and bumps its partition's epoch; a batch carries the epochs of when
+    # aiokafka handed it over (aiokafka itself drops what it fetched before a seek);
+    # a record whose partition was sought since is not delivered: it is read again
+    # from the new position.
+    epochs: dict[Any, int]
+
+    def _bump(self, tps: Any) -> None:
+        epochs = self.__dict__.setdefault("epochs", {})
+        for tp in tps:
+            epochs[tp] = epochs.get(tp, 0) + 1
+
+    def seek(self, partition: Any, offset: int) -> None:
+        self._bump([partition])
+        super().seek(partition, offset)
+
+    async def seek_now(self, partition: Any, offset: int) -> None:
+        """``seek`` on this thread's loop (between two fetches, never inside one)."""
+
+        async def seek() -> None:
+            self.seek(partition, offset)
+
+        await self.call_thread(seek)
+
+    async def seek_to_committed(self) -> Any:
+        async def seek() -> Any:
+            consumer = self._ensure_consumer()
+            self._bump(consumer.assignment())
+            return await consumer.seek_to_committed()
+
+        return await self.call_thread(seek)
+
+    async def seek_to_beginning(self, *partitions: Any) -> None:
+        async def seek() -> None:
+            self._bump(partitions)
+            await self._ensure_consumer().seek_to_beginning(*partitions)
+
+        await self.call_thread(seek)
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
+    ) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        epochs = self.__dict__.setdefault("epochs", {})
+        return {tp: _unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
+
     def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
         """faust's transaction manager asks this for the partition of a send, from the
         consumer's metadata, which knows subscribed topics only. For the results and DLQ
@@ -117,6 +168,14 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
             return partition
         return super().key_partition(topic, key, partition)
+
+
+def _unless_sought(epochs: dict[Any, int], tp: Any, epoch: int, batch: list[Any]) -> Iterator[Any]:
+    """The records of ``batch`` until ``tp`` is sought (see ``Flow8ConsumerThread``)."""
+    for record in batch:
+        if epochs.get(tp, 0) != epoch:
+            return
+        yield record
 
 
 class Flow8Consumer(kafka_driver.Consumer):
@@ -175,11 +234,22 @@ class Flow8Consumer(kafka_driver.Consumer):
         never finished) and the next record made the hole a "gap" that commits skip. A
         resumed partition reads again from the last record delivered (at most one
         duplicate, which the engine and the executor take as a repeat)."""
+        thread = cast(Flow8ConsumerThread, self._thread)
         for tp in set(tps):
             offset = self._read_offset.get(tp)
             if tp in self._paused_partitions and offset is not None and not self._is_changelog_tp(tp):
-                self._thread.seek(tp, offset)
+                self._reseeks.add(asyncio.ensure_future(thread.seek_now(tp, offset)))
         super().resume_partitions(tps)
+
+    @property
+    def _reseeks(self) -> set[asyncio.Future[None]]:
+        futures: set[asyncio.Future[None]] = self.__dict__.setdefault("_flow8_reseeks", set())
+        for done in [f for f in futures if f.done()]:
+            futures.discard(done)
+        return futures
+
+    async def _seek(self, partition: Any, offset: int) -> None:
+        await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
 
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
@@ -600,17 +670,7 @@ class Flow8App:
                 timeout=max(0.0, (task.deadline - utcnow()).total_seconds()) + 1.0,
             )
         except TimeoutError:
-            now = utcnow()
-            result = FlowletResult(
-                play_id=task.play_id,
-                company_id=task.company_id,
-                flowlet=task.flowlet,
-                attempt=task.attempt,
-                ok=False,
-                error=f"timed out after {task.timeout_ms} ms",
-                started_at=now,
-                ended_at=now,
-            )
+            result = FlowletResult.failure(task, f"timed out after {task.timeout_ms} ms", now=utcnow())
         result = without_pending(result, task.module_ref)
         outcome = "ok" if result.ok else "error"
         self.metrics.flowlet_duration.labels(task.module_ref, outcome).observe(time.perf_counter() - t0)
