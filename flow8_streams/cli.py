@@ -480,7 +480,7 @@ def bench(
 
 # ---------------------------------------------------------------- channels
 
-STATE_STYLE = {"idle": "green", "busy": "yellow", "pending": "cyan", "down": "red"}
+STATE_STYLE = {"idle": "green", "busy": "yellow", "pending": "cyan", "cold": "blue", "down": "red"}
 
 
 @channels_app.command("status")
@@ -493,11 +493,12 @@ def channels_status(
     timeout: Annotated[float, typer.Option("--timeout", min=0.01, help="Seconds each port has to answer.")] = 0.5,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
 ) -> None:
-    """Each channel port's state: idle, busy (with which play and flowlet, since when), pending, or down."""
+    """Each channel port's state: idle, busy (with which play and flowlet, since when), pending,
+    cold (held by a pool that starts its worker when a task needs it), or down."""
     from datetime import UTC, datetime
 
     from flow8_streams.channels.ports import format_port_range, parse_port_range
-    from flow8_streams.channels.status import age, probe_range, row
+    from flow8_streams.channels.status import age, probe_range, row, silent_state
 
     if port_range is not None:
         ports = parse_port_range(port_range, name="--range")
@@ -506,7 +507,7 @@ def channels_status(
 
         ports = load_settings().channel_ports
     found = _run_async(probe_range(ports, host=host, timeout=timeout))
-    rows = [row(port, status) for port, status in found]
+    rows = [row(port, status) if status else row(port, None, silent=silent_state(port, host)) for port, status in found]
     if json_out:
         for r in rows:
             sys.stdout.write(dumps(r, indent=False) + "\n")
@@ -535,11 +536,12 @@ def channels_status(
         )
     console = out if out.is_terminal else Console(highlight=False, width=max(out.width, 132))  # piped: whole rows
     console.print(table)
-    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("busy", "pending", "idle", "down")}
-    up = len(rows) - counts["down"]
+    counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("busy", "pending", "idle", "cold", "down")}
+    up = len(rows) - counts["down"] - counts["cold"]
     console.print(
         f"{up} of {len(rows)} ports on {host} {format_port_range(list(ports))} answer: "
-        f"{counts['busy']} busy, {counts['pending']} pending, {counts['idle']} idle; {counts['down']} down"
+        f"{counts['busy']} busy, {counts['pending']} pending, {counts['idle']} idle; "
+        f"{counts['cold']} cold (not started yet), {counts['down']} down"
     )
 
 

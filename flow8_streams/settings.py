@@ -118,7 +118,14 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000,
         validation_alias=AliasChoices("channel_pool_size", "CHANNEL_POOL_SIZE"),
-        description="Channels to run; the whole port range when unset (the seed's 7701-7799 holds 99 ports).",
+        description="At most this many channels at once; the whole port range when unset (the seed's 7701-7799 "
+        "holds 99 ports). They start when tasks wait for them: see channel_pool_warm.",
+    )
+    channel_pool_warm: int = Field(
+        default=2,
+        validation_alias=AliasChoices("channel_pool_warm", "CHANNEL_POOL_WARM"),
+        description="Channels started with the pool (capped at CHANNEL_POOL_SIZE); the others start one by one "
+        "when a task waits and no channel is idle.",
     )
     worker_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
@@ -161,6 +168,13 @@ class Settings(BaseSettings):
         if not 1 <= low <= high <= 65535:
             raise ValueError(f"CHANNEL_PORT_RANGE {value!r}: ports must satisfy 1 <= low <= high <= 65535")
         return f"{low}-{high}"
+
+    @field_validator("channel_pool_warm")
+    @classmethod
+    def _check_warm(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"CHANNEL_POOL_WARM {value} must be 0 or more")
+        return value
 
     @model_validator(mode="after")
     def _pool_fits(self) -> Settings:

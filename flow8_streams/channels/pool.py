@@ -1,5 +1,10 @@
-"""The channel pool: ``size`` worker processes on the first ``size`` ports of a range,
-and the dispatch of tasks to them.
+"""The channel pool: at most ``size`` worker processes on the first ``size`` ports of a
+range, started as tasks need them, and the dispatch of tasks to them.
+
+The pool starts ``warm`` workers; the others stay ``cold`` (their ports held, nothing
+running). When a task waits, no channel is idle and fewer workers are starting than tasks
+wait, the next cold slot starts its worker in the background, and once it answers it
+takes the head of the queue: tasks keep their fair order whichever channel comes up first.
 
 ``submit(task)`` queues the task (one FIFO per company, taken round-robin), hands it
 to the first free channel, and returns its ``FlowletResult``. The pool never loses a
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 from flow8_streams.channels.dispatcher import DispatchHook, Job, Lost, Outcome, PendingHook, TimedOut, converse
 from flow8_streams.channels.exceptions import ChannelError, ChannelSettingsInvalid, PoolClosed
 from flow8_streams.channels.fair_queue import FairQueue
-from flow8_streams.channels.ports import DEFAULT_HOST, check_pool_fits, check_ports_free, parse_port_range
+from flow8_streams.channels.ports import (
+    DEFAULT_HOST,
+    check_pool_fits,
+    check_pool_warm,
+    check_ports_free,
+    parse_port_range,
+    reserve_port,
+)
 from flow8_streams.channels.protocol import Accepted, PendingNote, ProgressNote
 from flow8_streams.channels.slot import ChannelSlot, MongoKV, WorkerCommand
 from flow8_streams.domain.messages import FlowletResult, Task
@@ -38,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flow8.channels")
 RESTART_BACKOFF_S = (0.5, 30.0)
+DEFAULT_WARM = 2
 
 
 def utcnow() -> datetime:
@@ -55,8 +69,11 @@ def _failed(task: Task, error: str, started: datetime | None, *, retryable: bool
 class ChannelPool:
     """Use as ``async with ChannelPool(range(7701, 7800), 20, ...) as pool``, or ``start()``/``close()``.
 
-    The modules on its channels see the KV store of ``kv_db`` (a SQLite file: the embedded
-    runtime) or ``kv_mongodb`` (a ``MongoKV``: the streams runtime), or none.
+    ``size`` (default: every port) bounds the channels running at once; ``warm`` of them
+    (default 2, capped at ``size``; ``warm=size`` starts them all) start with the pool, the
+    others when tasks wait for them. The modules on its channels see the KV store of
+    ``kv_db`` (a SQLite file: the embedded runtime) or ``kv_mongodb`` (a ``MongoKV``: the
+    streams runtime), or none.
     """
 
     def __init__(
@@ -77,11 +94,13 @@ class ChannelPool:
         deadline_grace_s: float = 0.5,
         start_timeout_s: float = 30.0,
         python: str = sys.executable,
+        warm: int = DEFAULT_WARM,
     ) -> None:
         port_range = parse_port_range(ports) if isinstance(ports, str) else ports
         self.ports = list(port_range)
         self.size = len(self.ports) if size is None else size
         check_pool_fits(self.ports, self.size)
+        self.warm = check_pool_warm(warm, self.size)
         for name, value in (
             ("channel_execution_timeout_seconds", execution_timeout_s),
             ("channel_heartbeat_timeout_seconds", heartbeat_timeout_s),
@@ -109,12 +128,15 @@ class ChannelPool:
         self.slots = [ChannelSlot(port, self.command) for port in self.ports[: self.size]]
         self._queue: FairQueue[Job] = FairQueue(lambda job: job.task.company_id)
         self._background: set[asyncio.Task[Any]] = set()
+        self._held: dict[int, socket.socket] = {}  # the ports of cold slots, held until they start
+        self._retries: dict[int, asyncio.TimerHandle] = {}  # a pump when a failed slot may be tried again
         self._started = False
         self._closing = False
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ChannelPool:
-        """A pool as CHANNEL_PORT_RANGE, CHANNEL_POOL_SIZE and the ``execution:`` settings say."""
+        """A pool as CHANNEL_PORT_RANGE, CHANNEL_POOL_SIZE, CHANNEL_POOL_WARM and the ``execution:`` settings say."""
+        kwargs.setdefault("warm", settings.channel_pool_warm)
         return cls(
             settings.channel_ports,
             settings.channel_pool_size,
@@ -133,32 +155,51 @@ class ChannelPool:
         await self.close()
 
     async def start(self) -> None:
-        """Check the ports, start every worker and return once each answers ``status``.
+        """Check that every port of the pool is free, hold the ports of the cold slots, start
+        the ``warm`` workers and return once each answers ``status``.
 
         A port in use fails the start with ``PortInUse`` (an ``InvalidInput``) naming it.
+        A cold slot's port is held by a bound, not listening socket until its worker starts,
+        so another instance cannot take it meanwhile (its start fails naming the port). Where
+        the port cannot be held (connections of an earlier worker still in TIME_WAIT), or in
+        the moment between releasing it and the worker's bind, another process may still
+        take it: that slot's start then fails with ``PortInUse`` in the log, the slot shows
+        ``down`` and is tried again after a back-off (0.5 s doubling to 30 s) when tasks wait,
+        and the task that wanted it stays at its place in the queue for another channel.
+        No task is lost to it.
         """
         if self._closing:
             raise PoolClosed("this channel pool was closed; make a new one")
         if self._started:
             return
         check_ports_free((slot.port for slot in self.slots), self.host)
+        warm, cold = self.slots[: self.warm], self.slots[self.warm :]
+        for slot in cold:
+            held = reserve_port(slot.port, self.host)
+            if held is not None:
+                self._held[slot.port] = held
         self._started = True
-        spawned = await asyncio.gather(
-            *(slot.spawn(self.start_timeout_s) for slot in self.slots), return_exceptions=True
-        )
+        for slot in warm:
+            slot.become("starting")
+        spawned = await asyncio.gather(*(slot.spawn(self.start_timeout_s) for slot in warm), return_exceptions=True)
         failures = [r for r in spawned if isinstance(r, BaseException)]
         if failures:
             await self.close()
             first = next((f for f in failures if isinstance(f, Flow8Error)), failures[0])
             raise first
-        for slot in self.slots:
+        for slot in warm:
             slot.become("idle")
             self._watch(slot)
         if self.metrics is not None:
             self.metrics.channels_busy.set(0)
             self.metrics.channel_tasks_waiting.set(0)
         log.info(
-            "channels: %d workers on %s ports %s-%s", self.size, self.host, self.slots[0].port, self.slots[-1].port
+            "channels: %d of at most %d workers started on %s ports %s-%s; the others start when tasks wait",
+            len(warm),
+            self.size,
+            self.host,
+            self.slots[0].port,
+            self.slots[-1].port,
         )
 
     async def close(self) -> None:
@@ -169,11 +210,17 @@ class ChannelPool:
         for job in self._queue.drain():
             if not job.future.done():
                 job.future.set_exception(PoolClosed("the channel pool closed before the task ran"))
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(slot.stop() for slot in self.slots), return_exceptions=True)
+        for held in self._held.values():
+            held.close()
+        self._held.clear()
         for slot in self.slots:
             slot.job = None
             slot.become("closed")
@@ -224,6 +271,12 @@ class ChannelPool:
     def busy(self) -> int:
         return sum(1 for slot in self.slots if slot.state == "busy")
 
+    @property
+    def workers(self) -> int:
+        """Worker processes running or starting (restarts included): at most ``size``. Cold
+        slots and slots whose first start failed have none."""
+        return sum(1 for slot in self.slots if not self._startable(slot, None) and slot.state != "closed")
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Each slot as this process sees it (``flow8 channels status`` asks the ports instead)."""
         rows = []
@@ -240,6 +293,7 @@ class ChannelPool:
                     "flowlet": task and task.flowlet,
                     "attempt": task and task.attempt,
                     "restarts": slot.restarts,
+                    "error": slot.error,
                 }
             )
         return rows
@@ -271,7 +325,8 @@ class ChannelPool:
             job.runner.cancel()
 
     def _pump(self) -> None:
-        """Hand waiting tasks to free channels, fairly across companies."""
+        """Hand waiting tasks to free channels, fairly across companies; start more channels
+        for the tasks that still wait."""
         if self._closing:
             return
         while self._queue:
@@ -287,7 +342,58 @@ class ChannelPool:
                 self._run(slot, job), f"channel-{slot.port}:{job.task.play_id}/{job.task.flowlet}"
             )
             job.runner.add_done_callback(partial(self._runner_done, slot, job))
+        self._grow()
         self._gauges()
+
+    def _grow(self) -> None:
+        """One more channel for each waiting task that no starting channel will take, as long
+        as cold slots are left: never more than ``size`` workers. A starting channel is not
+        promised to a task; it takes the head of the queue once it is up."""
+        wanted = len(self._queue) - sum(1 for s in self.slots if s.state == "starting")
+        if wanted <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        for slot in self.slots:
+            if wanted <= 0:
+                break
+            if self._startable(slot, now):
+                wanted -= 1
+                slot.become("starting")
+                self._spawn_background(self._start_cold(slot), f"channel-{slot.port}-start")
+
+    @staticmethod
+    def _startable(slot: ChannelSlot, now: float | None) -> bool:
+        """Cold, or down after a first start that failed (and, given ``now``, due again)."""
+        if slot.state == "cold":
+            return True
+        if slot.state != "down" or slot.retry_at is None:
+            return False
+        return now is None or slot.retry_at <= now
+
+    async def _start_cold(self, slot: ChannelSlot) -> None:
+        """Start the worker of a slot that never ran one (or whose first start failed)."""
+        held = self._held.pop(slot.port, None)
+        if held is not None:
+            held.close()
+        retry = self._retries.pop(slot.port, None)
+        if retry is not None:
+            retry.cancel()
+        try:
+            await slot.spawn(self.start_timeout_s)
+        except (ChannelError, Flow8Error, OSError) as exc:
+            delay = slot.backoff_s = min(slot.backoff_s * 2, RESTART_BACKOFF_S[1]) or RESTART_BACKOFF_S[0]
+            slot.error, slot.retry_at = str(exc), asyncio.get_running_loop().time() + delay
+            slot.become("down")
+            log.error("channel %s: cannot start its worker: %s; tasks wait for another channel", slot.port, exc)
+            self._retries[slot.port] = asyncio.get_running_loop().call_later(delay, self._pump)
+            self._pump()
+            return
+        slot.error = slot.retry_at = None
+        slot.backoff_s = 0.0
+        self._watch(slot)
+        slot.become("idle")
+        log.info("channel %s: worker started as pid %s (%d of %d)", slot.port, slot.pid, self.workers, self.size)
+        self._pump()
 
     def _runner_done(self, slot: ChannelSlot, job: Job, runner: asyncio.Task[None]) -> None:
         """Whatever ended the runner, the submitter gets an answer. A runner cancelled before
@@ -444,6 +550,7 @@ class ChannelPool:
                 delay = min(delay * 2, longest)
                 continue
             slot.restarts += 1
+            slot.error = slot.retry_at = None
             self._watch(slot)
             slot.become("idle")
             log.info("channel %s: worker restarted (%s) as pid %s", slot.port, why, slot.pid)

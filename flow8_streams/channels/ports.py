@@ -1,7 +1,8 @@
-"""Channel port ranges: parsing them and checking that their ports are free."""
+"""Channel port ranges: parsing them, checking that their ports are free, holding them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
 import socket
@@ -42,6 +43,13 @@ def check_pool_fits(ports: Sequence[int], size: int) -> None:
         )
 
 
+def check_pool_warm(warm: int, size: int) -> int:
+    """How many channels a pool starts with: ``warm``, capped at the pool's ``size``."""
+    if isinstance(warm, bool) or not isinstance(warm, int) or warm < 0:
+        raise ChannelSettingsInvalid(f"CHANNEL_POOL_WARM {warm!r} must be a whole number, 0 or more")
+    return min(warm, size)
+
+
 def port_is_free(port: int, host: str = DEFAULT_HOST) -> bool:
     """Whether a worker could listen on ``host:port`` now (bound the way asyncio's
     ``start_server`` binds: with SO_REUSEADDR, so connections in TIME_WAIT do not count)."""
@@ -61,3 +69,40 @@ def check_ports_free(ports: Iterable[int], host: str = DEFAULT_HOST) -> None:
     taken = [p for p in ports if not port_is_free(p, host)]
     if taken:
         raise PortInUse(taken, host)
+
+
+def reserve_port(port: int, host: str = DEFAULT_HOST) -> socket.socket | None:
+    """Hold ``host:port`` for a channel not started yet: a socket bound without SO_REUSEADDR
+    and not listening. Nobody else can bind the port (another instance's worker fails its
+    start, naming the port), a client connecting to it is refused at once (nothing hangs),
+    and closing the socket frees it for our worker. None when it cannot be held now: a port
+    with connections still in TIME_WAIT is free to a worker but not to such a socket.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def held_not_listening(port: int, host: str = DEFAULT_HOST) -> bool:
+    """Whether ``host:port`` is bound by someone but refuses connections: a cold channel,
+    held by its pool until a task needs it. False when that cannot be told from here."""
+    try:
+        if port_is_free(port, host):
+            return False
+    except OSError:  # not an address of this machine
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.connect((host, port))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    return False

@@ -1,4 +1,4 @@
-"""One channel slot: a port and the worker process that serves it."""
+"""One channel slot: a port and the worker process that serves it (once one is needed)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from flow8_streams.channels.dispatcher import Job
 
 log = logging.getLogger("flow8.channels")
-SlotState = Literal["starting", "idle", "busy", "restarting", "down", "closed"]
+# cold: no worker started yet (its port reserved by the pool); it starts when a task waits for it
+SlotState = Literal["cold", "starting", "idle", "busy", "restarting", "down", "closed"]
 WORKER_MODULE = "flow8_streams.channels.worker"
 
 
@@ -95,11 +96,15 @@ class ChannelSlot:
     def __init__(self, port: int, command: WorkerCommand) -> None:
         self.port = port
         self.command = command
-        self.state: SlotState = "starting"
+        self.state: SlotState = "cold"
         self.since = utcnow()
         self.process: asyncio.subprocess.Process | None = None
         self.job: Job | None = None
         self.restarts = 0
+        # a first start that failed: why, and when (loop time) a waiting task may try it again
+        self.error: str | None = None
+        self.retry_at: float | None = None
+        self.backoff_s = 0.0
 
     @property
     def address(self) -> str:

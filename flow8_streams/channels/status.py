@@ -1,4 +1,9 @@
-"""What ``flow8 channels status`` shows: every port of a range, asked for its status."""
+"""What ``flow8 channels status`` shows: every port of a range, asked for its status.
+
+A port that does not answer is ``cold`` when it is held but refuses connections (a pool
+holds the ports of the channels it has not started yet; they start when tasks wait), and
+``down`` otherwise (nothing there, or a worker that does not answer).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from flow8_streams.channels import client
-from flow8_streams.channels.ports import DEFAULT_HOST
+from flow8_streams.channels.ports import DEFAULT_HOST, held_not_listening
 from flow8_streams.channels.protocol import Status
 
 DOWN = "down"
+COLD = "cold"
 
 
 async def probe_range(
@@ -27,10 +33,16 @@ async def probe_range(
     return list(await asyncio.gather(*(one(p) for p in ports)))
 
 
-def row(port: int, status: Status | None) -> dict[str, Any]:
-    """One port as a flat record (a JSON line of ``flow8 channels status --json``)."""
+def silent_state(port: int, host: str = DEFAULT_HOST) -> str:
+    """The state of a port that did not answer: ``cold`` or ``down``."""
+    return COLD if held_not_listening(port, host) else DOWN
+
+
+def row(port: int, status: Status | None, *, silent: str = DOWN) -> dict[str, Any]:
+    """One port as a flat record (a JSON line of ``flow8 channels status --json``); ``silent``
+    is the state of a port that did not answer."""
     if status is None:
-        return {"port": port, "state": DOWN}
+        return {"port": port, "state": silent}
     return {
         "port": port,
         "state": status.state,

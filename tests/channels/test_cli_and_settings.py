@@ -97,6 +97,19 @@ async def test_channels_status_shows_busy_idle_and_down_ports(make_pool: PoolFac
     assert not (await running).ok
 
 
+async def test_channels_status_shows_the_channels_not_started_yet_as_cold(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
+    pool = await make_pool(3, spare=1, warm=1)
+    block = f"{pool.ports[0]}-{pool.ports[-1]}"
+    code, out, err = await flow8("channels", "status", "--range", block, "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert [r["state"] for r in map(json.loads, out.splitlines())] == ["idle", "cold", "cold", "down"]
+    code, out, err = await flow8("channels", "status", "--range", block, cwd=tmp_path)
+    assert code == 0, err
+    assert "1 of 4 ports" in out and "1 idle; 2 cold (not started yet), 1 down" in out
+
+
 async def test_channels_status_rejects_a_bad_range(tmp_path: Path) -> None:
     code, _, err = await flow8("channels", "status", "--range", "7799-7701", cwd=tmp_path)
     assert code == 2 and "--range '7799-7701'" in err and "Traceback" not in err
