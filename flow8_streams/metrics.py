@@ -56,6 +56,11 @@ class Metrics:
         self.channels_busy = Gauge(
             "flow8_channels_busy", "Channels running a task (or awaiting its outside end).", registry=r
         )
+        self.channels_started = Gauge(
+            "flow8_channels_started",
+            "Channel worker processes running or starting (at most CHANNEL_POOL_SIZE; the pool grows on demand).",
+            registry=r,
+        )
         self.channel_tasks_waiting = Gauge(
             "flow8_channel_tasks_waiting", "Channel tasks queued for a free channel.", registry=r
         )

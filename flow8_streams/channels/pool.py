@@ -190,9 +190,7 @@ class ChannelPool:
         for slot in warm:
             slot.become("idle")
             self._watch(slot)
-        if self.metrics is not None:
-            self.metrics.channels_busy.set(0)
-            self.metrics.channel_tasks_waiting.set(0)
+        self._gauges()
         log.info(
             "channels: %d of at most %d workers started on %s ports %s-%s; the others start when tasks wait",
             len(warm),
@@ -313,6 +311,7 @@ class ChannelPool:
 
     def _gauges(self) -> None:
         if self.metrics is not None:
+            self.metrics.channels_started.set(self.workers)
             self.metrics.channels_busy.set(self.busy)
             self.metrics.channel_tasks_waiting.set(len(self._queue))
 
@@ -392,6 +391,7 @@ class ChannelPool:
         slot.backoff_s = 0.0
         self._watch(slot)
         slot.become("idle")
+        self._gauges()
         log.info("channel %s: worker started as pid %s (%d of %d)", slot.port, slot.pid, self.workers, self.size)
         self._pump()
 

@@ -12,6 +12,7 @@ import pytest
 from flow8_streams.channels import ChannelPool, ChannelSettingsInvalid, PortInUse
 from flow8_streams.channels.ports import held_not_listening, port_is_free
 from flow8_streams.errors import InvalidInput
+from flow8_streams.metrics import Metrics
 from flow8_streams.settings import load_settings
 
 from .conftest import GUARD_S, Dispatches, PoolFactory, free_port_block, make_task, process_alive
@@ -39,7 +40,9 @@ async def test_a_pool_of_ten_with_two_warm_starts_two_processes_and_holds_the_ot
 
 
 async def test_five_concurrent_tasks_grow_the_pool_to_five_and_no_further(make_pool: PoolFactory) -> None:
-    pool = await make_pool(10, warm=2)
+    metrics = Metrics()
+    pool = await make_pool(10, warm=2, metrics=metrics)
+    assert metrics.channels_started._value.get() == 2
     tasks = [make_task("sleep", {"seconds": 1.5}, play_id=f"grow-{i}") for i in range(5)]
     futures = [pool.submit_nowait(t) for t in tasks]
     assert pool.busy == 2 and pool.waiting == 3
@@ -49,6 +52,7 @@ async def test_five_concurrent_tasks_grow_the_pool_to_five_and_no_further(make_p
     assert max_overlap([(r.started_at, r.ended_at) for r in results]) == 5  # all five ran together
     assert pool.workers == 5 and len(live_pids(pool)) == 5
     assert states(pool) == ["idle"] * 5 + ["cold"] * 5
+    assert metrics.channels_started._value.get() == 5
 
     # the next five tasks find five idle channels: nothing more starts
     again = await asyncio.wait_for(asyncio.gather(*(pool.submit(make_task("echo")) for _ in range(5))), GUARD_S)
