@@ -162,7 +162,8 @@ def run(
         typer.Option(
             "--channels",
             help="Run flowlets with defer_after_ms (and channel modules) on channel worker processes: "
-            "a pool on CHANNEL_PORT_RANGE / CHANNEL_POOL_SIZE, started for this run.",
+            "a pool on CHANNEL_PORT_RANGE of at most CHANNEL_POOL_SIZE channels (CHANNEL_POOL_WARM started "
+            "with it, the others when tasks wait), for this run.",
         ),
     ] = False,
 ) -> None:

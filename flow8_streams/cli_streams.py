@@ -74,7 +74,8 @@ def worker(
             "--channels/--no-channels",
             envvar="FLOW8_CHANNELS",
             help="Run flowlets with defer_after_ms (and channel modules) on channel worker processes, one per "
-            "port of CHANNEL_PORT_RANGE (CHANNEL_POOL_SIZE of them); --no-channels runs them in the executor. "
+            "port of CHANNEL_PORT_RANGE (at most CHANNEL_POOL_SIZE, CHANNEL_POOL_WARM started at once, the "
+            "others when tasks wait); --no-channels runs them in the executor. "
             "Workers sharing a machine need ranges of their own.",
         ),
     ] = True,

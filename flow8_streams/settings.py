@@ -3,7 +3,8 @@
 Precedence: flags (passed as keyword arguments) > environment > YAML file
 (``--config`` or ``FLOW8_CONFIG``) > defaults. Environment names are the seed's:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI``, ``SERVER_PORT``, ``CHANNEL_PORT_RANGE``,
-``CHANNEL_POOL_SIZE``; nested values use ``FLOW8_`` and ``__`` (``FLOW8_CACHE__FLOWS__TTL_SECONDS``).
+``CHANNEL_POOL_SIZE`` (and ``CHANNEL_POOL_WARM``); nested values use ``FLOW8_`` and ``__``
+(``FLOW8_CACHE__FLOWS__TTL_SECONDS``).
 """
 
 from __future__ import annotations
