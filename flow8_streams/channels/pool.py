@@ -544,6 +544,7 @@ class ChannelPool:
             try:
                 await slot.spawn(self.start_timeout_s)
             except (ChannelError, Flow8Error, OSError) as exc:
+                slot.error = str(exc)
                 slot.become("down")
                 log.error("channel %s: cannot restart its worker (%s): %s; again in %.1f s", slot.port, why, exc, delay)
                 await asyncio.sleep(delay)  # a back-off between attempts, not a synchronisation
