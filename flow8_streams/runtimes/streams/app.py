@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -45,7 +45,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.messages import CancelPlay, ChannelHeartbeat, FlowletResult, Start, StartPlay, Task, Tick
 from flow8_streams.domain.state import PlayState
-from flow8_streams.engine import next_wakeup, step
+from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import Flow8Error, StoreUnavailable
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute
@@ -59,6 +59,7 @@ from flow8_streams.runtimes.streams.channels import (
     watch_for,
     without_pending,
 )
+from flow8_streams.runtimes.streams.repair import read_plays
 from flow8_streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -343,6 +344,8 @@ class Flow8App:
         self.metrics = metrics
         self.wakeups: dict[str, tuple[datetime, str, int]] = {}
         self.gates: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)  # see Flow8Producer
+        self._repairs: set[asyncio.Task[None]] = set()  # see _repair
+        self._owned_before: set[int] = set()  # see _redispatch
         t = settings.topics
         s = settings
         datadir = s.data_dir / s.worker_id
@@ -630,6 +633,49 @@ class Flow8App:
             mine = self._owned_partitions()
             self.channel_watch.rescan((state, partition) for state, partition in owned if partition in mine)
         self.metrics.inflight_plays.set(sum(1 for _ in found))
+        await self._redispatch(owned)
+
+    async def _redispatch(self, owned: list[tuple[PlayState, int]]) -> None:
+        """Send again the tasks in flight on partitions this worker has just taken over
+        (a rebalance, a restart). A task or its result could be lost across a hand-over
+        (faust's consumer has dropped records around rebalances), and its play would then
+        wait for the flowlet's timeout. A task run twice is harmless: the engine keeps the
+        first result of an attempt and KV increments count once. Channel flowlets are
+        left to the channel watchdog."""
+        if getattr(self.app, "in_recovery", False):
+            return  # the table is not whole yet: the next rescan looks again
+        mine = self._owned_partitions()
+        taken, self._owned_before = mine - self._owned_before, mine
+        if not taken:
+            return
+        sent = 0
+        for state, partition in owned:
+            if partition not in taken:
+                continue
+            for name, flowlet in in_flight(state):
+                spec = state.flow.by_name[name]
+                if self.channel_watch is not None and runs_on_channel(
+                    self.registry, spec.module_ref, spec.defer_after_ms
+                ):
+                    continue
+                task = Task(
+                    play_id=state.play_id,
+                    company_id=state.company_id,
+                    flowlet=name,
+                    attempt=flowlet.attempts,
+                    module_ref=spec.module_ref,
+                    input=flowlet.task_input,
+                    timeout_ms=spec.timeout,
+                    deadline=flowlet.deadline or utcnow() + timedelta(milliseconds=spec.timeout),
+                    defer_after_ms=spec.defer_after_ms,
+                )
+                try:
+                    await self.direct.send(partition, state.company_id, task, topic=self.settings.topics.tasks)
+                    sent += 1
+                except Exception as exc:  # Kafka unavailable: the flowlet's timeout still applies
+                    log.warning("task %s/%s not sent again: %s", state.play_id, name, exc)
+        if sent:
+            log.info("took over partitions %s: sent %d task(s) in flight there again", sorted(taken), sent)
 
     def _owned_partitions(self) -> set[int]:
         completions = self.settings.topics.completions
@@ -682,17 +728,41 @@ class Flow8App:
         batch_size = self.settings.projector_batch
         async for received in stream.take_events(batch_size, within=0.05):  # type: ignore[attr-defined]
             batch: list[ev.Event] = []
+            partition_of: dict[str, int] = {}
             for event in received:
                 try:
                     batch.append(ev.event_adapter.validate_json(event.value or b""))
                 except ValueError as exc:  # a foreign producer wrote to the events topic
                     await self._dead_letter(event, "invalid_event", f"event: {str(exc)[:500]}")
+                    continue
+                partition_of[batch[-1].play_id] = event.message.partition
             if not batch:
                 continue
             result = await self._retrying(f"projection of {len(batch)} events", partial(self.store.plays.apply, batch))
             self.metrics.projection_batch.observe(len(batch))
+            by_partition: defaultdict[int, set[str]] = defaultdict(set)
             for gap in result.gaps:
-                log.warning("projection of %s is behind the log: %s (replay the play to repair it)", gap.play_id, gap)
+                log.warning("projection of %s is behind the log: %s; reading its events again", gap.play_id, gap)
+                by_partition[partition_of[gap.play_id]].add(gap.play_id)
+            for partition, play_ids in by_partition.items():
+                task = asyncio.create_task(self._repair(partition, play_ids), name=f"flow8-repair-{partition}")
+                self._repairs.add(task)
+                task.add_done_callback(self._repairs.discard)
+
+    async def _repair(self, partition: int, play_ids: set[str]) -> None:
+        """Project ``play_ids`` again from their events read back from the log (``repair``)."""
+        try:
+            events = await read_plays(self.settings, partition, play_ids)
+            result = await self._retrying(f"repair of {len(play_ids)} play(s)", partial(self.store.plays.apply, events))
+        except Exception:  # the next gap of these plays tries again
+            log.exception("repair of the projection of %s failed", sorted(play_ids))
+            return
+        still = {gap.play_id for gap in result.gaps}
+        for play_id in sorted(play_ids):
+            if play_id in still:
+                log.warning("projection of %s: events still missing from the log", play_id)
+            else:
+                log.warning("projection of %s repaired from the log", play_id)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` again while MongoDB is unavailable. The message that needs it stays

@@ -110,11 +110,12 @@ class DirectProducer:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, partition: int, company_id: str, message: BaseModel) -> None:
+    async def send(self, partition: int, company_id: str, message: BaseModel, *, topic: str | None = None) -> None:
+        """``message`` to ``topic`` (the completions topic by default)."""
         if self._producer is None:
             raise RuntimeError("DirectProducer.send before start()")
         await self._producer.send_and_wait(
-            self.topic, value=codec.encode(message), key=company_id.encode(), partition=partition
+            topic or self.topic, value=codec.encode(message), key=company_id.encode(), partition=partition
         )
 
 
