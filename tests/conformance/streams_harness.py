@@ -57,17 +57,6 @@ class WorkerGroup(launcher.WorkerGroup):
 
     ready_timeout_s = 90.0
 
-    def ready(self) -> bool:
-        """Every worker answers /healthz and the group has assigned all command partitions,
-        each to one worker, and (when there are enough) some to every worker: the group settled."""
-        want = self.command_partitions()
-        shares = [share & want for share in self.assigned_by_worker()]
-        assigned = set().union(*shares)
-        settled = len(shares) == len(self.processes) and sum(map(len, shares)) == len(assigned)
-        if len(self.processes) <= len(want):
-            settled = settled and all(shares)
-        return want <= assigned and settled
-
     def port(self, index: int = 0) -> int:
         """The HTTP port (/healthz, /metrics) of the index-th running worker."""
         return self.processes[index][1]

@@ -116,8 +116,17 @@ class WorkerGroup:
         return {f"{commands}[{p}]" for p in range(self.settings.topics.partitions)}
 
     def ready(self) -> bool:
-        """The group owns every command partition."""
-        return self.command_partitions() <= self.assigned()
+        """Every worker answers /healthz and the group has assigned all command partitions,
+        each to one worker, and (when there are enough) some to every worker: the group
+        settled. (Owning them all is not enough: a worker that joins late rebalances the
+        group in the middle of what comes next.)"""
+        want = self.command_partitions()
+        shares = [share & want for share in self.assigned_by_worker()]
+        assigned = set().union(*shares)
+        settled = len(shares) == len(self.processes) and sum(map(len, shares)) == len(assigned)
+        if len(self.processes) <= len(want):
+            settled = settled and all(shares)
+        return want <= assigned and settled
 
     async def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
