@@ -60,6 +60,7 @@ from flow8_streams.runtimes.streams.channels import (
     without_pending,
 )
 from flow8_streams.runtimes.streams.repair import read_plays
+from flow8_streams.runtimes.streams.table import plays_table
 from flow8_streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -385,7 +386,7 @@ class Flow8App:
         self.events = app.topic(t.events, **kw)
         self.results = app.topic(t.play_results, **kw)
         self.dlq = app.topic(t.dlq, **kw)
-        self.plays = app.Table("plays", partitions=t.partitions, key_type=str, value_type=bytes)
+        self.plays = plays_table(app, "plays", t.partitions)
         app.agent(self.inputs, name="orchestrator")(self._orchestrator)
         app.agent(self.tasks, name="executor", concurrency=s.executor_concurrency)(self._executor)
         app.agent(self.events, name="projector")(self._projector)
@@ -528,13 +529,18 @@ class Flow8App:
         commit: in another transaction than the decision's events."""
         table: Any = self.plays  # faust.Table: its serializers and changelog callback
         table.data[play_id] = value
+
+        def sent(fut: Any) -> None:  # the store's memory holds this record (see PlaysStore)
+            table._on_changelog_sent(fut)
+            table.data.note(fut.result().topic_partition, fut.result().offset, play_id)
+
         await table.changelog_topic.send(
             key=play_id,
             value=value,
             partition=partition,
             key_serializer=table.key_serializer,
             value_serializer=table.value_serializer,
-            callback=table._on_changelog_sent,
+            callback=sent,
         )
 
     async def _advance(
