@@ -60,7 +60,7 @@ from flow8_streams.runtimes.streams.channels import (
     without_pending,
 )
 from flow8_streams.runtimes.streams.repair import read_plays
-from flow8_streams.runtimes.streams.table import plays_table
+from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot, plays_table
 from flow8_streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
-TOMBSTONE = b"#"  # a finished play: kept so a repeated StartPlay stays a no-op
 TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
 
 
@@ -315,19 +314,6 @@ class FaustApp(faust.App):
         await super().on_stop()
 
 
-class Slot:
-    """A play's entry in the orchestrator table: its partition and its state."""
-
-    @staticmethod
-    def pack(partition: int, body: bytes) -> bytes:
-        return b"%d|" % partition + body
-
-    @staticmethod
-    def unpack(raw: bytes) -> tuple[int, bytes]:
-        head, _, body = raw.partition(b"|")
-        return int(head), body
-
-
 class Flow8App:
     """Builds and holds the faust app; the composition root passes everything in."""
 
@@ -530,17 +516,14 @@ class Flow8App:
         table: Any = self.plays  # faust.Table: its serializers and changelog callback
         table.data[play_id] = value
 
-        def sent(fut: Any) -> None:  # the store's memory holds this record (see PlaysStore)
-            table._on_changelog_sent(fut)
-            table.data.note(fut.result().topic_partition, fut.result().offset, play_id)
-
+        table.data.remember(play_id, partition)
         await table.changelog_topic.send(
             key=play_id,
             value=value,
             partition=partition,
             key_serializer=table.key_serializer,
             value_serializer=table.value_serializer,
-            callback=sent,
+            callback=table._on_changelog_sent,
         )
 
     async def _advance(

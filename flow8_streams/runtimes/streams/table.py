@@ -1,59 +1,68 @@
 """The orchestrator's table of plays: faust's in-memory table, made safe across rebalances.
 
-faust's memory store knows no offsets (``persisted_offset`` is None), so every
-rebalance restores each assigned partition from the start of its changelog up to its
-last stable offset, even a partition this worker kept. A decision whose transaction
-was still open at the rebalance is past that offset: its plays went back to their
-previous state in memory, and the next input of such a play was decided again from
-there, writing the same ``(play_id, seq)`` twice once the transaction committed.
+An entry is ``b"<partition>|<state JSON>"``, or ``b"<partition>|#<status>"`` for a
+finished play (kept so a repeated StartPlay stays a no-op).
 
-``PlaysStore`` remembers, per changelog partition, the last offset its memory holds:
-records restored, and records this worker sent (the orchestrator reports each one).
-A restore starts after it, so it only brings newer records (another owner's, while the
-partition was away). A partition the worker lost forgets its keys and offset at the
-end of the rebalance, and comes back whole from the changelog.
+faust's memory store restores every assigned partition from its changelog at each
+rebalance, up to the last stable offset, even a partition this worker kept. A decision
+whose transaction was still open at that moment is past that offset: the restore put
+its plays back to their previous states, and the next input of such a play was decided
+again from there, writing the same ``(play_id, seq)`` twice once the transaction
+committed. ``PlaysStore`` never lets a restored record replace a newer state of the
+same play (a higher ``seq``; a finished play is final). Keys of a partition the worker
+lost are forgotten at the end of the rebalance (faust's store does that for the keys
+it knows the partition of; ``remember`` tells it those the orchestrator writes), so a
+partition that comes back is restored whole.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+import orjson
 from faust.stores import memory
-from faust.types import TP, EventT
+from faust.types import EventT
+
+TOMBSTONE = b"#"
+
+
+class Slot:
+    """A play's entry in the table: its partition and its state."""
+
+    @staticmethod
+    def pack(partition: int, body: bytes) -> bytes:
+        return b"%d|" % partition + body
+
+    @staticmethod
+    def unpack(raw: bytes) -> tuple[int, bytes]:
+        head, _, body = raw.partition(b"|")
+        return int(head), body
+
+    @staticmethod
+    def version(raw: bytes) -> float:
+        """How far the play got: its ``seq``; a finished play is final."""
+        _, body = Slot.unpack(raw)
+        return math.inf if body.startswith(TOMBSTONE) else float(orjson.loads(body)["seq"])
 
 
 class PlaysStore(memory.Store[Any, Any]):
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.held: dict[TP, int] = {}  # changelog partition -> last offset in memory
-
-    def note(self, tp: TP, offset: int, key: Any = None) -> None:
-        """Memory holds the changelog record at ``offset`` of ``tp`` (of ``key``)."""
-        if offset > self.held.get(tp, -1):
-            self.held[tp] = offset
-        if key is not None:
-            self._key_partition[key] = tp.partition  # what forgetting a lost partition goes by
-
-    def persisted_offset(self, tp: TP) -> int | None:
-        return self.held.get(tp)
-
-    def set_persisted_offset(self, tp: TP, offset: int) -> None:
-        self.note(tp, offset)
+    def remember(self, key: Any, partition: int) -> None:
+        """``key`` belongs to ``partition`` (forgotten with it)."""
+        self._key_partition[key] = partition
 
     def apply_changelog_batch(
         self, batch: Iterable[EventT[Any]], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
     ) -> None:
-        events = list(batch)
-        super().apply_changelog_batch(events, to_key, to_value)
-        for event in events:
-            self.note(event.message.tp, event.message.offset)
-
-    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
-        await super().on_recovery_completed(active_tps, standby_tps)  # drops the keys of lost partitions
-        for tp in [tp for tp in self.held if tp not in active_tps]:
-            del self.held[tp]
+        for event in batch:
+            key, value = to_key(event.key), to_value(event.value)
+            self._key_partition[key] = event.message.partition
+            held = self.data.get(key)
+            if value is None or held is None or Slot.version(value) >= Slot.version(held):
+                self.data[key] = value
+            # else: this worker's memory is newer (its transaction was still open)
 
 
 class PlaysTable(faust.Table[Any, Any]):
