@@ -139,9 +139,16 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
 
     async def seek_to_committed(self) -> Any:
         async def seek() -> Any:
+            # aiokafka's seek_to_committed, with the epoch bumped exactly for the partitions
+            # sought (one that is not sought, e.g. a changelog, must keep its fetched records)
             consumer = self._ensure_consumer()
-            self._bump(consumer.assignment())
-            return await consumer.seek_to_committed()
+            committed = {}
+            for tp in consumer.assignment():
+                committed[tp] = offset = await consumer.committed(tp)
+                if offset and offset > 0:
+                    self._bump([tp])
+                    consumer.seek(tp, offset)
+            return committed
 
         return await self.call_thread(seek)
 
