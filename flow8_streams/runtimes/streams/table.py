@@ -48,6 +48,12 @@ class Slot:
         return math.inf if body.startswith(TOMBSTONE) else float(orjson.loads(body)["seq"])
 
 
+def restores(record: bytes | None, held: bytes | None) -> bool:
+    """Whether a changelog ``record`` replaces the entry ``held`` in memory: not when the
+    memory is further on (this worker's decision whose transaction was still open)."""
+    return record is None or held is None or Slot.version(record) >= Slot.version(held)
+
+
 class PlaysStore(memory.Store[Any, Any]):
     def remember(self, key: Any, partition: int) -> None:
         """``key`` belongs to ``partition`` (forgotten with it)."""
@@ -59,10 +65,8 @@ class PlaysStore(memory.Store[Any, Any]):
         for event in batch:
             key, value = to_key(event.key), to_value(event.value)
             self._key_partition[key] = event.message.partition
-            held = self.data.get(key)
-            if value is None or held is None or Slot.version(value) >= Slot.version(held):
+            if restores(value, self.data.get(key)):
                 self.data[key] = value
-            # else: this worker's memory is newer (its transaction was still open)
 
 
 class PlaysTable(faust.Table[Any, Any]):
