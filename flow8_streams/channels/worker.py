@@ -59,7 +59,7 @@ from flow8_streams.channels.protocol import (
 )
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
-from flow8_streams.modules.executor import execute
+from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleFn, ModuleRegistry
 from flow8_streams.stores.ports import KVEntry, KVStore
 
@@ -298,17 +298,7 @@ class ChannelWorker:
             registry = self.registry(sources)
         except Flow8Error as exc:
             return _failed(task, f"channel {self.port}: {exc}", started, retryable=False)
-        return await execute(
-            registry,
-            self.kv,
-            utcnow,
-            play_id=task.play_id,
-            company_id=task.company_id,
-            flowlet=task.flowlet,
-            attempt=task.attempt,
-            module_ref=task.module_ref,
-            task_input=task.input,
-        )
+        return await execute_task(registry, self.kv, utcnow, task)
 
     async def _wait_outside(
         self, task: Task, handed: FlowletResult, pending: Pending, writer: asyncio.StreamWriter

@@ -14,13 +14,30 @@ from typing import Any
 
 import orjson
 
-from flow8_streams.domain.messages import FlowletResult
+from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error, ModuleFailed, StoreUnavailable
 from flow8_streams.modules.context import KV, ModuleContext
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import KVStore
 
 log = logging.getLogger("flow8.executor")
+
+
+async def execute_task(
+    registry: ModuleRegistry, kv: KVStore, clock: Callable[[], datetime], task: Task
+) -> FlowletResult:
+    """``execute`` of a ``Task`` (what executors and channels receive)."""
+    return await execute(
+        registry,
+        kv,
+        clock,
+        play_id=task.play_id,
+        company_id=task.company_id,
+        flowlet=task.flowlet,
+        attempt=task.attempt,
+        module_ref=task.module_ref,
+        task_input=task.input,
+    )
 
 
 async def execute(

@@ -48,7 +48,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import Flow8Error, StoreUnavailable
 from flow8_streams.metrics import Metrics
-from flow8_streams.modules.executor import execute
+from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams import codec
 from flow8_streams.runtimes.streams.channels import (
@@ -697,17 +697,7 @@ class Flow8App:
         t0 = time.perf_counter()
         try:
             result = await asyncio.wait_for(
-                execute(
-                    self.registry,
-                    self.store.kv,
-                    utcnow,
-                    play_id=task.play_id,
-                    company_id=task.company_id,
-                    flowlet=task.flowlet,
-                    attempt=task.attempt,
-                    module_ref=task.module_ref,
-                    task_input=task.input,
-                ),
+                execute_task(self.registry, self.store.kv, utcnow, task),
                 # the engine times the attempt out; this only frees the slot
                 timeout=max(0.0, (task.deadline - utcnow()).total_seconds()) + 1.0,
             )
