@@ -118,12 +118,13 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     # aiokafka handed it over (aiokafka itself drops what it fetched before a seek);
     # a record whose partition was sought since is not delivered: it is read again
     # from the new position.
-    epochs: dict[Any, int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.epochs: dict[Any, int] = {}
+        super().__init__(*args, **kwargs)
 
     def _bump(self, tps: Any) -> None:
-        epochs = self.__dict__.setdefault("epochs", {})
         for tp in tps:
-            epochs[tp] = epochs.get(tp, 0) + 1
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
 
     def seek(self, partition: Any, offset: int) -> None:
         self._bump([partition])
@@ -163,7 +164,7 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
     ) -> Any:
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
-        epochs = self.__dict__.setdefault("epochs", {})
+        epochs = self.epochs
         return {tp: _unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
 
     def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
@@ -193,6 +194,10 @@ class Flow8Consumer(kafka_driver.Consumer):
     there the dropped records were skipped for good: commands sent while a worker joined
     were never processed. Such a partition goes back to its beginning here (the group's
     reset policy is earliest); what is read again, the engine has seen and ignores."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
+        super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> Any:
         return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -246,15 +251,10 @@ class Flow8Consumer(kafka_driver.Consumer):
         for tp in set(tps):
             offset = self._read_offset.get(tp)
             if tp in self._paused_partitions and offset is not None and not self._is_changelog_tp(tp):
-                self._reseeks.add(asyncio.ensure_future(thread.seek_now(tp, offset)))
+                reseek = asyncio.ensure_future(thread.seek_now(tp, offset))
+                self._reseeks.add(reseek)  # held until done
+                reseek.add_done_callback(self._reseeks.discard)
         super().resume_partitions(tps)
-
-    @property
-    def _reseeks(self) -> set[asyncio.Future[None]]:
-        futures: set[asyncio.Future[None]] = self.__dict__.setdefault("_flow8_reseeks", set())
-        for done in [f for f in futures if f.done()]:
-            futures.discard(done)
-        return futures
 
     async def _seek(self, partition: Any, offset: int) -> None:
         await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
@@ -396,7 +396,7 @@ class Flow8App:
         app.page("/metrics")(metrics_page)
         app.page("/healthz")(health_page)
 
-        # ticks (and channel messages) go out of any transaction: see _fire_ticks
+        # one plain producer for what goes out of any transaction: ticks, re-sent tasks, channel messages
         self.direct = DirectProducer(s)
         app.flow8_on_start = (self.direct.start,)
         app.flow8_on_stop = (self.direct.stop,)
@@ -407,7 +407,7 @@ class Flow8App:
         if channels is not None:
             heartbeat_timeout = s.execution.channel_heartbeat_timeout_seconds
             self.channel_executor = ChannelExecutor(
-                channels, DirectProducer(s), advertised_host=s.advertised_host, heartbeat_every_s=heartbeat_timeout / 3
+                channels, self.direct, advertised_host=s.advertised_host, heartbeat_every_s=heartbeat_timeout / 3
             )
             self.channel_watch = watch_for(registry, heartbeat_timeout)
             app.flow8_on_start = (self.direct.start, self.channel_executor.start)
@@ -606,7 +606,7 @@ class Flow8App:
             log.warning("channel flowlet %s/%s attempt %s lost: %s", *key, result.error)
             self.metrics.channels_lost.inc()
             try:
-                await self.channel_executor.producer.send(watched.partition, watched.company_id, result)
+                await self.direct.send(watched.partition, watched.company_id, result)
             except Exception as exc:  # Kafka unavailable: the next rescan watches it again
                 log.warning("channel_lost of %s/%s not sent: %s", key[0], key[1], exc)
 

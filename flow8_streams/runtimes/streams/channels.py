@@ -99,7 +99,7 @@ class DirectProducer:
         # made here, on the loop that runs it (aiokafka binds a producer to its loop)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            client_id=f"{self.settings.worker_id}-channels",
+            client_id=f"{self.settings.worker_id}-direct",
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
@@ -158,12 +158,8 @@ class ChannelExecutor:
         )  # fmt: skip
 
     async def start(self) -> None:
-        await self.producer.start()
-        try:
-            await self.pool.start()
-        except BaseException:
-            await self.producer.stop()
-            raise
+        """After ``producer`` started: its owner starts and stops it."""
+        await self.pool.start()
         self._beating = asyncio.create_task(self._heartbeats(), name="flow8-channel-heartbeats")
 
     async def close(self) -> None:
@@ -180,7 +176,6 @@ class ChannelExecutor:
         if self._beating is not None:
             self._beating.cancel()
             await asyncio.gather(self._beating, return_exceptions=True)
-        await self.producer.stop()
 
     def hand_over(self, task: Task, partition: int) -> None:
         """Run ``task`` on a channel in the background; returns at once."""
