@@ -121,7 +121,9 @@ async def bench_streams(
     from flow8_streams.runtimes.streams.launcher import WorkerGroup
     from flow8_streams.stores.mongo import MongoStore
 
-    group = WorkerGroup(settings.kafka_bootstrap_servers, settings.mongodb_uri, workdir, count=workers)
+    group = WorkerGroup(
+        settings.kafka_bootstrap_servers, settings.mongodb_uri, workdir, count=workers, inherit_settings=True
+    )
     await group.start()
     companies = [f"bench-{i}" for i in range(16)]
     store = MongoStore(group.settings.mongodb_uri, group.settings.mongodb_database)

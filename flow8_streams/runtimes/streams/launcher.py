@@ -25,6 +25,7 @@ from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.settings import Settings, load_settings
 
 READY_TIMEOUT_S = 120.0
+SETTINGS_PREFIXES = ("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_")  # environment variables the settings read
 
 
 def free_port() -> int:
@@ -49,14 +50,17 @@ class WorkerGroup:
         log_level: str = "warning",
         extra_env: dict[str, str] | None = None,
         worker_env: Callable[[int], dict[str, str]] | None = None,
+        inherit_settings: bool = False,
     ) -> None:
-        """``extra_env`` goes to every worker, ``worker_env(i)`` to the i-th."""
+        """``extra_env`` goes to every worker, ``worker_env(i)`` to the i-th. The workers take
+        this process's ``FLOW8_*`` settings (commit interval, concurrency, ...) only when
+        ``inherit_settings``: tests keep a developer's environment out of them."""
         self.name = name or f"t{uuid.uuid4().hex[:10]}"
         self.workdir = workdir
         self.count = count
         self.worker_env = worker_env
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_", "CHANNEL_", "WORKER_"))},
+            **{k: v for k, v in os.environ.items() if inherit_settings or not k.startswith(SETTINGS_PREFIXES)},
             "KAFKA_BOOTSTRAP_SERVERS": kafka,
             "MONGODB_URI": mongodb_uri,
             "MONGODB_DATABASE": self.name,
