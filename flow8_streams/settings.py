@@ -137,7 +137,19 @@ class Settings(BaseSettings):
     group_id: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
     data_dir: Path = Path(".flow8")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
-    commit_interval_ms: int = Field(default=100, ge=10, le=60_000)
+    commit_interval_ms: int = Field(
+        default=100,
+        ge=10,
+        le=60_000,
+        description="The longest a worker waits between two commits of its transactions.",
+    )
+    commit_linger_ms: int = Field(
+        default=2,
+        ge=0,
+        le=60_000,
+        description="A commit starts this long after a record is done, to take the ones done with it "
+        "(at most commit_interval_ms).",
+    )
     session_timeout_ms: int = Field(
         default=10_000,
         ge=3_000,

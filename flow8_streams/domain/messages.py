@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from flow8_streams.domain.flow import NAME_PATTERN, FlowDefinition
+
+if TYPE_CHECKING:
+    from flow8_streams.domain.events import FlowletScheduled
+    from flow8_streams.domain.state import PlayState
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}$"
 CompanyId = Annotated[str, Field(pattern=ID_PATTERN, description="Tenant id; the Kafka message key.")]
@@ -142,6 +146,40 @@ class Task(_Message):
     timeout_ms: int = Field(ge=1)
     deadline: datetime
     defer_after_ms: int | None = None
+
+    @classmethod
+    def scheduled(cls, event: FlowletScheduled) -> Task:
+        """The task a FlowletScheduled event asks for."""
+        p = event.payload
+        return cls(
+            play_id=event.play_id,
+            company_id=event.company_id,
+            flowlet=p.flowlet,
+            attempt=p.attempt,
+            module_ref=p.module_ref,
+            input=p.input,
+            timeout_ms=p.timeout_ms,
+            deadline=p.deadline,
+            defer_after_ms=p.defer_after_ms,
+        )
+
+    @classmethod
+    def in_flight(cls, state: PlayState, flowlet: str, now: datetime) -> Task:
+        """The current attempt of ``flowlet`` in ``state``, to dispatch it again (a restart,
+        a hand-over of its partition)."""
+        spec = state.flow.by_name[flowlet]
+        current = state.flowlets[flowlet]
+        return cls(
+            play_id=state.play_id,
+            company_id=state.company_id,
+            flowlet=flowlet,
+            attempt=current.attempts,
+            module_ref=spec.module_ref,
+            input=current.task_input,
+            timeout_ms=spec.timeout,
+            deadline=current.deadline or now + timedelta(milliseconds=spec.timeout),
+            defer_after_ms=spec.defer_after_ms,
+        )
 
 
 Internal = Annotated[FlowletResult | Tick | FlowletDispatch | ChannelHeartbeat, Field(discriminator="type")]

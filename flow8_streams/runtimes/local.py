@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flow8_streams.channels.pending import Pending
@@ -194,9 +194,9 @@ class LocalRuntime:
         if committed:
             self.store.record(committed, list(touched.values()))
         for state in resumed:
-            for name, f in in_flight(state):
+            for name, _ in in_flight(state):
                 if (state.play_id, name) not in self._tasks:
-                    self._dispatch(state.play_id, state.company_id, name, f.attempts, state, f.task_input, f.deadline)
+                    self._dispatch(Task.in_flight(state, name, self.clock()))
             self._arm_timer(state)
         for state in rearm:
             self._arm_timer(state)
@@ -206,8 +206,7 @@ class LocalRuntime:
         for event in committed:
             match event:
                 case ev.FlowletScheduled(payload=p):
-                    state = touched[event.play_id]
-                    self._dispatch(event.play_id, event.company_id, p.flowlet, p.attempt, state, p.input, p.deadline)
+                    self._dispatch(Task.scheduled(event))
                 case ev.FlowletTimedOut(payload=p) | ev.FlowletCancelled(payload=p):
                     task = self._tasks.pop((event.play_id, p.flowlet), None)
                     if task is not None:
@@ -243,34 +242,13 @@ class LocalRuntime:
         loop = asyncio.get_running_loop()
         self._timers[state.play_id] = loop.call_later(delay, self._inbox.put_nowait, Tick(play_id=state.play_id))
 
-    def _dispatch(
-        self,
-        play_id: str,
-        company_id: str,
-        flowlet: str,
-        attempt: int,
-        state: PlayState,
-        task_input: Any,
-        deadline: datetime | None,
-    ) -> None:
-        spec = state.flow.by_name[flowlet]
-        key = (play_id, flowlet)
-        if self.channels is not None and self._on_channel(spec.module_ref, spec.defer_after_ms):
-            task = Task(
-                play_id=play_id,
-                company_id=company_id,
-                flowlet=flowlet,
-                attempt=attempt,
-                module_ref=spec.module_ref,
-                input=task_input,
-                timeout_ms=spec.timeout,
-                deadline=deadline or self.clock() + timedelta(milliseconds=spec.timeout),
-                defer_after_ms=spec.defer_after_ms,
-            )
+    def _dispatch(self, task: Task) -> None:
+        key = (task.play_id, task.flowlet)
+        if self.channels is not None and self._on_channel(task.module_ref, task.defer_after_ms):
             coro = self._execute_on_channel(key, self.channels, task)
         else:
-            coro = self._execute(key, company_id, attempt, spec.module_ref, task_input)
-        self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{play_id}/{flowlet}")
+            coro = self._execute(key, task.company_id, task.attempt, task.module_ref, task.input)
+        self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{task.play_id}/{task.flowlet}")
 
     def _on_channel(self, module_ref: str, defer_after_ms: int | None) -> bool:
         if defer_after_ms is not None:

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from flow8_streams.domain.events import FlowletScheduled
 from flow8_streams.domain.messages import Command, Internal, Task
 from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayState
@@ -62,21 +61,6 @@ def decode_internal(raw: bytes | None) -> Any:
 def decode_task(raw: bytes | None) -> Task:
     result: Task = _decode(TypeAdapter(Task), raw, "task")
     return result
-
-
-def task_of(event: FlowletScheduled) -> Task:
-    p = event.payload
-    return Task(
-        play_id=event.play_id,
-        company_id=event.company_id,
-        flowlet=p.flowlet,
-        attempt=p.attempt,
-        module_ref=p.module_ref,
-        input=p.input,
-        timeout_ms=p.timeout_ms,
-        deadline=p.deadline,
-        defer_after_ms=p.defer_after_ms,
-    )
 
 
 def encode(model: Any) -> bytes:
