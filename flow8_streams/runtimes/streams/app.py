@@ -271,7 +271,7 @@ class Flow8Consumer(kafka_driver.Consumer):
         events) commits every ``commit_interval_ms``: nothing waits for it.
 
         Measured (diamond, one worker, 2 cores shared with the broker and FerretDB):
-        one play at a time, p50 108 ms -> 28 ms; 50 at a time, 131-150 -> 155 plays/s.
+        one play at a time, p50 108 ms -> 32-36 ms; 50 at a time, 131-150 -> 143-173 plays/s.
         Committing 2 ms after each record instead: p50 18 ms alone, but 50 at a time
         fell to 67-83 plays/s."""
         interval = self.commit_interval
