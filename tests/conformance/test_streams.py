@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.services import require_service
+from tests.streams.support import running_group
 
 from .scenarios import RuntimeScenarios
 from .streams_harness import StreamsHarness, WorkerGroup
@@ -17,14 +16,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    kafka = require_service("KAFKA_BOOTSTRAP_SERVERS")
-    mongodb_uri = require_service("MONGODB_URI")
-    group = WorkerGroup(kafka, mongodb_uri, tmp_path_factory.mktemp("workers"))
-    asyncio.run(group.start())
-    try:
+    with running_group(tmp_path_factory.mktemp("workers")) as group:
         yield group
-    finally:
-        group.stop()
 
 
 class TestStreamsRuntime(RuntimeScenarios):

@@ -9,7 +9,7 @@ within the harness's event timeout (20 s).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,19 +31,11 @@ FLOW = make_flow(
 
 
 @pytest.fixture(scope="module")
-def slow_timer_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
+def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
+    """This module's workers (``harness`` in conftest.py runs over them): the longest timer."""
     env = {"FLOW8_COMMIT_INTERVAL_MS": str(LONGEST_INTERVAL_MS), "FLOW8_COMMIT_LINGER_MS": "2"}
     with running_group(tmp_path_factory.mktemp("commits"), extra_env=env) as group:
         yield group
-
-
-@pytest.fixture
-async def harness(slow_timer_group: WorkerGroup, no_leaked_tasks: None) -> AsyncIterator[StreamsHarness]:
-    harness = await StreamsHarness(slow_timer_group).open()
-    try:
-        yield harness
-    finally:
-        await harness.close()
 
 
 async def test_plays_finish_long_before_the_commit_timer_fires(harness: StreamsHarness) -> None:

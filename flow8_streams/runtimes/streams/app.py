@@ -123,8 +123,10 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
                     last = await changelog.last_records(await self._tail_reader(), changelogs)
             except (KafkaError, TimeoutError) as exc:  # faust's wait for the last marker is the fallback
                 log.warning("could not find where the changelog ends (%s): the restore will take 10 s longer", exc)
+                self.exact.difference_update(changelogs)
             else:
                 ends.update({tp: offset + 1 for tp, offset in last.items()})
+                self.exact.update(last)
         return ends
 
     async def _tail_reader(self) -> AIOKafkaConsumer:
@@ -157,6 +159,7 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.epochs: dict[Any, int] = {}
         self._tail = None  # see _tail_reader
+        self.exact: set[Any] = set()  # changelog partitions whose highwater is their last record
         self._tail_lock = asyncio.Lock()
         super().__init__(*args, **kwargs)
 
@@ -353,6 +356,17 @@ class Flow8Consumer(kafka_driver.Consumer):
 
     async def _seek(self, partition: Any, offset: int) -> None:
         await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
+
+    async def position(self, tp: Any) -> int | None:
+        """Only faust's restore asks this, to end a restore stuck below a commit marker:
+        once the position reaches the highwater it takes the changelog as read. With the
+        highwater at the last record (``Flow8ConsumerThread._highwaters``) the position
+        reaches it before that record is read, and the restore ended without it (and
+        dropped it when it came): a play restored after a restart was missing. Such a
+        restore ends on its last record, so the question is not answered for it."""
+        if tp in cast(Flow8ConsumerThread, self._thread).exact:
+            return -1
+        return await super().position(tp)
 
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
