@@ -23,6 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from flow8_streams.domain.limits import Limits
 from flow8_streams.errors import InvalidInput
 
 PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$")
@@ -168,6 +169,7 @@ class Settings(BaseSettings):
     topics: Topics = Topics()
     cache: Caches = Caches()
     execution: Execution = Execution()
+    limits: Limits = Limits()
     kv_incr_dedup_window: int = Field(default=1000, ge=10, le=100_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
