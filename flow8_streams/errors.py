@@ -8,9 +8,14 @@ from __future__ import annotations
 
 
 class Flow8Error(Exception):
-    """Root of every error flow8 raises on purpose."""
+    """Root of every error flow8 raises on purpose.
+
+    ``reason`` is a short machine-friendly tag: the ``flow8-reason`` header of a
+    dead-lettered message and the ``reason`` label of its metric.
+    """
 
     exit_code = 1
+    reason = "rejected"
 
 
 class InvalidInput(Flow8Error):
@@ -30,6 +35,19 @@ class InvalidFlow(InvalidInput):
 
 class InvalidCommand(InvalidInput):
     """A command (StartPlay, CancelPlay) is malformed."""
+
+
+class CompanyMismatch(InvalidCommand):
+    """A message names a play of another company. Refused: a tenant never reaches
+    another tenant's play, and the error never names the play's owner."""
+
+    reason = "company_mismatch"
+
+
+class LimitExceeded(InvalidInput):
+    """An input is over one of the deployment's limits (``flow8_streams.domain.limits``)."""
+
+    reason = "limit_exceeded"
 
 
 class UnknownModule(InvalidInput):

@@ -114,6 +114,7 @@ class Tick(_Message):
 
     type: Literal["Tick"] = "Tick"
     play_id: PlayId
+    company_id: CompanyId
 
 
 class ChannelHeartbeat(_Message):

@@ -88,6 +88,7 @@ class PlayState(BaseModel):
     output: Any = None
     error: str | None = None
     flowlets: dict[str, FlowletState]
+    held_bytes: int = 0  # the input's and every recorded output's JSON size: bounded by Limits.max_state_bytes
 
     @property
     def finished(self) -> bool:

@@ -79,17 +79,50 @@ def _as_text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def render(template: Any, play_input: Any, outputs: Mapping[str, Any]) -> Any:
-    """Replace every reference in ``template``; raises ``TemplateError`` naming the first that fails."""
+class _Budget:
+    """Bytes a rendering may still produce: it stops as soon as the result would pass
+    ``max_bytes``, before building it (a template that doubles a string per flowlet
+    would otherwise grow without bound)."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.left = max_bytes
+        self.max_bytes = max_bytes
+
+    def spend(self, size: int) -> None:
+        if self.left is None:
+            return
+        self.left -= size
+        if self.left < 0:
+            raise TemplateError(
+                f"its rendered input is over the limit of {self.max_bytes} bytes (limits.max_rendered_bytes)"
+            )
+
+
+def render(template: Any, play_input: Any, outputs: Mapping[str, Any], *, max_bytes: int | None = None) -> Any:
+    """Replace every reference in ``template``; raises ``TemplateError`` naming the first that fails,
+    or as soon as the result would be larger than ``max_bytes`` (JSON text, about)."""
+    return _render(template, play_input, outputs, _Budget(max_bytes))
+
+
+def _render(template: Any, play_input: Any, outputs: Mapping[str, Any], budget: _Budget) -> Any:
     if isinstance(template, str):
         if "${" not in template:
+            budget.spend(len(template))
             return template
         whole = _REF.fullmatch(template)
         if whole:
-            return _lookup(parse_reference(whole.group(1)), play_input, outputs)
-        return _REF.sub(lambda m: _as_text(_lookup(parse_reference(m.group(1)), play_input, outputs)), template)
+            value = _lookup(parse_reference(whole.group(1)), play_input, outputs)
+            budget.spend(len(_as_text(value)) if budget.left is not None else 0)
+            return value
+
+        def interpolate(match: re.Match[str]) -> str:
+            text = _as_text(_lookup(parse_reference(match.group(1)), play_input, outputs))
+            budget.spend(len(text))
+            return text
+
+        return _REF.sub(interpolate, template)
     if isinstance(template, Mapping):
-        return {k: render(v, play_input, outputs) for k, v in template.items()}
+        return {k: _render(v, play_input, outputs, budget) for k, v in template.items()}
     if isinstance(template, list | tuple):
-        return [render(v, play_input, outputs) for v in template]
+        return [_render(v, play_input, outputs, budget) for v in template]
     return template

@@ -17,8 +17,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import orjson
+
 from flow8_streams.domain import events as ev
 from flow8_streams.domain import templating
+from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
 from flow8_streams.domain.messages import (
     CancelPlay,
     FlowletDispatch,
@@ -35,6 +38,9 @@ from flow8_streams.domain.state import (
     PlayState,
     PlayStatus,
 )
+from flow8_streams.errors import CompanyMismatch
+
+OUTPUT_TOO_LARGE = "output_too_large"
 
 
 class EngineError(ValueError):
@@ -45,9 +51,10 @@ class _Emitter:
     """Builds the events of one decision, numbering and chaining them, and folding
     them as it goes so later events of the same decision see earlier ones."""
 
-    def __init__(self, state: PlayState | None, now: datetime) -> None:
+    def __init__(self, state: PlayState | None, now: datetime, limits: Limits) -> None:
         self.state = state
         self.now = now
+        self.limits = limits
         self.events: list[ev.Event] = []
 
     def emit(self, cls: type[ev._Event], payload: Any, *, start: Start | None = None) -> None:
@@ -77,17 +84,27 @@ class _Emitter:
         self.state = evolve(self.state, cast(ev.Event, event))
 
 
-def decide(state: PlayState | None, message: Message, now: datetime) -> list[ev.Event]:
+def decide(state: PlayState | None, message: Message, now: datetime, limits: Limits = DEFAULT_LIMITS) -> list[ev.Event]:
     """The events ``message`` causes in ``state`` at time ``now`` (may be none)."""
-    return step(state, message, now)[0]
+    return step(state, message, now, limits)[0]
 
 
-def step(state: PlayState | None, message: Message, now: datetime) -> tuple[list[ev.Event], PlayState | None]:
+def step(
+    state: PlayState | None, message: Message, now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[ev.Event], PlayState | None]:
     """``decide`` and the state after its events, folded once: what hosts call.
 
     Equal by construction to ``(events, fold(events, state))`` with ``events = decide(...)``.
+    A message is applied only to a play of its own company: any other raises
+    ``CompanyMismatch`` (the host refuses it), whatever the play's status. ``limits``
+    bound what a decision may write: a flowlet's output and rendered input.
     """
-    out = _Emitter(state, now)
+    if state is not None and message.company_id != state.company_id:
+        raise CompanyMismatch(
+            f"{message.type} for play {message.play_id!r} names company {message.company_id!r}, "
+            "which does not own that play"
+        )
+    out = _Emitter(state, now, limits)
     if isinstance(message, Start):
         if state is None:
             _start(out, message)
@@ -149,7 +166,7 @@ def _schedule(out: _Emitter, names: Iterable[str]) -> None:
         spec = state.flow.by_name[name]
         attempt = state.flowlets[name].attempts + 1
         try:
-            task_input = _task_input(state, name)
+            task_input = _task_input(state, name, out.limits)
         except templating.TemplateError as exc:
             # The inputs of a play never change, so retrying cannot help.
             out.emit(
@@ -174,12 +191,25 @@ def _schedule(out: _Emitter, names: Iterable[str]) -> None:
         )
 
 
-def _task_input(state: PlayState, name: str) -> Any:
+def _task_input(state: PlayState, name: str, limits: Limits) -> Any:
     spec = state.flow.by_name[name]
+    cap = limits.max_rendered_bytes
     if spec.input is None:
-        return {"input": state.input, "deps": {d: state.flowlets[d].output for d in spec.depends_on}}
-    outputs = {n: f.output for n, f in state.flowlets.items() if f.status is FlowletStatus.SUCCEEDED}
-    return templating.render(spec.input, state.input, outputs)
+        rendered: Any = {"input": state.input, "deps": {d: state.flowlets[d].output for d in spec.depends_on}}
+    else:
+        outputs = {n: f.output for n, f in state.flowlets.items() if f.status is FlowletStatus.SUCCEEDED}
+        rendered = templating.render(spec.input, state.input, outputs, max_bytes=cap)
+    size = json_size(rendered)
+    if size > cap:
+        raise templating.TemplateError(
+            f"its rendered input is {size} bytes, over the limit of {cap} (limits.max_rendered_bytes)"
+        )
+    return rendered
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON: what the limits measure."""
+    return len(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
 def _on_result(out: _Emitter, msg: FlowletResult) -> None:
@@ -188,6 +218,9 @@ def _on_result(out: _Emitter, msg: FlowletResult) -> None:
     f = state.flowlets.get(msg.flowlet)
     if f is None or f.status not in IN_FLIGHT or f.attempts != msg.attempt:
         return  # a stale attempt (timed out, cancelled) or a redelivery: already decided
+    too_large = _too_large(state, msg, out.limits) if msg.ok else None
+    if too_large is not None:
+        msg = msg.model_copy(update={"ok": False, "output": None, "error": too_large, "retryable": False})
     if msg.ok:
         out.emit(
             ev.FlowletCompleted,
@@ -213,6 +246,24 @@ def _on_result(out: _Emitter, msg: FlowletResult) -> None:
             ),
         )
         _after_failure(out, msg.flowlet, msg.attempt, retryable=msg.retryable)
+
+
+def _too_large(state: PlayState, msg: FlowletResult, limits: Limits) -> str | None:
+    """Why ``msg``'s output may not be recorded, if it may not: over the output limit, or
+    it would take the play's outputs and input past the limit of a whole play's state."""
+    size = json_size(msg.output)
+    if size > limits.max_output_bytes:
+        return (
+            f"{OUTPUT_TOO_LARGE}: flowlet {msg.flowlet!r} returned {size} bytes, "
+            f"over the limit of {limits.max_output_bytes} (limits.max_output_bytes)"
+        )
+    total = state.held_bytes + size
+    if total > limits.max_state_bytes:
+        return (
+            f"{OUTPUT_TOO_LARGE}: with flowlet {msg.flowlet!r}'s output the play would hold {total} bytes, "
+            f"over the limit of {limits.max_state_bytes} (limits.max_state_bytes)"
+        )
+    return None
 
 
 def _after_success(out: _Emitter, name: str) -> None:
@@ -307,6 +358,7 @@ def evolve(state: PlayState | None, event: ev.Event) -> PlayState:
             company_id=event.company_id,
             flow=p.flow,
             input=p.input,
+            held_bytes=json_size(p.input),
             seq=event.seq,
             last_hash=event.hash,
             started_at=event.at,
@@ -317,6 +369,8 @@ def evolve(state: PlayState | None, event: ev.Event) -> PlayState:
     if event.seq != state.seq + 1:
         raise EngineError(f"play {event.play_id}: event seq {event.seq} after seq {state.seq}")
     update: dict[str, Any] = {"seq": event.seq, "last_hash": event.hash}
+    if isinstance(event, ev.FlowletCompleted):
+        update["held_bytes"] = state.held_bytes + json_size(event.payload.output)
     flowlet_update = _flowlet_update(event)
     if flowlet_update is not None:
         name, changes = flowlet_update
@@ -376,4 +430,14 @@ def fold(events: Sequence[ev.Event], state: PlayState | None = None) -> PlayStat
     return state
 
 
-__all__ = ["TERMINAL", "EngineError", "decide", "evolve", "fold", "in_flight", "next_wakeup", "step"]
+__all__ = [
+    "OUTPUT_TOO_LARGE",
+    "TERMINAL",
+    "EngineError",
+    "decide",
+    "evolve",
+    "fold",
+    "in_flight",
+    "next_wakeup",
+    "step",
+]

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 from flow8_streams.channels.pending import Pending
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
 from flow8_streams.domain.messages import CancelPlay, FlowletDispatch, FlowletResult, Message, Start, Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
-from flow8_streams.errors import Flow8Error, NotFound
+from flow8_streams.engine.core import json_size
+from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, NotFound
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.sqlite import SqliteStore
@@ -56,8 +58,11 @@ class LocalRuntime:
         clock: Callable[[], datetime] = utcnow,
         max_concurrency: int = 10_000,
         channels: ChannelPool | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
+        self.limits = limits
+        self.refused: dict[str, int] = {}  # reason -> messages refused (a company mismatch, a limit)
         self.registry = registry
         self.clock = clock
         self.channels = channels
@@ -108,11 +113,35 @@ class LocalRuntime:
     # ------------------------------------------------------------ API
 
     async def start(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> None:
-        """Ask for a play to start; a ``play_id`` that exists is left as it is (resumed if unfinished)."""
+        """Ask for a play to start; a ``play_id`` that exists is left as it is (resumed if unfinished).
+
+        Raises ``CompanyMismatch`` if another company holds ``play_id``, ``LimitExceeded`` if
+        the input or the flow is over the runtime's limits (``InvalidFlow`` for the latter)."""
+        size = json_size(input)
+        if size > self.limits.max_input_bytes:
+            raise LimitExceeded(
+                f"the input of play {play_id!r} is {size} bytes, over the limit of "
+                f"{self.limits.max_input_bytes} (limits.max_input_bytes)"
+            )
+        flow.check(limits=self.limits)
+        self._check_company(play_id, company_id, "StartPlay")
         self._inbox.put_nowait(Start(play_id=play_id, company_id=company_id, flow=flow, input=input))
 
     async def cancel(self, play_id: str, company_id: str, reason: str = "cancelled by request") -> None:
+        """Ask for a play to be cancelled. Raises ``CompanyMismatch`` if another company holds it."""
+        self._check_company(play_id, company_id, "CancelPlay")
         self._inbox.put_nowait(CancelPlay(play_id=play_id, company_id=company_id, reason=reason))
+
+    def _check_company(self, play_id: str, company_id: str, what: str) -> None:
+        state = self.state(play_id)
+        if state is not None and state.company_id != company_id:
+            self._count_refusal(CompanyMismatch.reason)
+            raise CompanyMismatch(
+                f"{what} for play {play_id!r} names company {company_id!r}, which does not own that play"
+            )
+
+    def _count_refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     async def wait(self, play_id: str) -> PlayState:
         """The play's final state, once it has one."""
@@ -144,10 +173,10 @@ class LocalRuntime:
 
     async def resume_unfinished(self) -> list[str]:
         """Resume every play the database holds as running (after a crash or a stop)."""
-        ids = self.store.plays.unfinished_ids()
-        for play_id in ids:
-            self._inbox.put_nowait(Tick(play_id=play_id))
-        return ids
+        plays = self.store.plays.unfinished()
+        for company_id, play_id in plays:
+            self._inbox.put_nowait(Tick(play_id=play_id, company_id=company_id))
+        return [play_id for _, play_id in plays]
 
     # ------------------------------------------------------------ orchestrator
 
@@ -183,7 +212,12 @@ class LocalRuntime:
                 if state is not None and not state.finished:
                     self._states[play_id] = state
                     resumed.append(state)
-            events, after = step(state, msg, now)
+            try:
+                events, after = step(state, msg, now, self.limits)
+            except Flow8Error as exc:  # a message for another company's play: refused, the others go on
+                self._count_refusal(exc.reason)
+                log.warning("refused %s for play %s: %s", msg.type, play_id, exc)
+                continue
             if not events:
                 if isinstance(msg, Tick) and state is not None and not state.finished:
                     rearm.append(state)  # a timer that fired a hair early: arm it again
@@ -240,7 +274,9 @@ class LocalRuntime:
         # +1 ms: event-loop timers have millisecond resolution and may fire early.
         delay = max(0.0, (wake - self.clock()).total_seconds()) + 0.001
         loop = asyncio.get_running_loop()
-        self._timers[state.play_id] = loop.call_later(delay, self._inbox.put_nowait, Tick(play_id=state.play_id))
+        self._timers[state.play_id] = loop.call_later(
+            delay, self._inbox.put_nowait, Tick(play_id=state.play_id, company_id=state.company_id)
+        )
 
     def _dispatch(self, task: Task) -> None:
         key = (task.play_id, task.flowlet)

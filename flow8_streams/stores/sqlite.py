@@ -229,9 +229,10 @@ class SqlitePlays:
         rows = self._s.db.execute(sql, [*args, limit]).fetchall()
         return [PlayState.model_validate_json(r[0]) for r in rows]
 
-    def unfinished_ids(self) -> builtins.list[str]:
-        rows = self._s.db.execute("SELECT play_id FROM plays WHERE status = 'running' ORDER BY created_at")
-        return [r[0] for r in rows]
+    def unfinished(self) -> builtins.list[tuple[str, str]]:
+        """``(company_id, play_id)`` of every play recorded as running."""
+        rows = self._s.db.execute("SELECT company_id, play_id FROM plays WHERE status = 'running' ORDER BY created_at")
+        return [(r[0], r[1]) for r in rows]
 
 
 class SqliteKV:

@@ -120,7 +120,7 @@ class Play:
         )
 
     def tick(self) -> list[ev.Event]:
-        return self.send(Tick(play_id=PLAY))
+        return self.send(Tick(play_id=PLAY, company_id=COMPANY))
 
     def cancel(self, reason: str = "cancelled by request") -> list[ev.Event]:
         return self.send(CancelPlay(company_id=COMPANY, play_id=PLAY, reason=reason))

@@ -560,7 +560,7 @@ def test_messages_for_a_finished_play_are_no_ops(ending: str) -> None:
             started_at=later,
             ended_at=later,
         ),
-        Tick(play_id=PLAY),
+        Tick(play_id=PLAY, company_id=COMPANY),
         CancelPlay(company_id=COMPANY, play_id=PLAY),
         FlowletDispatch(play_id=PLAY, company_id=COMPANY, flowlet="a", attempt=1, channel="c"),
         Start(play_id=PLAY, company_id=COMPANY, flow=play.flow),
@@ -570,7 +570,7 @@ def test_messages_for_a_finished_play_are_no_ops(ending: str) -> None:
 
 def test_messages_for_an_unknown_play_are_no_ops() -> None:
     for message in (
-        Tick(play_id=PLAY),
+        Tick(play_id=PLAY, company_id=COMPANY),
         CancelPlay(company_id=COMPANY, play_id=PLAY),
         FlowletDispatch(play_id=PLAY, company_id=COMPANY, flowlet="a", attempt=1, channel="c"),
         FlowletResult(play_id=PLAY, company_id=COMPANY, flowlet="a", attempt=1, ok=True, started_at=T0, ended_at=T0),

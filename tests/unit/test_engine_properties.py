@@ -121,7 +121,7 @@ class Simulation:
 
     def tick_at(self, when: Any) -> list[ev.Event]:
         self.clock.set(max(when, self.clock.now))
-        return self.send(Tick(play_id=PLAY))
+        return self.send(Tick(play_id=PLAY, company_id=COMPANY))
 
     def check_progress(self) -> None:
         """No deadlock: a running play always has a task out or a wakeup to wait for. The
@@ -204,7 +204,7 @@ def drive(sim: Simulation, data: st.DataObject) -> None:
         )  # fmt: skip
         assert decide(sim.st, late, sim.clock.now) == []
     far = sim.clock.now + timedelta(hours=2)
-    assert decide(sim.st, Tick(play_id=PLAY), far) == []
+    assert decide(sim.st, Tick(play_id=PLAY, company_id=COMPANY), far) == []
     assert decide(sim.st, CancelPlay(company_id=COMPANY, play_id=PLAY), far) == []
     assert decide(sim.st, Start(play_id=PLAY, company_id=COMPANY, flow=sim.flow), far) == []
 

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -50,7 +51,7 @@ from flow8_streams.domain import events as ev
 from flow8_streams.domain.messages import CancelPlay, ChannelHeartbeat, FlowletResult, Start, StartPlay, Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
-from flow8_streams.errors import Flow8Error, StoreUnavailable
+from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, StoreUnavailable
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
@@ -79,6 +80,19 @@ COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one input decided, encoded and checked to fit: written in one transaction."""
+
+    play_id: str
+    after: PlayState
+    events: list[ev.Event]
+    records: list[bytes]  # the events, encoded
+    body: bytes  # the table entry's state (empty for a finished play)
+    remote: list[ev.FlowletScheduled]  # tasks for executors
+    partition: int
 
 
 class Flow8Assignor(PartitionAssignor):
@@ -585,23 +599,77 @@ class Flow8App:
 
     async def _orchestrator(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            message = event.message
             try:
-                if message.topic == self.settings.topics.commands:
-                    incoming = await self._resolve(codec.decode_command(event.value), message)
-                else:
-                    incoming = codec.decode_internal(event.value)
-                    if isinstance(incoming, ChannelHeartbeat):  # for the watchdog, not the engine
-                        if self.channel_watch is not None:
-                            self.channel_watch.beat(incoming)
-                        continue
+                decision = await self._decision(event)
             except codec.BadMessage as exc:
                 await self._dead_letter(event, exc.reason, exc.detail)
                 continue
-            except Flow8Error as exc:
-                await self._dead_letter(event, "rejected", str(exc))
+            except Flow8Error as exc:  # refused: another company's play, a limit, an unknown flow
+                await self._dead_letter(event, exc.reason, str(exc))
                 continue
-            await self._decide(incoming, message.partition)
+            except Exception as exc:  # whatever the engine could not take: the partition goes on
+                log.exception(
+                    "deciding on %s[%d]@%d failed", event.message.topic, event.message.partition, event.message.offset
+                )
+                await self._dead_letter(event, "decide_failed", f"{type(exc).__name__}: {str(exc)[:1000]}")
+                continue
+            if decision is not None:
+                await self._commit(decision)
+
+    async def _decision(self, event: EventT[bytes]) -> Decision | None:
+        """What ``event`` decides, checked to fit before anything is written; None when
+        it changes nothing. Raises what makes it a dead letter."""
+        message = event.message
+        limits = self.settings.limits
+        if message.topic == self.settings.topics.commands:
+            incoming = await self._resolve(codec.decode_command(event.value, limits), message)
+        else:
+            incoming = codec.decode_internal(event.value, limits)
+            if isinstance(incoming, ChannelHeartbeat):  # for the watchdog, not the engine
+                if self.channel_watch is not None:
+                    self.channel_watch.beat(incoming)
+                return None
+        play_id = incoming.play_id
+        raw = self.plays.get(play_id)
+        state: PlayState | None = None
+        if raw is not None:
+            _, body = Slot.unpack(raw)
+            if body.startswith(TOMBSTONE):
+                owner = Slot.finished_company(body)
+                if owner is not None and owner != incoming.company_id:
+                    raise CompanyMismatch(
+                        f"{incoming.type} for play {play_id!r} names company {incoming.company_id!r}, "
+                        "which does not own that play"
+                    )
+                return None  # finished: repeats, late results and ticks change nothing
+            state = PlayState.model_validate_json(body)
+        events, after, remote = await self._advance(state, incoming)
+        if not events or after is None:
+            return None
+        body = b"" if after.finished else after.__pydantic_serializer__.to_json(after)
+        records = [ev.event_adapter.dump_json(event) for event in events]
+        cap = limits.max_message_bytes
+        too_large = max([len(body), *map(len, records)])
+        if too_large > cap:
+            raise LimitExceeded(
+                f"play {play_id!r}: a record of this decision would be {too_large} bytes, over the limit of "
+                f"{cap} (limits.max_message_bytes); nothing was written"
+            )
+        return Decision(play_id, after, events, records, body, remote, message.partition)
+
+    async def _commit(self, d: Decision) -> None:
+        if self.channel_watch is not None:
+            self.channel_watch.track(d.after, d.partition)
+        if self.channel_executor is not None:
+            for event in d.events:
+                if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
+                    p = event.payload
+                    self.channel_executor.cancel(d.play_id, p.flowlet, p.attempt)
+        # One decision, one transaction: faust commits a partition's transaction on a
+        # timer, and a commit between two of these sends split the decision (a play's
+        # table entry said "finished" while its PlayCompleted was aborted with the worker).
+        async with self.gates[d.partition]:
+            await self._publish(d)
 
     async def _resolve(self, command: Any, message: Any) -> Any:
         """A StartPlay names a flow; the engine needs its definition."""
@@ -617,7 +685,7 @@ class Flow8App:
             raise Flow8Error(
                 f"StartPlay: company {command.company_id!r} has no flow {command.flow!r}{version} in the catalog"
             )
-        flow.check(self.registry.names())
+        flow.check(self.registry.names(), self.settings.limits)
         # No play_id: derive one from the command's place in the log, so that a replay
         # of the same command (after an aborted transaction) names the same play.
         play_id = command.play_id or str(
@@ -625,52 +693,26 @@ class Flow8App:
         )
         return Start(play_id=play_id, company_id=command.company_id, flow=flow, input=command.input)
 
-    async def _decide(self, incoming: Any, partition: int) -> None:
-        play_id = incoming.play_id
-        raw = self.plays.get(play_id)
-        state: PlayState | None = None
-        if raw is not None:
-            _, body = Slot.unpack(raw)
-            if body.startswith(TOMBSTONE):
-                return  # finished: repeats, late results and ticks change nothing
-            state = PlayState.model_validate_json(body)
-        events, after, remote = await self._advance(state, incoming)
-        if not events or after is None:
-            return
-        if self.channel_watch is not None:
-            self.channel_watch.track(after, partition)
-        if self.channel_executor is not None:
-            for event in events:
-                if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
-                    p = event.payload
-                    self.channel_executor.cancel(play_id, p.flowlet, p.attempt)
-        # One decision, one transaction: faust commits a partition's transaction on a
-        # timer, and a commit between two of these sends split the decision (a play's
-        # table entry said "finished" while its PlayCompleted was aborted with the worker).
-        async with self.gates[partition]:
-            await self._publish(play_id, after, events, remote, partition)
-
-    async def _publish(
-        self, play_id: str, after: PlayState, events: list[ev.Event], remote: list[ev.FlowletScheduled], partition: int
-    ) -> None:
-        """The table entry of ``after``, its events, tasks and result: sent now, in order."""
+    async def _publish(self, d: Decision) -> None:
+        """The table entry of ``d.after``, its events, tasks and result: sent now, in order."""
+        play_id, after, partition = d.play_id, d.after, d.partition
         if after.finished:
-            await self._store(play_id, Slot.pack(partition, TOMBSTONE + after.status.value.encode()), partition)
+            await self._store(play_id, Slot.finished(partition, after.status.value, after.company_id), partition)
             self.wakeups.pop(play_id, None)
         else:
-            await self._store(play_id, Slot.pack(partition, after.__pydantic_serializer__.to_json(after)), partition)
+            await self._store(play_id, Slot.pack(partition, d.body), partition)
             wake = next_wakeup(after)
             if wake is None:
                 self.wakeups.pop(play_id, None)
             else:
                 self.wakeups[play_id] = (wake, after.company_id, partition)
         key = after.company_id.encode()
-        for event in events:
-            await self.events.send(key=key, value=ev.event_adapter.dump_json(event), partition=partition)
+        for event, record in zip(d.events, d.records, strict=True):
+            await self.events.send(key=key, value=record, partition=partition)
             self.metrics.events.labels(event.type).inc()
             if isinstance(event, ev.PlayStarted):
                 self.metrics.plays_started.inc()
-        for task in remote:
+        for task in d.remote:
             await self.tasks.send(key=key, value=codec.encode(Task.scheduled(task)), partition=partition)
         if after.finished:
             await self.results.send(key=key, value=codec.encode_result(after), partition=partition)
@@ -706,7 +748,7 @@ class Flow8App:
         remote: list[ev.FlowletScheduled] = []
         queue = [incoming]
         while queue:
-            events, after = step(state, queue.pop(0), utcnow())
+            events, after = step(state, queue.pop(0), utcnow(), self.settings.limits)
             if not events:
                 continue
             all_events += events
@@ -754,7 +796,7 @@ class Flow8App:
         for play_id, company, partition in due:
             self.wakeups.pop(play_id, None)
             try:  # outside the partition's transaction: an idle partition would never commit it
-                await self.direct.send(partition, company, Tick(play_id=play_id))
+                await self.direct.send(partition, company, Tick(play_id=play_id, company_id=company))
             except Exception as exc:  # lost the partition meanwhile: its new owner rescans
                 log.info("tick for %s not sent: %s", play_id, exc)
 
@@ -845,7 +887,7 @@ class Flow8App:
     async def _executor(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
-                task = codec.decode_task(event.value)
+                task = codec.decode_task(event.value, self.settings.limits)
             except codec.BadMessage as exc:
                 await self._dead_letter(event, exc.reason, exc.detail)
                 continue

@@ -41,7 +41,7 @@ from flow8_streams.channels.pending import Pending
 from flow8_streams.domain.messages import ChannelHeartbeat, FlowletDispatch, FlowletResult, Task
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight
-from flow8_streams.errors import Flow8Error
+from flow8_streams.errors import CompanyMismatch, Flow8Error
 from flow8_streams.runtimes.streams import codec
 
 if TYPE_CHECKING:
@@ -289,9 +289,17 @@ class ChannelWatch:
             self.entries.pop(key, None)
 
     def beat(self, heartbeat: ChannelHeartbeat) -> None:
+        """A heartbeat keeps its flowlet watched; one naming another company than the
+        play's raises ``CompanyMismatch``."""
         entry = self.entries.get((heartbeat.play_id, heartbeat.flowlet, heartbeat.attempt))
-        if entry is not None:  # else: a finished attempt, or a play not (yet) ours
-            entry.last_seen = self.clock()
+        if entry is None:
+            return  # a finished attempt, or a play not (yet) ours
+        if entry.company_id != heartbeat.company_id:
+            raise CompanyMismatch(
+                f"ChannelHeartbeat for play {heartbeat.play_id!r} names company {heartbeat.company_id!r}, "
+                "which does not own that play"
+            )
+        entry.last_seen = self.clock()
 
     def overdue(self) -> list[tuple[Key, Watched]]:
         """The entries silent for the timeout, taken out of the watch (reported once)."""

@@ -8,12 +8,14 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from flow8_streams.domain.messages import Command, Internal, Task
+from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits, too_deep
+from flow8_streams.domain.messages import Command, Internal, StartPlay, Task
 from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayState
 
 command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
 internal_adapter: TypeAdapter[Any] = TypeAdapter(Internal)
+task_adapter: TypeAdapter[Any] = TypeAdapter(Task)
 JSON_OPTIONS = orjson.OPT_UTC_Z
 
 
@@ -26,15 +28,22 @@ class BadMessage(ValueError):
         self.detail = detail
 
 
-def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str) -> Any:
+def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str, limits: Limits) -> Any:
     if raw is None:
         raise BadMessage("empty", f"{what}: the message has no value")
+    if len(raw) > limits.max_message_bytes:
+        raise BadMessage(
+            "too_large",
+            f"{what}: {len(raw)} bytes, over the limit of {limits.max_message_bytes} (limits.max_message_bytes)",
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadMessage("not_json", f"{what}: not UTF-8 JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadMessage("not_object", f"{what}: a JSON object is expected, got {type(data).__name__}")
+    if too_deep(data, limits.max_depth):
+        raise BadMessage("too_deep", f"{what}: nested more than {limits.max_depth} levels deep (limits.max_depth)")
     kind = data.get("type")
     try:
         return adapter.validate_python(data)
@@ -48,18 +57,27 @@ def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str) -> Any:
         raise BadMessage(reason, f"{what}: {problems}") from None
 
 
-def decode_command(raw: bytes | None) -> Any:
-    """A StartPlay or CancelPlay from ``flow8.commands``."""
-    return _decode(command_adapter, raw, "command")
+def decode_command(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """A StartPlay or CancelPlay from ``flow8.commands``, within ``limits``."""
+    command = _decode(command_adapter, raw, "command", limits)
+    if isinstance(command, StartPlay):
+        size = len(orjson.dumps(command.input))
+        if size > limits.max_input_bytes:
+            raise BadMessage(
+                "too_large",
+                f"command: StartPlay input is {size} bytes, over the limit of {limits.max_input_bytes} "
+                "(limits.max_input_bytes)",
+            )
+    return command
 
 
-def decode_internal(raw: bytes | None) -> Any:
+def decode_internal(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> Any:
     """A FlowletResult, Tick, FlowletDispatch or ChannelHeartbeat from ``flow8.completions``."""
-    return _decode(internal_adapter, raw, "completion")
+    return _decode(internal_adapter, raw, "completion", limits)
 
 
-def decode_task(raw: bytes | None) -> Task:
-    result: Task = _decode(TypeAdapter(Task), raw, "task")
+def decode_task(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> Task:
+    result: Task = _decode(task_adapter, raw, "task", limits)
     return result
 
 

@@ -1,7 +1,8 @@
 """The orchestrator's table of plays: faust's in-memory table, made safe across rebalances.
 
-An entry is ``b"<partition>|<state JSON>"``, or ``b"<partition>|#<status>"`` for a
-finished play (kept so a repeated StartPlay stays a no-op).
+An entry is ``b"<partition>|<state JSON>"``, or ``b"<partition>|#<status> <company>"`` for
+a finished play (kept so a repeated StartPlay stays a no-op, and one of another company
+is refused; entries written before the company was kept have none).
 
 faust's memory store restores every assigned partition from its changelog at each
 rebalance, up to the last stable offset, even a partition this worker kept. A decision
@@ -40,6 +41,16 @@ class Slot:
     def unpack(raw: bytes) -> tuple[int, bytes]:
         head, _, body = raw.partition(b"|")
         return int(head), body
+
+    @staticmethod
+    def finished(partition: int, status: str, company_id: str) -> bytes:
+        return Slot.pack(partition, TOMBSTONE + f"{status} {company_id}".encode())
+
+    @staticmethod
+    def finished_company(body: bytes) -> str | None:
+        """The company of a finished play's entry (None for an entry that predates it)."""
+        _, _, company = body.partition(b" ")
+        return company.decode() or None
 
     @staticmethod
     def version(raw: bytes) -> float:
