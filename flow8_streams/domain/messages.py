@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flow8_streams.domain.flow import NAME_PATTERN, FlowDefinition
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,199}$"
 CompanyId = Annotated[str, Field(pattern=ID_PATTERN, description="Tenant id; the Kafka message key.")]
 PlayId = Annotated[str, Field(pattern=ID_PATTERN)]
+GENERATED_PREFIX = "flow8-"  # play ids flow8 makes up; a client's own may not start so (see StartPlay)
 
 
 class _Message(BaseModel):
@@ -29,8 +30,21 @@ class StartPlay(_Message):
     company_id: CompanyId
     flow: str = Field(pattern=NAME_PATTERN, description="Flow name in the catalog.")
     flow_version: int | None = Field(default=None, ge=1, description="Latest when absent.")
-    play_id: PlayId | None = Field(default=None, description="Generated when absent.")
+    play_id: PlayId | None = Field(
+        default=None,
+        description=f"Generated when absent (as {GENERATED_PREFIX}<uuid>; a client's own id may not start so). "
+        "Play ids are global: one another company holds is refused.",
+    )
     input: Any = Field(default_factory=dict)
+
+    @field_validator("play_id")
+    @classmethod
+    def _not_generated(cls, value: str | None) -> str | None:
+        # generated ids are derived from the command's place in the log, which any client can
+        # predict: a reserved prefix keeps another company from taking them first
+        if value is not None and value.startswith(GENERATED_PREFIX):
+            raise ValueError(f"play ids starting with {GENERATED_PREFIX!r} are reserved for the ids flow8 generates")
+        return value
 
 
 class CancelPlay(_Message):

@@ -63,6 +63,7 @@ class LocalRuntime:
         self.store = store
         self.limits = limits
         self.refused: dict[str, int] = {}  # reason -> messages refused (a company mismatch, a limit)
+        self._starting: dict[str, str] = {}  # play_id -> company of a Start still in the inbox
         self.registry = registry
         self.clock = clock
         self.channels = channels
@@ -125,6 +126,7 @@ class LocalRuntime:
             )
         flow.check(limits=self.limits)
         self._check_company(play_id, company_id, "StartPlay")
+        self._starting.setdefault(play_id, company_id)
         self._inbox.put_nowait(Start(play_id=play_id, company_id=company_id, flow=flow, input=input))
 
     async def cancel(self, play_id: str, company_id: str, reason: str = "cancelled by request") -> None:
@@ -134,7 +136,8 @@ class LocalRuntime:
 
     def _check_company(self, play_id: str, company_id: str, what: str) -> None:
         state = self.state(play_id)
-        if state is not None and state.company_id != company_id:
+        owner = state.company_id if state is not None else self._starting.get(play_id)
+        if owner is not None and owner != company_id:
             self._count_refusal(CompanyMismatch.reason)
             raise CompanyMismatch(
                 f"{what} for play {play_id!r} names company {company_id!r}, which does not own that play"
@@ -212,6 +215,8 @@ class LocalRuntime:
                 if state is not None and not state.finished:
                     self._states[play_id] = state
                     resumed.append(state)
+            if isinstance(msg, Start) and self._starting.get(play_id) == msg.company_id:
+                del self._starting[play_id]
             try:
                 events, after = step(state, msg, now, self.limits)
             except Flow8Error as exc:  # a message for another company's play: refused, the others go on

@@ -71,7 +71,7 @@ from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import EngineError, fold
-from flow8_streams.errors import InvalidInput, StoreUnavailable
+from flow8_streams.errors import CompanyMismatch, InvalidInput, StoreUnavailable
 from flow8_streams.metrics import Metrics
 from flow8_streams.stores.ports import KVEntry
 
@@ -294,11 +294,12 @@ class MongoEventLog:
                 if others or exc.details.get("writeConcernErrors"):
                     raise
 
-    async def read(self, play_id: str, after_seq: int = 0) -> list[Event]:
+    async def read(self, play_id: str, after_seq: int = 0, *, company_id: str | None = None) -> list[Event]:
+        query: Doc = {"play_id": play_id, "seq": {"$gt": after_seq}}
+        if company_id is not None:
+            query["company_id"] = company_id
         with self._s.errors(f"reading the events of play {play_id!r}"):
-            cursor = self._s.coll(EVENTS).find(
-                {"play_id": play_id, "seq": {"$gt": after_seq}}, {"body": 1}, sort=[("seq", ASCENDING)]
-            )
+            cursor = self._s.coll(EVENTS).find(query, {"body": 1}, sort=[("seq", ASCENDING)])
             return [event_adapter.validate_json(doc["body"]) async for doc in cursor]
 
 
@@ -485,6 +486,31 @@ class MongoPlays:
                     continue
                 await plays.update_one(*update)
             return taken
+
+    async def claim(self, company_id: str, play_id: str, flow: str, flow_version: int, at: datetime) -> None:
+        """Reserve ``play_id`` for ``company_id`` before the play's first event is written;
+        raises ``CompanyMismatch`` if another company holds it. Play ids are global: the
+        log, the projection and the results name a play by its id. An insert, which is
+        atomic on FerretDB too; the projection's first write then matches it."""
+        doc = {
+            "_id": play_id,
+            "company_id": company_id,
+            "flow": flow,
+            "flow_id": flow,
+            "flow_version": flow_version,
+            "created_at": at,
+            "seq": 0,
+        }
+        with self._s.errors(f"claiming play id {play_id!r}"):
+            try:
+                await self._s.coll(PLAYS).insert_one(doc)
+                return
+            except DuplicateKeyError:
+                held = await self._s.coll(PLAYS).find_one({"_id": play_id}, {"company_id": 1})
+        if held is not None and held.get("company_id") != company_id:
+            raise CompanyMismatch(
+                f"StartPlay for play {play_id!r} names company {company_id!r}, which does not own that play"
+            )
 
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None:
         """``company_id`` None: by id alone, the operator path (CLI ``plays show``)."""

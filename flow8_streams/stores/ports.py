@@ -27,8 +27,9 @@ class EventLog(Protocol):
     async def append(self, events: Sequence[Event]) -> None:
         """Store events; an event whose ``(play_id, seq)`` is stored already is skipped."""
 
-    async def read(self, play_id: str, after_seq: int = 0) -> list[Event]:
-        """One play's events in ``seq`` order."""
+    async def read(self, play_id: str, after_seq: int = 0, *, company_id: str | None = None) -> list[Event]:
+        """One play's events in ``seq`` order; with ``company_id``, none unless the play is that
+        company's (what a tenant-facing reader passes)."""
 
 
 class PlayProjection(Protocol):

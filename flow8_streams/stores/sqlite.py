@@ -174,13 +174,15 @@ class SqliteEventLog:
         with self._s.tx() as db:
             _insert_events(db, events)
 
-    async def read(self, play_id: str, after_seq: int = 0) -> list[Event]:
-        return self.read_sync(play_id, after_seq)
+    async def read(self, play_id: str, after_seq: int = 0, *, company_id: str | None = None) -> list[Event]:
+        return self.read_sync(play_id, after_seq, company_id=company_id)
 
-    def read_sync(self, play_id: str, after_seq: int = 0) -> list[Event]:
-        rows = self._s.db.execute(
-            "SELECT seq, body FROM events WHERE play_id = ? AND seq > ? ORDER BY seq", (play_id, after_seq)
-        ).fetchall()
+    def read_sync(self, play_id: str, after_seq: int = 0, *, company_id: str | None = None) -> list[Event]:
+        sql, args = "SELECT seq, body FROM events WHERE play_id = ? AND seq > ?", [play_id, after_seq]
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args.append(company_id)
+        rows = self._s.db.execute(sql + " ORDER BY seq", args).fetchall()
         events = []
         for seq, body in rows:
             try:

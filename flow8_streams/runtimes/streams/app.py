@@ -48,7 +48,16 @@ from mode import Service
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from flow8_streams.domain import events as ev
-from flow8_streams.domain.messages import CancelPlay, ChannelHeartbeat, FlowletResult, Start, StartPlay, Task, Tick
+from flow8_streams.domain.messages import (
+    GENERATED_PREFIX,
+    CancelPlay,
+    ChannelHeartbeat,
+    FlowletResult,
+    Start,
+    StartPlay,
+    Task,
+    Tick,
+)
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, StoreUnavailable
@@ -621,8 +630,11 @@ class Flow8App:
         it changes nothing. Raises what makes it a dead letter."""
         message = event.message
         limits = self.settings.limits
+        claim = False  # a client's own play id: reserve it for its company before writing anything
         if message.topic == self.settings.topics.commands:
-            incoming = await self._resolve(codec.decode_command(event.value, limits), message)
+            command = codec.decode_command(event.value, limits)
+            claim = isinstance(command, StartPlay) and command.play_id is not None
+            incoming = await self._resolve(command, message)
         else:
             incoming = codec.decode_internal(event.value, limits)
             if isinstance(incoming, ChannelHeartbeat):  # for the watchdog, not the engine
@@ -643,6 +655,12 @@ class Flow8App:
                     )
                 return None  # finished: repeats, late results and ticks change nothing
             state = PlayState.model_validate_json(body)
+        elif claim:
+            flow = incoming.flow
+            await self._retrying(
+                f"claiming play id {play_id!r}",
+                partial(self.store.plays.claim, incoming.company_id, play_id, flow.name, flow.version, utcnow()),
+            )
         events, after, remote = await self._advance(state, incoming)
         if not events or after is None:
             return None
@@ -688,7 +706,7 @@ class Flow8App:
         flow.check(self.registry.names(), self.settings.limits)
         # No play_id: derive one from the command's place in the log, so that a replay
         # of the same command (after an aborted transaction) names the same play.
-        play_id = command.play_id or str(
+        play_id = command.play_id or GENERATED_PREFIX + str(
             uuid.uuid5(PLAY_ID_NS, f"{message.topic}/{message.partition}/{message.offset}")
         )
         return Start(play_id=play_id, company_id=command.company_id, flow=flow, input=command.input)
