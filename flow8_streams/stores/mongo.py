@@ -512,6 +512,12 @@ class MongoPlays:
                 f"StartPlay for play {play_id!r} names company {company_id!r}, which does not own that play"
             )
 
+    async def owner(self, play_id: str) -> str | None:
+        """The company holding ``play_id`` (claimed or projected), if any."""
+        with self._s.errors(f"reading the owner of play {play_id!r}"):
+            doc = await self._s.coll(PLAYS).find_one({"_id": play_id}, {"company_id": 1})
+        return None if doc is None else doc.get("company_id")
+
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None:
         """``company_id`` None: by id alone, the operator path (CLI ``plays show``)."""
         query: Doc = {"_id": play_id}

@@ -661,6 +661,18 @@ class Flow8App:
                 f"claiming play id {play_id!r}",
                 partial(self.store.plays.claim, incoming.company_id, play_id, flow.name, flow.version, utcnow()),
             )
+        elif not isinstance(incoming, Start | Tick):
+            # Not a play of this worker's partitions: a message keyed by another company lands
+            # on that company's partition. Refused if another company holds the play.
+            owner = await self._retrying(
+                f"reading the owner of play {play_id!r}", partial(self.store.plays.owner, play_id)
+            )
+            if owner is not None and owner != incoming.company_id:
+                raise CompanyMismatch(
+                    f"{incoming.type} for play {play_id!r} names company {incoming.company_id!r}, "
+                    "which does not own that play"
+                )
+            return None
         events, after, remote = await self._advance(state, incoming)
         if not events or after is None:
             return None
