@@ -31,10 +31,11 @@ class Limits(BaseModel):
         default=256 * KiB, ge=1, le=16 * MiB, description="One flowlet's input after its templates are rendered."
     )
     max_state_bytes: int = Field(
-        default=768 * KiB,
+        default=512 * KiB,
         ge=4 * KiB,
         le=64 * MiB,
-        description="A play's whole state (input and every output): what the streams table writes as one record.",
+        description="A play's input and every output together: with the flow and the inputs of flowlets in "
+        "flight, what the streams table writes as one record.",
     )
     max_depth: int = Field(default=64, ge=2, le=512, description="Nesting of JSON/YAML objects and lists.")
     max_message_bytes: int = Field(

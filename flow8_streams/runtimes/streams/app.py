@@ -84,6 +84,7 @@ log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
+RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
 COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (see Flow8Consumer)
 
 
@@ -678,7 +679,7 @@ class Flow8App:
             return None
         body = b"" if after.finished else after.__pydantic_serializer__.to_json(after)
         records = [ev.event_adapter.dump_json(event) for event in events]
-        cap = limits.max_message_bytes
+        cap = limits.max_message_bytes - RECORD_OVERHEAD
         too_large = max([len(body), *map(len, records)])
         if too_large > cap:
             raise LimitExceeded(
