@@ -40,6 +40,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.assignor import PartitionAssignor
+from faust.auth import SASLCredentials
 from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import EventT
@@ -132,8 +133,10 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     async def _tail_reader(self) -> AIOKafkaConsumer:
         """A consumer of no group on this thread's loop, for ``changelog.last_records``."""
         if self._tail is None:
+            conf = self.consumer.app.conf
             tail = AIOKafkaConsumer(
                 bootstrap_servers=self._ensure_consumer()._client._bootstrap_servers,
+                **kafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
                 isolation_level="read_committed",
                 enable_auto_commit=False,
             )
@@ -507,6 +510,7 @@ class Flow8App:
         self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
+            broker_credentials=kafka_credentials(s),
             store="memory://",
             processing_guarantee=s.processing_guarantee,
             broker_commit_interval=s.commit_interval_ms / 1000,
@@ -951,3 +955,16 @@ class Flow8App:
             if high is not None:
                 lag = max(0, high - (committed or 0))
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def kafka_credentials(settings: Settings) -> SASLCredentials | None:
+    """faust's login for every client it makes (consumer, producers, admin), from the settings."""
+    if not settings.kafka_security_protocol.startswith("SASL_"):
+        return None
+    assert settings.kafka_sasl_password is not None  # Settings._kafka_login
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=settings.kafka_ssl_context(),
+    )

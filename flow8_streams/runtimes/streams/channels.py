@@ -98,7 +98,7 @@ class DirectProducer:
     async def start(self) -> None:
         # made here, on the loop that runs it (aiokafka binds a producer to its loop)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_client_options(),
             client_id=f"{self.settings.worker_id}-direct",
             acks="all",
             enable_idempotence=True,
