@@ -40,7 +40,9 @@ async def kafka_unavailable(settings: Settings, exc: Exception) -> StoreUnavaila
             conn = await create_conn(host or port, int(port) if host else 9092, request_timeout_ms=10_000, **options)
         conn.close()
         detail = str(exc)
-    except (KafkaError, OSError, TimeoutError, ValueError) as probe:
+    except KafkaError as probe:  # its text starts with its name
+        detail = str(probe)
+    except (OSError, TimeoutError, ValueError) as probe:
         detail = f"{type(probe).__name__}: {probe}"
     return StoreUnavailable(
         f"cannot connect to {where} as {who}: {detail}; check that it runs there and that KAFKA_SASL_USERNAME, "
