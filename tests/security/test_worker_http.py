@@ -27,7 +27,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from flow8_streams.runtimes.streams.launcher import free_port
-from tests.conformance.streams_harness import WorkerGroup
+from tests.conformance.streams_harness import WorkerGroup, metric
 from tests.services import require_service
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
@@ -152,10 +152,12 @@ def await_readyz(group: WorkerGroup, status: int) -> Any:
         time.sleep(0.2)  # the worker's view of another process: polled, with a deadline
 
 
-def test_faust_pages_are_not_served(worker: WorkerGroup) -> None:
+def test_faust_pages_are_not_served_and_each_refusal_is_counted(worker: WorkerGroup) -> None:
+    before = metric(worker.metrics(0), "flow8_http_refused_total", status="404")
     for path in FAUST_PAGES:
         status, body = get(worker, path)
         assert status == 404, f"{path} answered {status}: {body!r}"
+    assert metric(worker.metrics(0), "flow8_http_refused_total", status="404") - before == len(FAUST_PAGES)
     for path in ("/metrics", "/healthz", "/readyz"):
         assert get(worker, path)[0] == 200, path
 

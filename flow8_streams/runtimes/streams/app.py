@@ -37,6 +37,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
+from aiohttp import web as aiohttp_web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.assignor import PartitionAssignor
@@ -468,8 +469,23 @@ class Flow8Web(web_driver.Web):
     ``/readyz``): none of faust's own (``/router``, ``/table`` show table contents, ``/``,
     ``/graph``, statistics), whatever faust's settings say."""
 
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.web_app.middlewares.append(self._count_refused)
+
     def _enabled_blueprints(self) -> list[Any]:
         return []
+
+    @aiohttp_web.middleware
+    async def _count_refused(self, request: Any, handler: Any) -> Any:
+        """Every 4xx of the router (an unknown path or method) is counted in flow8_http_refused_total."""
+        try:
+            return await handler(request)
+        except aiohttp_web.HTTPClientError as exc:
+            metrics: Metrics | None = getattr(self.app, "flow8_metrics", None)
+            if metrics is not None:
+                metrics.http_refused.labels(str(exc.status)).inc()
+            raise
 
 
 class FaustApp(faust.App):
@@ -559,6 +575,7 @@ class Flow8App:
         app.flow8_gates = self.gates  # type: ignore[attr-defined]  # read by Flow8Producer
         app.flow8_commit_linger_ms = s.commit_linger_ms  # type: ignore[attr-defined]  # read by Flow8Consumer
         app.flow8_eager_topics = {t.commands, t.completions, t.tasks}  # type: ignore[attr-defined]  # same
+        app.flow8_metrics = metrics  # type: ignore[attr-defined]  # read by Flow8Web
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
