@@ -51,6 +51,12 @@ class Metrics:
             buckets=(1, 5, 10, 50, 100, 500, 1000, 5000),
             registry=r,
         )
+        self.http_refused = Counter(
+            "flow8_http_refused_total",
+            "Requests the worker's HTTP port refused, by status (404: a path it does not serve, 405: a method).",
+            ["status"],
+            registry=r,
+        )
         self.inflight_plays = Gauge("flow8_inflight_plays", "Plays in this instance's table.", registry=r)
         # channels: the pool of background worker processes, one per port
         self.channels_busy = Gauge(

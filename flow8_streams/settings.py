@@ -4,7 +4,9 @@ Precedence: flags (passed as keyword arguments) > environment > YAML file
 (``--config`` or ``FLOW8_CONFIG``) > defaults. Environment names are the seed's:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI``, ``SERVER_PORT``, ``CHANNEL_PORT_RANGE``,
 ``CHANNEL_POOL_SIZE`` (and ``CHANNEL_POOL_WARM``); nested values use ``FLOW8_`` and ``__``
-(``FLOW8_CACHE__FLOWS__TTL_SECONDS``).
+(``FLOW8_CACHE__FLOWS__TTL_SECONDS``). Kafka's security: ``KAFKA_SECURITY_PROTOCOL``,
+``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD`` (environment or
+file only: no command-line flag sets a credential) and ``KAFKA_SSL_CAFILE``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -101,6 +104,31 @@ class Settings(BaseSettings):
     )
     mongodb_uri: str = Field(
         default="mongodb://127.0.0.1:27017", validation_alias=AliasChoices("mongodb_uri", "MONGODB_URI")
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("kafka_security_protocol", "KAFKA_SECURITY_PROTOCOL"),
+        description="How every Kafka client of flow8 connects: SASL_* log in with KAFKA_SASL_USERNAME/PASSWORD.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = Field(
+        default="SCRAM-SHA-256", validation_alias=AliasChoices("kafka_sasl_mechanism", "KAFKA_SASL_MECHANISM")
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        validation_alias=AliasChoices("kafka_sasl_username", "KAFKA_SASL_USERNAME"),
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        validation_alias=AliasChoices("kafka_sasl_password", "KAFKA_SASL_PASSWORD"),
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("kafka_ssl_cafile", "KAFKA_SSL_CAFILE"),
+        description="CA bundle to verify the brokers with under SASL_SSL (default: the system's).",
     )
     mongodb_database: str = Field(
         default="flow8", validation_alias=AliasChoices("mongodb_database", "MONGODB_DATABASE")
@@ -190,6 +218,52 @@ class Settings(BaseSettings):
         if value < 0:
             raise ValueError(f"CHANNEL_POOL_WARM {value} must be 0 or more")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_login(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        given = [name for name, value in self._kafka_login_fields() if value is not None]
+        if sasl and len(given) < 2:
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL {self.kafka_security_protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD (from the environment or the settings file)"
+            )
+        if not sasl and given:
+            raise ValueError(
+                f"{' and '.join(given)} set but KAFKA_SECURITY_PROTOCOL is {self.kafka_security_protocol}: "
+                "set it to SASL_PLAINTEXT or SASL_SSL to log in, or unset them"
+            )
+        if self.kafka_ssl_cafile is not None:
+            if self.kafka_security_protocol != "SASL_SSL":
+                raise ValueError("KAFKA_SSL_CAFILE is set but KAFKA_SECURITY_PROTOCOL is not SASL_SSL")
+            if not self.kafka_ssl_cafile.is_file():
+                raise ValueError(f"KAFKA_SSL_CAFILE {self.kafka_ssl_cafile}: no such file")
+        return self
+
+    def _kafka_login_fields(self) -> list[tuple[str, object]]:
+        return [("KAFKA_SASL_USERNAME", self.kafka_sasl_username), ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password)]
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        if self.kafka_security_protocol != "SASL_SSL":
+            return None
+        cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile is not None else None
+        return ssl.create_default_context(cafile=cafile)
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The keyword arguments every aiokafka client of flow8 is made with: where, and how to log in."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # _kafka_login
+            options |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password.get_secret_value(),
+                "ssl_context": self.kafka_ssl_context(),
+            }
+        return options
 
     @model_validator(mode="after")
     def _pool_fits(self) -> Settings:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from pydantic import AliasChoices, BaseModel
+from pydantic import AliasChoices, BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from flow8_streams.settings import Settings, load_settings
@@ -30,6 +30,7 @@ COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 PROMETHEUS_FILE = COMPOSE_DIR / "prometheus.yml"
 DOCKERFILE = COMPOSE_DIR / "Dockerfile"
+ENV_EXAMPLE = COMPOSE_DIR / ".env.example"
 WORKERS = ("flow8-1", "flow8-2", "flow8-3")
 
 
@@ -48,13 +49,42 @@ def _services() -> dict[str, dict[str, Any]]:
     return services
 
 
-def _env(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment as str -> str (map or ``KEY=VALUE`` list syntax)."""
+def _dotenv(path: Path = ENV_EXAMPLE) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def _interpolate(text: str, variables: dict[str, str]) -> str:
+    """docker compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` and ``$$``, from ``variables``."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$$"  # left for the container's shell (compose makes it one $)
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        value = variables.get(name)
+        if op and op.endswith("-") and not value:
+            return arg
+        if op and op.endswith("?") and not value:
+            raise AssertionError(f"{name} is required ({arg}) but compose/.env.example does not set it")
+        return value or ""
+
+    return INTERPOLATION.sub(one, text)
+
+
+def _env(service: dict[str, Any], variables: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment as str -> str (map or ``KEY=VALUE`` list syntax), ``${...}``
+    taken from ``variables`` (default: compose/.env.example, what a user copies to .env)."""
     raw = service.get("environment") or {}
     if isinstance(raw, list):
         pairs = (item.split("=", 1) for item in raw)
-        return {k: v for k, v in pairs}
-    return {str(k): "" if v is None else str(v) for k, v in raw.items()}
+        env = {k: v for k, v in pairs}
+    else:
+        env = {str(k): "" if v is None else str(v) for k, v in raw.items()}
+    variables = _dotenv() if variables is None else variables
+    return {k: _interpolate(v, variables) for k, v in env.items()}
 
 
 def _argv(value: Any) -> list[str]:
@@ -228,6 +258,8 @@ def test_worker_environment_validates(monkeypatch: pytest.MonkeyPatch, name: str
     read = settings_env_names()
     for key, value in env.items():
         loaded = _value_at(settings, read[key.upper()])
+        if isinstance(loaded, SecretStr):
+            loaded = loaded.get_secret_value()
         assert str(loaded) == value, f"{name}: {key}={value!r} was read as {loaded!r}"
     assert settings.server_port == int(env["SERVER_PORT"])
     assert settings.server_host == "0.0.0.0", "a worker in a container must listen on all interfaces"
@@ -291,7 +323,8 @@ def test_kafka_runs_kraft_with_single_node_transactions() -> None:
     env = _env(kafka)
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     node_id = env["KAFKA_NODE_ID"]
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{node_id}@kafka:")
+    # one node: it is the only voter, on its own (loopback) controller listener
+    assert re.match(rf"^{node_id}@(kafka|127\.0\.0\.1|localhost):\d+$", env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
     controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
     assert f"{controller}://" in env["KAFKA_LISTENERS"]
     # exactly-once needs the transaction coordinator: its log must fit one broker

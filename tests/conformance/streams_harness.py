@@ -85,7 +85,7 @@ class WorkerGroup(launcher.WorkerGroup):
         queries still ran there."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        admin = AIOKafkaAdminClient(**self.settings.kafka_client_options())
         await admin.start()
         try:
             ours = [t for t in await admin.list_topics() if t.startswith((f"{self.name}.", f"{self.name}-"))]

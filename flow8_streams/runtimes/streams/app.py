@@ -38,12 +38,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
+from aiohttp import web as aiohttp_web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.assignor import PartitionAssignor
+from faust.auth import SASLCredentials
 from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import EventT
+from faust.web.drivers import aiohttp as web_driver
 from mode import Service
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -86,6 +89,8 @@ PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
 RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
 COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (see Flow8Consumer)
+READY_CHECK_TIMEOUT_S = 1.0  # each dependency answers /readyz's ping within this, or is not ready
+READY_CACHE_S = 1.5  # /readyz answers from its last checks this long: a scrape storm pings nothing more
 
 
 def utcnow() -> datetime:
@@ -156,8 +161,10 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     async def _tail_reader(self) -> AIOKafkaConsumer:
         """A consumer of no group on this thread's loop, for ``changelog.last_records``."""
         if self._tail is None:
+            conf = self.consumer.app.conf
             tail = AIOKafkaConsumer(
                 bootstrap_servers=self._ensure_consumer()._client._bootstrap_servers,
+                **kafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
                 isolation_level="read_committed",
                 enable_auto_commit=False,
             )
@@ -481,6 +488,30 @@ class Flow8Transport(kafka_driver.Transport):
     Producer = Flow8Producer
 
 
+class Flow8Web(web_driver.Web):
+    """The worker's HTTP port serves only the pages flow8 adds (``/metrics``, ``/healthz``,
+    ``/readyz``): none of faust's own (``/router``, ``/table`` show table contents, ``/``,
+    ``/graph``, statistics), whatever faust's settings say."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.web_app.middlewares.append(self._count_refused)
+
+    def _enabled_blueprints(self) -> list[Any]:
+        return []
+
+    @aiohttp_web.middleware
+    async def _count_refused(self, request: Any, handler: Any) -> Any:
+        """Every 4xx of the router (an unknown path or method) is counted in flow8_http_refused_total."""
+        try:
+            return await handler(request)
+        except aiohttp_web.HTTPClientError as exc:
+            metrics: Metrics | None = getattr(self.app, "flow8_metrics", None)
+            if metrics is not None:
+                metrics.http_refused.labels(str(exc.status)).inc()
+            raise
+
+
 class FaustApp(faust.App):
     """``flow8_on_start`` hooks run before the agents start; ``flow8_on_stop`` ones before they stop."""
 
@@ -489,6 +520,9 @@ class FaustApp(faust.App):
 
     def _new_transport(self) -> Any:
         return Flow8Transport(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Any:
+        return Flow8Web(self)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -524,6 +558,8 @@ class Flow8App:
         self._repairs: set[asyncio.Task[None]] = set()  # see _repair
         self._owned: set[int] = set()  # completions partitions assigned here (see _on_assigned)
         self._taken: dict[int, datetime] = {}  # partitions taken over and when, until _redispatch looked
+        self._readiness: tuple[float, dict[str, Any]] | None = None  # (when, checks) of /readyz's last look
+        self._readiness_check: asyncio.Future[dict[str, Any]] | None = None  # the look under way
         t = settings.topics
         s = settings
         datadir = s.data_dir / s.worker_id
@@ -531,6 +567,7 @@ class Flow8App:
         self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
+            broker_credentials=kafka_credentials(s),
             store="memory://",
             processing_guarantee=s.processing_guarantee,
             broker_commit_interval=s.commit_interval_ms / 1000,
@@ -543,6 +580,11 @@ class Flow8App:
             key_serializer="raw",
             value_serializer="raw",
             web_enabled=True,
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_graph_enabled=False,
+            web_stats_enabled=False,
+            web_metrics_enabled=False,
             web_port=s.server_port,
             web_bind=s.server_host,
             web_host=s.advertised_host,
@@ -557,6 +599,7 @@ class Flow8App:
         app.flow8_gates = self.gates  # type: ignore[attr-defined]  # read by Flow8Producer
         app.flow8_commit_linger_ms = s.commit_linger_ms  # type: ignore[attr-defined]  # read by Flow8Consumer
         app.flow8_eager_topics = {t.commands, t.completions, t.tasks}  # type: ignore[attr-defined]  # same
+        app.flow8_metrics = metrics  # type: ignore[attr-defined]  # read by Flow8Web
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
@@ -580,8 +623,12 @@ class Flow8App:
         async def health_page(view: Any, request: Any) -> Any:
             return await self._health_page(view)
 
+        async def ready_page(view: Any, request: Any) -> Any:
+            return await self._ready_page(view)
+
         app.page("/metrics")(metrics_page)
         app.page("/healthz")(health_page)
+        app.page("/readyz")(ready_page)
 
         # one plain producer for what goes out of any transaction: ticks, re-sent tasks, channel messages
         self.direct = DirectProducer(s)
@@ -1012,9 +1059,61 @@ class Flow8App:
         return web.bytes(self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _health_page(self, web: Any) -> Any:
+        """Live: this answer comes from the worker's event loop, whatever Kafka and MongoDB do."""
         consumer = self.app.consumer
         assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment())
         return web.json({"status": "ok", "worker": self.settings.worker_id, "assigned": assigned})
+
+    async def _ready_page(self, web: Any) -> Any:
+        """Ready: Kafka and MongoDB answer a ping and this worker has partitions; 503 names what fails."""
+        checks = await self._readiness_checks()
+        failing = sorted(name for name, check in checks.items() if not check["ok"])
+        body: dict[str, Any] = {
+            "status": "not_ready" if failing else "ready",
+            "worker": self.settings.worker_id,
+            "checks": checks,
+        }
+        if failing:
+            body["failing"] = failing
+        return web.json(body, status=503 if failing else 200)
+
+    async def _readiness_checks(self) -> dict[str, Any]:
+        """The last checks if younger than READY_CACHE_S, else new ones; requests that come
+        while a check runs share it."""
+        if self._readiness is not None and time.monotonic() - self._readiness[0] < READY_CACHE_S:
+            return self._readiness[1]
+        if self._readiness_check is None:
+            self._readiness_check = asyncio.ensure_future(self._check_readiness())
+        check = self._readiness_check
+        try:
+            return await asyncio.shield(check)
+        finally:
+            if check.done() and self._readiness_check is check:
+                self._readiness_check = None
+
+    async def _check_readiness(self) -> dict[str, Any]:
+        async def bounded(ping: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                    await ping()
+            except TimeoutError:
+                return {"ok": False, "error": f"no answer within {READY_CHECK_TIMEOUT_S} s"}
+            except Exception as exc:  # the error's type only: messages can carry addresses
+                return {"ok": False, "error": type(exc).__name__}
+            return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+        kafka, mongodb = await asyncio.gather(
+            bounded(self.direct.ping), bounded(partial(self.store.client.admin.command, "ping"))
+        )
+        assigned = len(self.app.consumer.assignment())
+        checks = {
+            "kafka": kafka,
+            "mongodb": mongodb,
+            "partitions": {"ok": assigned > 0, "assigned": assigned},
+        }
+        self._readiness = (time.monotonic(), checks)
+        return checks
 
     async def _update_lag(self) -> None:
         consumer = self.app.consumer
@@ -1024,3 +1123,16 @@ class Flow8App:
             if high is not None:
                 lag = max(0, high - (committed or 0))
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def kafka_credentials(settings: Settings) -> SASLCredentials | None:
+    """faust's login for every client it makes (consumer, producers, admin), from the settings."""
+    if not settings.kafka_security_protocol.startswith("SASL_"):
+        return None
+    assert settings.kafka_sasl_password is not None  # Settings._kafka_login
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=settings.kafka_ssl_context(),
+    )

@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import BaseModel
 
 from flow8_streams.channels.pending import Pending
@@ -98,7 +100,7 @@ class DirectProducer:
     async def start(self) -> None:
         # made here, on the loop that runs it (aiokafka binds a producer to its loop)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_client_options(),
             client_id=f"{self.settings.worker_id}-direct",
             acks="all",
             enable_idempotence=True,
@@ -109,6 +111,16 @@ class DirectProducer:
     async def stop(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
+
+    async def ping(self) -> None:
+        """One Metadata request (of no topic) to a broker: raises unless the cluster answers."""
+        if self._producer is None:
+            raise RuntimeError("DirectProducer.ping before start()")
+        client = self._producer.client
+        node = client.get_random_node()
+        if node is None:
+            raise KafkaConnectionError("no broker known")
+        await client.send(node, MetadataRequest([]))
 
     async def send(self, partition: int, company_id: str, message: BaseModel, *, topic: str | None = None) -> None:
         """``message`` to ``topic`` (the completions topic by default)."""

@@ -12,16 +12,9 @@ from aiokafka.errors import KafkaConnectionError
 
 from flow8_streams.domain.messages import CancelPlay, StartPlay
 from flow8_streams.domain.results import PlayResult
-from flow8_streams.errors import StoreUnavailable
 from flow8_streams.runtimes.streams import codec
+from flow8_streams.runtimes.streams.admin import kafka_unavailable
 from flow8_streams.settings import Settings
-
-
-def _unreachable(settings: Settings, exc: Exception) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
-        "start it with `scripts/services up` or set KAFKA_BOOTSTRAP_SERVERS"
-    )
 
 
 class CommandProducer:
@@ -29,16 +22,14 @@ class CommandProducer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, enable_idempotence=True, linger_ms=2
-        )
+        self._producer = AIOKafkaProducer(**settings.kafka_client_options(), enable_idempotence=True, linger_ms=2)
 
     async def __aenter__(self) -> CommandProducer:
         try:
             await self._producer.start()
         except KafkaConnectionError as exc:
             await self._producer.stop()
-            raise _unreachable(self.settings, exc) from None
+            raise await kafka_unavailable(self.settings, exc) from None
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -69,7 +60,7 @@ async def tail_results(
     ``idle_timeout`` seconds without one (never, when None)."""
     topic = settings.topics.play_results
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_client_options(),
         group_id=group_id,
         isolation_level="read_committed",
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -79,7 +70,7 @@ async def tail_results(
         await consumer.start()
     except KafkaConnectionError as exc:
         await consumer.stop()
-        raise _unreachable(settings, exc) from None
+        raise await kafka_unavailable(settings, exc) from None
     try:
         if group_id is None:
             partitions = consumer.partitions_for_topic(topic) or set()

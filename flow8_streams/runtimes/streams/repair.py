@@ -26,7 +26,7 @@ async def read_plays(settings: Settings, partition: int, play_ids: Collection[st
     needles = [p.encode() for p in wanted]
     tp = TopicPartition(settings.topics.events, partition)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_client_options(),
         client_id=f"{settings.worker_id}-repair",
         isolation_level="read_committed",
         enable_auto_commit=False,
