@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -38,8 +40,16 @@ from flow8_streams.channels.ports import (
     parse_port_range,
     reserve_port,
 )
-from flow8_streams.channels.protocol import Accepted, PendingNote, ProgressNote
+from flow8_streams.channels.protocol import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    MAX_LINE,
+    Accepted,
+    PendingNote,
+    ProgressNote,
+)
 from flow8_streams.channels.slot import ChannelSlot, MongoKV, WorkerCommand
+from flow8_streams.channels.tokens import new_key
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 
@@ -74,6 +84,14 @@ class ChannelPool:
     others when tasks wait for them. The modules on its channels see the KV store of
     ``kv_db`` (a SQLite file: the embedded runtime) or ``kv_mongodb`` (a ``MongoKV``: the
     streams runtime), or none.
+
+    Its channels take ``run`` only signed with the pool's own secret (new for each pool,
+    32 random bytes, handed to each worker on its stdin), and run only ``module_sources``.
+    ``token_key`` mints the completion tokens of pending flowlets (``tokens.completion_token``);
+    give the deployment's key so a resumed play keeps its tokens (a fresh one otherwise).
+    Outside connections: lines of at most ``max_message_bytes``, ``max_connections`` at once
+    per channel, closed after ``idle_timeout_s`` without a whole line; what a channel refuses
+    is counted in ``refusals`` (and ``flow8_channel_refusals_total``) by reason.
     """
 
     def __init__(
@@ -95,6 +113,10 @@ class ChannelPool:
         start_timeout_s: float = 30.0,
         python: str = sys.executable,
         warm: int = DEFAULT_WARM,
+        token_key: bytes | None = None,
+        max_message_bytes: int = MAX_LINE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         port_range = parse_port_range(ports) if isinstance(ports, str) else ports
         self.ports = list(port_range)
@@ -104,6 +126,9 @@ class ChannelPool:
         for name, value in (
             ("channel_execution_timeout_seconds", execution_timeout_s),
             ("channel_heartbeat_timeout_seconds", heartbeat_timeout_s),
+            ("channel_max_connections", max_connections),
+            ("channel_idle_timeout_seconds", idle_timeout_s),
+            ("max_message_bytes", max_message_bytes),
         ):
             if not value > 0:
                 raise ChannelSettingsInvalid(f"{name} {value!r} must be > 0")
@@ -124,7 +149,14 @@ class ChannelPool:
             kv_mongodb=kv_mongodb,
             heartbeat_s=beat,
             python=python,
+            pool_secret=secrets.token_bytes(32),
+            token_key=token_key if token_key is not None else new_key(),
+            max_line=max_message_bytes,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
         )
+        self.refusals: Counter[str] = Counter()
+        self._refused = asyncio.Event()  # set (and replaced) on every refusal counted
         self.slots = [ChannelSlot(port, self.command) for port in self.ports[: self.size]]
         self._queue: FairQueue[Job] = FairQueue(lambda job: job.task.company_id)
         self._background: set[asyncio.Task[Any]] = set()
@@ -137,6 +169,9 @@ class ChannelPool:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ChannelPool:
         """A pool as CHANNEL_PORT_RANGE, CHANNEL_POOL_SIZE, CHANNEL_POOL_WARM and the ``execution:`` settings say."""
         kwargs.setdefault("warm", settings.channel_pool_warm)
+        kwargs.setdefault("max_message_bytes", settings.limits.max_message_bytes)
+        kwargs.setdefault("max_connections", settings.execution.channel_max_connections)
+        kwargs.setdefault("idle_timeout_s", settings.execution.channel_idle_timeout_seconds)
         return cls(
             settings.channel_ports,
             settings.channel_pool_size,
@@ -433,7 +468,6 @@ class ChannelPool:
                 slot,
                 deadline=deadline,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
-                modules=self.command.module_sources,
                 on_accepted=partial(self._accepted, slot, job),
                 on_pending=partial(self._pending, slot, job),
                 on_progress=partial(self._progress, job),
@@ -493,16 +527,29 @@ class ChannelPool:
                     log.exception("channel %s: the on_dispatch hook failed", slot.port)
 
     def _pending(self, slot: ChannelSlot, job: Job, msg: PendingNote) -> None:
-        job.token = msg.token
+        job.pending = True
         if self.on_pending is not None:
             t = job.task
             try:
-                self.on_pending(t.play_id, t.flowlet, t.attempt, slot.address, msg.token)
+                self.on_pending(t.play_id, t.flowlet, t.attempt, slot.address)
             except Exception:
                 log.exception("channel %s: the on_pending hook failed", slot.port)
 
     def _progress(self, job: Job, msg: ProgressNote) -> None:
         job.progress = msg.progress
+
+    def _count_refusal(self, reason: str) -> None:
+        self.refusals[reason] += 1
+        if self.metrics is not None:
+            self.metrics.channel_refusals.labels(reason).inc()
+        self._refused.set()
+        self._refused = asyncio.Event()
+
+    async def refused(self, reason: str, at_least: int = 1) -> int:
+        """Once the channels have refused ``at_least`` lines or connections for ``reason``: how many."""
+        while self.refusals[reason] < at_least:
+            await self._refused.wait()
+        return self.refusals[reason]
 
     def _finish(self, job: Job, result: FlowletResult, outcome: str) -> None:
         if self.metrics is not None and job.started is not None:
@@ -523,6 +570,9 @@ class ChannelPool:
             self._spawn_background(self._await_exit(slot, proc), f"channel-{slot.port}-watch")
 
     async def _await_exit(self, slot: ChannelSlot, proc: asyncio.subprocess.Process) -> None:
+        async for said in slot.reports(proc):
+            if said.get("type") == "refused":
+                self._count_refusal(str(said.get("reason", "unknown")))
         code = await proc.wait()
         if self._closing or slot.process is not proc or slot.state != "idle":
             return  # closing, replaced, or busy (its task sees the connection drop and restarts it)

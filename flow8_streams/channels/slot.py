@@ -8,16 +8,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from flow8_streams.channels import client
 from flow8_streams.channels.exceptions import ChannelError, PortInUse, WorkerStartFailed
+from flow8_streams.channels.protocol import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, MAX_LINE
 
 if TYPE_CHECKING:
     from flow8_streams.channels.dispatcher import Job
@@ -49,7 +50,9 @@ class MongoKV:
 
 
 class WorkerCommand:
-    """How to start the worker of one port."""
+    """How to start the worker of one port. ``pool_secret`` (signs every ``run``) and
+    ``token_key`` (mints completion tokens) go to the worker on its stdin, never in argv
+    or the environment."""
 
     def __init__(
         self,
@@ -58,9 +61,14 @@ class WorkerCommand:
         module_sources: Sequence[str],
         kv_db: str | os.PathLike[str] | None,
         heartbeat_s: float,
+        pool_secret: bytes,
+        token_key: bytes,
         python: str = sys.executable,
         log_level: str = "warning",
         kv_mongodb: MongoKV | None = None,
+        max_line: int = MAX_LINE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         if kv_db is not None and kv_mongodb is not None:
             raise ValueError("a channel has one KV store: kv_db or kv_mongodb, not both")
@@ -71,6 +79,15 @@ class WorkerCommand:
         self.heartbeat_s = heartbeat_s
         self.python = python
         self.log_level = log_level
+        self.pool_secret = pool_secret
+        self._token_key = token_key
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+
+    def secrets_line(self) -> bytes:
+        """What the worker reads on its stdin."""
+        return orjson.dumps({"pool_secret": self.pool_secret.hex(), "token_key": self._token_key.hex()}) + b"\n"
 
     def argv(self, port: int) -> list[str]:
         argv = [self.python, "-m", WORKER_MODULE, "--port", str(port), "--host", self.host]
@@ -83,6 +100,8 @@ class WorkerCommand:
             argv += ["--kv-mongodb-database", m.database, "--kv-timeout-ms", str(m.timeout_ms)]
             argv += ["--kv-incr-window", str(m.incr_window)]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
+        argv += ["--max-line", str(self.max_line), "--max-connections", str(self.max_connections)]
+        argv += ["--idle-timeout-s", str(self.idle_timeout_s)]
         return [*argv, "--log-level", self.log_level]
 
     def env(self) -> dict[str, str] | None:
@@ -123,15 +142,19 @@ class ChannelSlot:
         proc = await asyncio.create_subprocess_exec(
             *self.command.argv(self.port),
             env=self.command.env(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,  # the worker's report pipe (module output goes to stderr)
             stderr=None,  # the worker's log goes where ours goes
             start_new_session=True,  # a Ctrl-C at the terminal is ours to handle, not each worker's
         )
         self.process = proc
         try:
-            assert proc.stdout is not None
+            assert proc.stdin is not None and proc.stdout is not None
             async with asyncio.timeout(timeout_s):
+                proc.stdin.write(self.command.secrets_line())
+                with contextlib.suppress(ConnectionError):  # a worker that died at once: said below
+                    await proc.stdin.drain()
+                proc.stdin.close()
                 line = await proc.stdout.readline()
                 if not line:
                     code = await proc.wait()
@@ -162,6 +185,15 @@ class ChannelSlot:
             await self.kill()
             raise
         return proc
+
+    async def reports(self, proc: asyncio.subprocess.Process) -> AsyncIterator[dict[str, Any]]:
+        """What ``proc`` reports after it is ready (refusals), until it exits."""
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                said = orjson.loads(line)
+                if isinstance(said, dict):
+                    yield said
 
     async def kill(self) -> int | None:
         """kill -9 the worker (and whatever it started) and reap it; its exit code."""

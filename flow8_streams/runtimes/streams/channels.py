@@ -151,10 +151,10 @@ class ChannelExecutor:
         """``host:port`` as outside systems reach it: the worker's ADVERTISED_HOST."""
         return f"{self.advertised_host}:{channel.rsplit(':', 1)[-1]}"
 
-    def _pending(self, play_id: str, flowlet: str, attempt: int, channel: str, token: str) -> None:
+    def _pending(self, play_id: str, flowlet: str, attempt: int, channel: str) -> None:
         log.info(
-            "%s/%s attempt %d waits for an outside service: complete token %r at %s",
-            play_id, flowlet, attempt, token, self.address(channel),
+            "%s/%s attempt %d waits for an outside service to complete it at %s",
+            play_id, flowlet, attempt, self.address(channel),
         )  # fmt: skip
 
     async def start(self) -> None:
