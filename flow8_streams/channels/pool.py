@@ -117,6 +117,7 @@ class ChannelPool:
         max_message_bytes: int = MAX_LINE,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        worker_log_level: str = "warning",
     ) -> None:
         port_range = parse_port_range(ports) if isinstance(ports, str) else ports
         self.ports = list(port_range)
@@ -149,6 +150,7 @@ class ChannelPool:
             kv_mongodb=kv_mongodb,
             heartbeat_s=beat,
             python=python,
+            log_level=worker_log_level,
             pool_secret=secrets.token_bytes(32),
             token_key=token_key if token_key is not None else new_key(),
             max_line=max_message_bytes,
