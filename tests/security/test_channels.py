@@ -384,3 +384,22 @@ def test_a_pool_refuses_impossible_bounds() -> None:
     for bad in ({"max_connections": 0}, {"idle_timeout_s": 0}, {"max_message_bytes": 0}):
         with pytest.raises(ChannelSettingsInvalid):
             ChannelPool(range(20_000, 20_001), **bad)  # type: ignore[arg-type]
+
+
+async def test_the_example_review_module_hands_out_flow8s_token_privately(
+    make_pool: PoolFactory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "modules.py"
+    pending: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    pool = await make_pool(1, module_sources=[str(examples)], on_pending=lambda *args: pending.set_result(args[3]))
+    task = make_task("request_review", {"queue": str(tmp_path / "reviews")})
+    running = pool.submit_nowait(task)
+    async with asyncio.timeout(GUARD_S):
+        port = port_of(await pending)
+    [request] = (tmp_path / "reviews").iterdir()
+    assert request.stat().st_mode & 0o077 == 0  # the owner's only
+    token = orjson.loads(request.read_text())["token"]
+    assert token == token_for(task)
+    assert isinstance(await client.complete(port, token, output={"approved": True}), Ack)
+    assert (await running).output == {"approved": True}
