@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from flow8_streams.channels.exceptions import ProtocolError
 from flow8_streams.channels.protocol import (
@@ -26,32 +25,9 @@ from flow8_streams.channels.protocol import (
     decode,
     encode,
 )
+from flow8_streams.channels.slot import ChannelSlot, Job
 from flow8_streams.channels.tokens import run_mac
 from flow8_streams.domain.messages import FlowletResult, Task
-
-if TYPE_CHECKING:
-    from flow8_streams.channels.slot import ChannelSlot
-
-DispatchHook = Callable[[str, str, int, str], None]
-"""``(play_id, flowlet, attempt, channel)``: a channel accepted the attempt (record FlowletDispatched)."""
-PendingHook = Callable[[str, str, int, str], None]
-"""``(play_id, flowlet, attempt, channel)``: the module handed its work to an outside service."""
-
-
-@dataclass(eq=False)
-class Job:
-    """A submitted task, from its queueing to its result."""
-
-    task: Task
-    future: asyncio.Future[FlowletResult]
-    on_dispatch: DispatchHook | None
-    queued_at: float  # loop time
-    slot: ChannelSlot | None = None
-    runner: asyncio.Task[None] | None = None
-    accepted_at: datetime | None = None
-    started: float | None = None  # loop time the worker accepted it
-    pending: bool = False
-    progress: dict[str, object] | None = field(default=None)
 
 
 @dataclass(frozen=True)

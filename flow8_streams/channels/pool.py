@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from flow8_streams.channels.dispatcher import DispatchHook, Job, Lost, Outcome, PendingHook, TimedOut, converse
+from flow8_streams.channels.dispatcher import Lost, Outcome, TimedOut, converse
 from flow8_streams.channels.exceptions import ChannelError, ChannelSettingsInvalid, PoolClosed
 from flow8_streams.channels.fair_queue import FairQueue
 from flow8_streams.channels.ports import (
@@ -48,7 +48,7 @@ from flow8_streams.channels.protocol import (
     PendingNote,
     ProgressNote,
 )
-from flow8_streams.channels.slot import ChannelSlot, MongoKV, WorkerCommand
+from flow8_streams.channels.slot import ChannelSlot, DispatchHook, Job, MongoKV, PendingHook, WorkerCommand
 from flow8_streams.channels.tokens import new_key
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
@@ -217,7 +217,7 @@ class ChannelPool:
                 self._held[slot.port] = held
         self._started = True
         for slot in warm:
-            slot.become("starting")
+            slot.starting()
         spawned = await asyncio.gather(*(slot.spawn(self.start_timeout_s) for slot in warm), return_exceptions=True)
         failures = [r for r in spawned if isinstance(r, BaseException)]
         if failures:
@@ -225,7 +225,7 @@ class ChannelPool:
             first = next((f for f in failures if isinstance(f, Flow8Error)), failures[0])
             raise first
         for slot in warm:
-            slot.become("idle")
+            slot.up()
             self._watch(slot)
         self._gauges()
         log.info(
@@ -257,8 +257,7 @@ class ChannelPool:
             held.close()
         self._held.clear()
         for slot in self.slots:
-            slot.job = None
-            slot.become("closed")
+            slot.close()
         self._gauges()
 
     # ------------------------------------------------------------ API
@@ -372,8 +371,7 @@ class ChannelPool:
             job = self._queue.pop()
             if job.future.done():
                 continue
-            slot.job, job.slot = job, slot
-            slot.become("busy")
+            slot.take(job)
             job.runner = self._spawn_background(
                 self._run(slot, job), f"channel-{slot.port}:{job.task.play_id}/{job.task.flowlet}"
             )
@@ -394,7 +392,7 @@ class ChannelPool:
                 break
             if self._startable(slot, now):
                 wanted -= 1
-                slot.become("starting")
+                slot.starting()
                 self._spawn_background(self._start_cold(slot), f"channel-{slot.port}-start")
 
     @staticmethod
@@ -418,16 +416,13 @@ class ChannelPool:
             await slot.spawn(self.start_timeout_s)
         except (ChannelError, Flow8Error, OSError) as exc:
             delay = slot.backoff_s = min(slot.backoff_s * 2, RESTART_BACKOFF_S[1]) or RESTART_BACKOFF_S[0]
-            slot.error, slot.retry_at = str(exc), asyncio.get_running_loop().time() + delay
-            slot.become("down")
+            slot.failed(str(exc), retry_at=asyncio.get_running_loop().time() + delay)
             log.error("channel %s: cannot start its worker: %s; tasks wait for another channel", slot.port, exc)
             self._retries[slot.port] = asyncio.get_running_loop().call_later(delay, self._pump)
             self._pump()
             return
-        slot.error = slot.retry_at = None
-        slot.backoff_s = 0.0
         self._watch(slot)
-        slot.become("idle")
+        slot.up()
         self._gauges()
         log.info("channel %s: worker started as pid %s (%d of %d)", slot.port, slot.pid, self.workers, self.size)
         self._pump()
@@ -560,8 +555,7 @@ class ChannelPool:
             job.future.set_result(result)
 
     def _free(self, slot: ChannelSlot) -> None:
-        slot.job = None
-        slot.become("idle")
+        slot.free()
         self._gauges()
 
     # ------------------------------------------------------------ worker processes
@@ -582,8 +576,7 @@ class ChannelPool:
         self._restart(slot, f"worker exited with code {code}")
 
     def _restart(self, slot: ChannelSlot, why: str) -> None:
-        slot.job = None
-        slot.become("restarting")
+        slot.restarting()
         self._gauges()
         self._spawn_background(self._respawn(slot, why), f"channel-{slot.port}-restart")
 
@@ -596,16 +589,13 @@ class ChannelPool:
             try:
                 await slot.spawn(self.start_timeout_s)
             except (ChannelError, Flow8Error, OSError) as exc:
-                slot.error = str(exc)
-                slot.become("down")
+                slot.failed(str(exc))
                 log.error("channel %s: cannot restart its worker (%s): %s; again in %.1f s", slot.port, why, exc, delay)
                 await asyncio.sleep(delay)  # a back-off between attempts, not a synchronisation
                 delay = min(delay * 2, longest)
                 continue
-            slot.restarts += 1
-            slot.error = slot.retry_at = None
             self._watch(slot)
-            slot.become("idle")
+            slot.up(restarted=True)
             log.info("channel %s: worker restarted (%s) as pid %s", slot.port, why, slot.pid)
             self._pump()
             return

@@ -1,4 +1,5 @@
-"""One channel slot: a port and the worker process that serves it (once one is needed)."""
+"""One channel slot: a port, the worker process that serves it (once one is needed), and
+the one place its state changes: ``MOVES`` lists every move a slot may make."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,11 +22,26 @@ from flow8_streams.channels.exceptions import ChannelError, PortInUse, WorkerSta
 from flow8_streams.channels.protocol import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, MAX_LINE
 
 if TYPE_CHECKING:
-    from flow8_streams.channels.dispatcher import Job
+    from flow8_streams.domain.messages import FlowletResult, Task
 
 log = logging.getLogger("flow8.channels")
 # cold: no worker started yet (its port reserved by the pool); it starts when a task waits for it
 SlotState = Literal["cold", "starting", "idle", "busy", "restarting", "down", "closed"]
+# Every move a slot makes; any other is a bug. ``down`` after a failed start: a cold slot's
+# first start is tried again later (``starting``), a restart again and again (``down`` or ``idle``).
+MOVES: dict[SlotState, frozenset[SlotState]] = {
+    "cold": frozenset({"starting", "closed"}),
+    "starting": frozenset({"idle", "down", "closed"}),
+    "idle": frozenset({"busy", "restarting", "closed"}),
+    "busy": frozenset({"idle", "restarting", "closed"}),
+    "restarting": frozenset({"idle", "down", "closed"}),
+    "down": frozenset({"starting", "idle", "down", "closed"}),
+    "closed": frozenset(),
+}
+DispatchHook = Callable[[str, str, int, str], None]
+"""``(play_id, flowlet, attempt, channel)``: a channel accepted the attempt (record FlowletDispatched)."""
+PendingHook = Callable[[str, str, int, str], None]
+"""``(play_id, flowlet, attempt, channel)``: the module handed its work to an outside service."""
 WORKER_MODULE = "flow8_streams.channels.worker"
 
 
@@ -111,6 +127,22 @@ class WorkerCommand:
         return {**os.environ, "MONGODB_URI": self.kv_mongodb.uri}
 
 
+@dataclass(eq=False)
+class Job:
+    """A submitted task, from its queueing to its result."""
+
+    task: Task
+    future: asyncio.Future[FlowletResult]
+    on_dispatch: DispatchHook | None
+    queued_at: float  # loop time
+    slot: ChannelSlot | None = None
+    runner: asyncio.Task[None] | None = None
+    accepted_at: datetime | None = None
+    started: float | None = None  # loop time the worker accepted it
+    pending: bool = False
+    progress: dict[str, object] | None = field(default=None)
+
+
 class ChannelSlot:
     def __init__(self, port: int, command: WorkerCommand) -> None:
         self.port = port
@@ -133,9 +165,44 @@ class ChannelSlot:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def become(self, state: SlotState) -> None:
+    def _move(self, state: SlotState) -> None:
+        if state not in MOVES[self.state]:
+            raise RuntimeError(f"channel {self.port}: a slot does not move from {self.state} to {state}")
         self.state = state
         self.since = utcnow()
+
+    def starting(self) -> None:
+        """Its worker is being started (a cold slot, or one whose start failed)."""
+        self._move("starting")
+
+    def up(self, *, restarted: bool = False) -> None:
+        """Its worker answers: idle, ready for a task."""
+        self.error = self.retry_at = None
+        self.backoff_s = 0.0
+        self.restarts += restarted
+        self._move("idle")
+
+    def failed(self, error: str, retry_at: float | None = None) -> None:
+        """Its worker did not start: ``down``; a waiting task may try it again at ``retry_at`` (loop time)."""
+        self.error, self.retry_at = error, retry_at
+        self._move("down")
+
+    def take(self, job: Job) -> None:
+        self.job, job.slot = job, self
+        self._move("busy")
+
+    def free(self) -> None:
+        self.job = None
+        self._move("idle")
+
+    def restarting(self) -> None:
+        """Its worker is killed and started again (the task it ran, if any, is answered already)."""
+        self.job = None
+        self._move("restarting")
+
+    def close(self) -> None:
+        self.job = None
+        self._move("closed")
 
     async def spawn(self, timeout_s: float) -> asyncio.subprocess.Process:
         """Start the worker and return once it answers ``status`` on the port."""
