@@ -306,9 +306,11 @@ class ChannelWorker:
         except ValueError as exc:  # signed by the pool, yet not a run: a version mismatch
             return self._refuse("bad_message", f"run refused: its body is not a run ({exc})")
         now = utcnow()
-        for nonce, at in list(self._nonces.items()):
-            if abs((now - at).total_seconds()) > RUN_FRESH_S:
-                del self._nonces[nonce]
+        while self._nonces:  # oldest first (they come in the order the pool signed them)
+            oldest, at = next(iter(self._nonces.items()))
+            if (now - at).total_seconds() <= RUN_FRESH_S:
+                break
+            del self._nonces[oldest]
         if abs((now - run.sent_at).total_seconds()) > RUN_FRESH_S or run.nonce in self._nonces:
             why = f"run refused: sent before, or over {RUN_FRESH_S:g} s from now; nothing was run"
             return self._refuse("replayed", why)
