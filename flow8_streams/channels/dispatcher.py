@@ -66,11 +66,13 @@ async def converse(
     try:
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + heartbeat_timeout_s)):
-                reader, writer = await asyncio.open_connection(slot.command.host, slot.port, limit=WORKER_LINE_MAX)
+                reader, writer = await asyncio.open_unix_connection(
+                    slot.command.control(slot.port), limit=WORKER_LINE_MAX
+                )
         except TimeoutError:
-            return TimedOut() if loop.time() >= deadline else Lost(f"port {slot.port} did not accept a connection")
+            return TimedOut() if loop.time() >= deadline else Lost(f"channel {slot.port} did not accept a connection")
         except OSError as exc:
-            return Lost(f"cannot connect to port {slot.port}: {exc.strerror or exc}")
+            return Lost(f"cannot connect to channel {slot.port}'s control socket: {exc.strerror or exc}")
         writer.write(encode(signed_run(task, slot.command.pool_secret)))
         heard = loop.time()
         while True:

@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flow8_streams.channels.dispatcher import Lost, Outcome, TimedOut, converse
@@ -68,6 +71,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def control_dir() -> Path:
+    """A new directory only this user can enter, for the control sockets of one pool's workers."""
+    path = Path(tempfile.mkdtemp(prefix="flow8-ch-"))  # mode 0700
+    longest = path / "65535.sock"
+    if len(str(longest).encode()) > 100:  # a Unix socket path holds at most 107 bytes
+        path.rmdir()
+        path = Path(tempfile.mkdtemp(prefix="flow8-ch-", dir="/tmp"))
+    return path
+
+
 def job_id(task: Task) -> tuple[str, str]:
     return task.play_id, task.flowlet
 
@@ -85,8 +98,9 @@ class ChannelPool:
     ``kv_db`` (a SQLite file: the embedded runtime) or ``kv_mongodb`` (a ``MongoKV``: the
     streams runtime), or none.
 
-    Its channels take ``run`` only signed with the pool's own secret (new for each pool,
-    32 random bytes, handed to each worker on its stdin), and run only ``module_sources``.
+    Its channels take ``run`` only on their control sockets (Unix sockets in a directory of
+    the pool's, mode 0700) and signed with the pool's own secret (new for each pool, 32 random
+    bytes, handed to each worker on its stdin), and run only ``module_sources``.
     ``token_key`` mints the completion tokens of pending flowlets (``tokens.completion_token``);
     give the deployment's key so a resumed play keeps its tokens (a fresh one otherwise).
     Outside connections: lines of at most ``max_message_bytes``, ``max_connections`` at once
@@ -210,6 +224,7 @@ class ChannelPool:
         if self._started:
             return
         check_ports_free((slot.port for slot in self.slots), self.host)
+        self.command.control_dir = control_dir()
         warm, cold = self.slots[: self.warm], self.slots[self.warm :]
         for slot in cold:
             held = reserve_port(slot.port, self.host)
@@ -256,6 +271,8 @@ class ChannelPool:
         for held in self._held.values():
             held.close()
         self._held.clear()
+        if self.command.control_dir is not None:
+            shutil.rmtree(self.command.control_dir, ignore_errors=True)
         for slot in self.slots:
             slot.close()
         self._gauges()

@@ -1,8 +1,10 @@
 """The channel protocol: newline-delimited JSON over TCP, one message per line.
 
 dispatcher -> worker   ``run``       {body, mac}: a Task (with when it was sent and a nonce) as JSON
-                                     text, and the pool secret's HMAC of exactly that text. A run
-                                     whose mac does not verify, or seen before, is refused unread.
+                                     text, and the pool secret's HMAC of exactly that text, on the
+                                     worker's control socket (a Unix socket in the pool's 0700
+                                     directory), never on the port. A run on the port, or whose mac
+                                     does not verify, or seen before, is refused and nothing runs.
                                      Which modules a channel runs is its start-up configuration,
                                      never a message's.
 worker -> dispatcher   ``accepted``  the worker took the task (the dispatcher records FlowletDispatched)

@@ -100,6 +100,14 @@ class WorkerCommand:
         self.max_line = max_line
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
+        # the pool's private directory (0700) of its workers' control sockets, made by ``start``
+        self.control_dir: Path | None = None
+
+    def control(self, port: int) -> str:
+        """The Unix socket the pool sends ``port``'s worker its tasks on."""
+        if self.control_dir is None:
+            raise ChannelError("the pool has no control directory yet (start it first)")
+        return str(self.control_dir / f"{port}.sock")
 
     def secrets_line(self) -> bytes:
         """What the worker reads on its stdin."""
@@ -117,7 +125,7 @@ class WorkerCommand:
             argv += ["--kv-incr-window", str(m.incr_window)]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
         argv += ["--max-line", str(self.max_line), "--max-connections", str(self.max_connections)]
-        argv += ["--idle-timeout-s", str(self.idle_timeout_s)]
+        argv += ["--idle-timeout-s", str(self.idle_timeout_s), "--control", self.control(port)]
         return [*argv, "--log-level", self.log_level]
 
     def env(self) -> dict[str, str] | None:

@@ -5,16 +5,18 @@
 
 It is started by a ``ChannelPool``, which writes one JSON line to its stdin,
 ``{"pool_secret": HEX, "token_key": HEX}``, and closes it: secrets never go in the process
-list or the environment. It listens on ``host:port``; a ``run`` line signed with the pool
-secret starts a task (any other ``run`` is refused and nothing is loaded or run), and the
-same connection gets ``accepted``, a ``heartbeat`` every ``--heartbeat-s`` while the module
+list or the environment. It listens on ``host:port`` and on ``--control``, a Unix socket in
+the pool's private directory; a ``run`` line there, signed with the pool secret, starts a
+task (any other ``run``, and every ``run`` on the port, is refused and nothing is loaded or
+run), and the same connection gets ``accepted``, a ``heartbeat`` every ``--heartbeat-s`` while the module
 runs (or waits for an outside ``complete``), and the ``result``. Other connections may ask
 for ``status`` or complete/progress a pending flowlet with the token flow8 minted for it.
 A line that is not a message gets an ``error`` reply and changes nothing. The modules are
 the ``--modules`` sources, loaded once at start.
 
-Outside connections are bounded: a line of at most ``--max-line`` bytes, at most
-``--max-connections`` at once, each closed after ``--idle-timeout-s`` without a whole line.
+Connections on the port are bounded: a line of at most ``--max-line`` bytes, at most
+``--max-connections`` at once (the pool's, on the control socket, are not counted, so outside
+clients never lock the pool out), each closed after ``--idle-timeout-s`` without a whole line.
 Every refusal is an ``error`` reply (then a close where the connection cannot go on), and is
 reported to the pool, which counts it.
 
@@ -35,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -80,8 +83,6 @@ from flow8_streams.stores.ports import KVEntry, KVStore
 log = logging.getLogger("flow8.channel.worker")
 PARENT_CHECK_S = 1.0
 RUN_FRESH_S = 120.0  # a run signed longer ago (or ahead) than this is refused: no replays
-AUTH_WINDOW_S = 2.0  # past the connection cap, a connection has this long to show a signed run
-OVERFLOW_MAX = 4  # connections past the cap waiting for their first line, at most
 Refused = Callable[[str], None]
 
 
@@ -140,9 +141,11 @@ class ChannelWorker:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         on_refused: Refused | None = None,
+        control: str | None = None,
     ) -> None:
         self.port = port
         self.host = host
+        self.control = control
         self.registry = load_registry(sources)
         self.kv: KVStore = kv if kv is not None else NoKV(port)
         self.heartbeat_s = heartbeat_s
@@ -162,16 +165,21 @@ class ChannelWorker:
         self._waiting: asyncio.Future[Complete] | None = None
         self._early: Complete | None = None  # a completion that came before the module returned Pending
         self._nonces: dict[str, datetime] = {}  # nonces of signed runs within RUN_FRESH_S
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
-        self._overflow = 0
+        self._from_pool: set[asyncio.StreamWriter] = set()  # connections on the control socket
 
     async def listen(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=self.max_line)
+        """The port, for anyone; and the control socket (in the pool's 0700 directory), for the pool."""
+        self._servers.append(await asyncio.start_server(self._connection, self.host, self.port, limit=self.max_line))
+        if self.control is not None:
+            pool = functools.partial(self._connection, from_pool=True)
+            self._servers.append(await asyncio.start_unix_server(pool, self.control, limit=self.max_line))
+            os.chmod(self.control, 0o600)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -183,8 +191,8 @@ class ChannelWorker:
             writer.close()
         if handlers:
             await asyncio.wait(handlers, timeout=2.0)
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
     # ------------------------------------------------------------ connections
 
@@ -195,8 +203,8 @@ class ChannelWorker:
         return ErrorReply(error=error)
 
     def _outside(self) -> int:
-        """Open connections other than the running task's."""
-        return len(self._connections) - (1 if self._reporter in self._connections else 0)
+        """Open connections on the port (the pool's, on the control socket, are not counted)."""
+        return len(self._connections) - len(self._from_pool)
 
     async def _read_line(self, reader: asyncio.StreamReader, timeout_s: float | None) -> bytes | ErrorReply:
         """The next line (b"" at EOF), or the refusal that ends the connection."""
@@ -208,28 +216,29 @@ class ChannelWorker:
         except TimeoutError:
             return self._refuse("idle_timeout", f"no whole line for {timeout_s:g} s; closing")
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_pool: bool = False
+    ) -> None:
         mine: asyncio.Task[None] | None = None  # a task this connection started
         handler = asyncio.current_task()
         assert handler is not None
-        first: bytes | ErrorReply | None = None
-        if self._outside() >= self.max_connections:
-            first = await self._past_the_cap(reader)
-            if isinstance(first, ErrorReply):
-                writer.write(encode(first))
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.drain()
-                writer.close()
-                return
+        if not from_pool and self._outside() >= self.max_connections:
+            refused = self._refuse(
+                "too_many_connections", f"channel {self.port} has {self.max_connections} connections open, its cap"
+            )
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(encode(refused))
+                await writer.drain()
+            writer.close()
+            return
         self._connections[writer] = handler
+        if from_pool:
+            self._from_pool.add(writer)
         try:
             while True:
-                if first is not None:
-                    line, first = first, None
-                else:
-                    # a connection running a task waits on it; any other must send within the idle timeout
-                    idle = None if mine is not None and not mine.done() else self.idle_timeout_s
-                    line = await self._read_line(reader, idle)
+                # The pool is trusted to be quiet while its task runs; anyone else must send
+                # a whole line within the idle timeout.
+                line = await self._read_line(reader, None if from_pool else self.idle_timeout_s)
                 if isinstance(line, ErrorReply):
                     writer.write(encode(line))
                     await writer.drain()
@@ -238,7 +247,7 @@ class ChannelWorker:
                     break
                 if not line.strip():
                     continue
-                reply = self._handle(line, writer)
+                reply = self._handle(line, writer, from_pool)
                 if isinstance(reply, asyncio.Task):
                     mine = reply
                 elif reply is not None:
@@ -248,31 +257,14 @@ class ChannelWorker:
             pass  # cancelled: the loop is shutting down; end normally (see close())
         finally:
             self._connections.pop(writer, None)
+            self._from_pool.discard(writer)
             if mine is not None and not mine.done():
                 # Whoever asked for the task is gone: nobody would read its result.
                 log.info("channel %s: the dispatcher's connection closed mid-task; cancelling it", self.port)
                 mine.cancel()
             writer.close()
 
-    async def _past_the_cap(self, reader: asyncio.StreamReader) -> bytes | ErrorReply:
-        """A connection over the cap is served only if its first line is a signed ``run`` (the
-        pool's own dispatch is never locked out by outside connections); else it is refused."""
-        too_many = f"channel {self.port} has {self.max_connections} connections open, its cap; closing"
-        if self._overflow >= OVERFLOW_MAX:
-            return self._refuse("too_many_connections", too_many)
-        self._overflow += 1
-        try:
-            line = await self._read_line(reader, AUTH_WINDOW_S)
-        finally:
-            self._overflow -= 1
-        if isinstance(line, bytes) and line:
-            with contextlib.suppress(ProtocolError):
-                msg = decode(line, TO_WORKER)
-                if isinstance(msg, Run) and run_mac_ok(self._pool_secret, msg.body.encode(), msg.mac):
-                    return line
-        return self._refuse("too_many_connections", too_many)
-
-    def _handle(self, line: bytes, writer: asyncio.StreamWriter) -> Any:
+    def _handle(self, line: bytes, writer: asyncio.StreamWriter, from_pool: bool) -> Any:
         try:
             msg = decode(line, TO_WORKER)
         except ProtocolError as exc:
@@ -280,6 +272,12 @@ class ChannelWorker:
         if isinstance(msg, StatusRequest):
             return self.status()
         if isinstance(msg, Run):
+            if not from_pool:
+                return self._refuse(
+                    "unauthenticated",
+                    f"run refused: channel {self.port} takes tasks from its pool's control socket only; "
+                    "nothing was run",
+                )
             body = self._authenticate(msg)
             if isinstance(body, ErrorReply):
                 return body
@@ -458,6 +456,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S, help="A connection without a whole line closes."
     )
+    p.add_argument("--control", default=None, help="Unix socket path the pool sends tasks to (in a 0700 directory).")
     p.add_argument("--parent-pid", type=int, default=None, help="Exit when this process is no longer the parent.")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
@@ -541,6 +540,7 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
             max_connections=args.max_connections,
             idle_timeout_s=args.idle_timeout_s,
             on_refused=report.refused,
+            control=args.control,
         )
         try:
             await worker.listen()
@@ -562,6 +562,7 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
     report.serving()
 
     stop = asyncio.Event()
+    orphaned = False
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -577,7 +578,13 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
                     break
             else:
                 log.warning("channel %s: parent %s is gone; exiting", args.port, args.parent_pid)
+                orphaned = True
     finally:
+        if args.control is not None:  # before the connections close: whoever sees them close sees this done
+            with contextlib.suppress(OSError):
+                os.unlink(args.control)
+                if orphaned:  # nobody is left to remove the pool's directory: the last worker does
+                    os.rmdir(os.path.dirname(args.control))
         await worker.close()
         if store is not None:
             store.close()

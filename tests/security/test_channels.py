@@ -103,14 +103,15 @@ async def test_a_run_from_an_outside_process_is_refused_and_runs_nothing(
         orjson.dumps(
             {"type": "run", "task": make_task("evil").model_dump(mode="json"), "modules": [str(evil)]}
         ).decode(),
-        # the new shape, unsigned, signed with a made-up secret, and with another run's mac
+        # the new shape: unsigned, signed with a made-up secret, and even signed by the pool itself
         orjson.dumps({"type": "run", "body": body.decode(), "mac": "0" * 64}).decode(),
         orjson.dumps({"type": "run", "body": body.decode(), "mac": run_mac(new_key(), body)}).decode(),
+        orjson.dumps(signed_run(victim, pool.command.pool_secret).model_dump()).decode(),
     )
-    assert [r["type"] for r in replies] == ["error"] * 3, replies
+    assert [r["type"] for r in replies] == ["error"] * 4, replies
     assert "run body: Field required" in replies[0]["error"]
     for reply in replies[1:]:
-        assert "not signed by the pool" in reply["error"] and "nothing was run" in reply["error"]
+        assert "from its pool's control socket only" in reply["error"] and "nothing was run" in reply["error"]
 
     assert not marker.exists() and not Path(str(marker) + ".ran").exists()  # never imported, never run
     store = SqliteStore(db)
@@ -119,24 +120,41 @@ async def test_a_run_from_an_outside_process_is_refused_and_runs_nothing(
     finally:
         store.close()
     async with asyncio.timeout(GUARD_S):
-        assert await pool.refused("unauthenticated", 2) == 2
+        assert await pool.refused("unauthenticated", 3) == 3
         await pool.refused("bad_message", 1)
-    assert refusals(metrics, "unauthenticated") == 2
+    assert refusals(metrics, "unauthenticated") == 3
     assert (await client.status(port)).state == "idle"
     result = await pool.submit(make_task("echo", {"still": "serving"}))  # the pool's own run is taken
     assert result.ok and result.output == {"still": "serving"}
 
 
-async def test_a_signed_run_is_taken_once_a_replay_is_refused(make_pool: PoolFactory) -> None:  # noqa: F811
+async def _on_control_socket(path: str, line: bytes) -> dict[str, Any]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(line + b"\n")
+        async with asyncio.timeout(GUARD_S):
+            return dict(orjson.loads(await reader.readline()))
+    finally:
+        writer.close()
+
+
+async def test_on_the_control_socket_only_a_run_signed_by_the_pool_is_taken_and_only_once(
+    make_pool: PoolFactory,  # noqa: F811
+) -> None:
     pool = await make_pool(1)
-    port = pool.slots[0].port
-    line = orjson.dumps(signed_run(make_task("echo", {"n": 1}), pool.command.pool_secret).model_dump()).decode()
-    [first] = outside(port, line)
-    [second] = outside(port, line)  # the same bytes again, as someone who saw them would
-    assert first["type"] == "accepted"  # the pool's signature: taken (this test holds the pool's secret)
-    assert second["type"] == "error" and "sent before" in second["error"]
+    control = pool.command.control(pool.slots[0].port)
+    assert os.stat(Path(control).parent).st_mode & 0o077 == 0  # the pool's directory: its user's only
+    task = make_task("echo", {"n": 1})
+    forged = orjson.dumps(signed_run(task, new_key()).model_dump())
+    line = orjson.dumps(signed_run(task, pool.command.pool_secret).model_dump())
+    refused = await _on_control_socket(control, forged)
+    assert refused["type"] == "error" and "not signed by the pool" in refused["error"]
+    assert (await _on_control_socket(control, line))["type"] == "accepted"  # the pool's: taken
+    again = await _on_control_socket(control, line)  # the same bytes again, as someone who saw them would
+    assert again["type"] == "error" and "sent before" in again["error"]
     async with asyncio.timeout(GUARD_S):
         await pool.refused("replayed")
+        await pool.refused("unauthenticated")
 
 
 def _forms(secret: bytes) -> list[bytes]:
@@ -318,8 +336,7 @@ async def test_connections_past_the_cap_are_refused_but_the_pool_still_dispatche
             assert orjson.loads(await reader.readline())["type"] == "status"  # served: it counts
         held.append(writer)
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b'{"type": "status"}\n')
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # refused before it says anything
         async with asyncio.timeout(GUARD_S):
             reply = orjson.loads(await reader.readline())
             assert await reader.read() == b""
