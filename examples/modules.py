@@ -6,11 +6,13 @@ Load them with ``flow8 run FLOW --modules examples/modules.py``. A module takes 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from flow8_streams.channels import Pending
 from flow8_streams.errors import ModuleFailed
 from flow8_streams.modules import ModuleContext
 
@@ -82,4 +84,24 @@ def report(ctx: ModuleContext) -> dict[str, Any]:
     return {"path": path, "bytes": len(body.encode())}
 
 
-MODULES = {"extract": extract, "aggregator": aggregator, "report": report}
+def request_review(ctx: ModuleContext) -> Pending:
+    """``{"queue": dir}``: hand the play to a reviewer and wait for their verdict (a channel module).
+
+    The request written to ``queue`` carries the completion token flow8 minted for this attempt
+    (readable by its owner only: the token completes the flowlet); the reviewer's tool completes
+    it at the channel's port: ``await flow8_streams.channels.client.complete(port, token,
+    output={"approved": True})``. The flowlet's timeout bounds the wait."""
+    queue = ctx.input.get("queue")
+    if not isinstance(queue, str) or ctx.completion_token is None:
+        raise ModuleFailed("request_review: input needs 'queue' (a directory), and a channel", retryable=False)
+    request = Path(queue) / f"{ctx.play_id}.{ctx.flowlet}.{ctx.attempt}.json"
+    request.parent.mkdir(parents=True, exist_ok=True)
+    request.touch(mode=0o600)
+    request.write_text(json.dumps({"play_id": ctx.play_id, "token": ctx.completion_token}), encoding="utf-8")
+    return Pending(detail=f"waiting for a review ({request.name})")
+
+
+request_review.flow8_channel = True  # type: ignore[attr-defined]
+
+
+MODULES = {"extract": extract, "aggregator": aggregator, "report": report, "request_review": request_review}

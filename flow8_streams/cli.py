@@ -208,9 +208,12 @@ async def _run_play(
         if channel_sources is None:
             return await _drive_play(store, registry, flow, play_id, company, play_input, live, None)
         from flow8_streams.channels import ChannelPool
+        from flow8_streams.channels.tokens import TOKEN_KEY_NAME, new_key, settings_key
         from flow8_streams.settings import load_settings
 
-        pool = ChannelPool.from_settings(load_settings(), module_sources=channel_sources, kv_db=db)
+        settings = load_settings()
+        token_key = settings_key(settings) or store.secret(TOKEN_KEY_NAME, new_key)  # a resumed play keeps its tokens
+        pool = ChannelPool.from_settings(settings, module_sources=channel_sources, kv_db=db, token_key=token_key)
         try:
             await pool.start()  # a port in use: InvalidInput naming it (exit 2)
             return await _drive_play(store, registry, flow, play_id, company, play_input, live, pool)

@@ -77,6 +77,13 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.channel_refusals = Counter(
+            "flow8_channel_refusals_total",
+            "What channel ports refused, by reason (unauthenticated, replayed, bad_token, bad_message, "
+            "line_too_long, too_many_connections, idle_timeout).",
+            ["reason"],
+            registry=r,
+        )
         self.channel_timeouts = Counter(
             "flow8_channel_timeouts_total", "Channel tasks killed at their deadline.", registry=r
         )

@@ -56,6 +56,10 @@ class Execution(BaseModel):
     max_timeout_seconds: int = Field(default=3600, gt=0, le=3600)
     channel_execution_timeout_seconds: int = Field(default=1800, gt=0)
     channel_heartbeat_timeout_seconds: float = Field(default=30, gt=0)
+    channel_max_connections: int = Field(default=64, ge=1, le=10_000, description="Outside connections per channel.")
+    channel_idle_timeout_seconds: float = Field(
+        default=30, gt=0, le=3600, description="An outside connection without a whole line for this long is closed."
+    )
 
 
 class Topics(BaseModel):
@@ -198,6 +202,14 @@ class Settings(BaseSettings):
     cache: Caches = Caches()
     execution: Execution = Execution()
     limits: Limits = Limits()
+    channel_token_key: SecretStr | None = Field(
+        default=None,
+        description="The key completion tokens are minted with (FLOW8_CHANNEL_TOKEN_KEY: 32+ random bytes, hex or "
+        "base64url). Unset: one kept in the SQLite file (embedded) or MongoDB's meta collection (streams).",
+    )
+    channel_token_key_file: Path | None = Field(
+        default=None, description="A file holding channel_token_key (readable by its owner only)."
+    )
     kv_incr_dedup_window: int = Field(default=1000, ge=10, le=100_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

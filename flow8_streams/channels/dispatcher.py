@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from flow8_streams.channels.exceptions import ProtocolError
 from flow8_streams.channels.protocol import (
     FROM_WORKER,
-    MAX_LINE,
+    WORKER_LINE_MAX,
     Accepted,
     ErrorReply,
     Heartbeat,
@@ -21,34 +21,13 @@ from flow8_streams.channels.protocol import (
     ProgressNote,
     ResultMessage,
     Run,
+    RunBody,
     decode,
     encode,
 )
+from flow8_streams.channels.slot import ChannelSlot, Job
+from flow8_streams.channels.tokens import run_mac
 from flow8_streams.domain.messages import FlowletResult, Task
-
-if TYPE_CHECKING:
-    from flow8_streams.channels.slot import ChannelSlot
-
-DispatchHook = Callable[[str, str, int, str], None]
-"""``(play_id, flowlet, attempt, channel)``: a channel accepted the attempt (record FlowletDispatched)."""
-PendingHook = Callable[[str, str, int, str, str], None]
-"""``(play_id, flowlet, attempt, channel, token)``: the module handed its work to an outside service."""
-
-
-@dataclass(eq=False)
-class Job:
-    """A submitted task, from its queueing to its result."""
-
-    task: Task
-    future: asyncio.Future[FlowletResult]
-    on_dispatch: DispatchHook | None
-    queued_at: float  # loop time
-    slot: ChannelSlot | None = None
-    runner: asyncio.Task[None] | None = None
-    accepted_at: datetime | None = None
-    started: float | None = None  # loop time the worker accepted it
-    token: str | None = None
-    progress: dict[str, object] | None = field(default=None)
 
 
 @dataclass(frozen=True)
@@ -64,13 +43,18 @@ class TimedOut:
 Outcome = FlowletResult | Lost | TimedOut
 
 
+def signed_run(task: Task, pool_secret: bytes) -> Run:
+    """``task`` as a ``run`` only this pool's channels take, once."""
+    body = RunBody(task=task, sent_at=datetime.now(UTC), nonce=secrets.token_hex(16)).model_dump_json()
+    return Run(body=body, mac=run_mac(pool_secret, body.encode()))
+
+
 async def converse(
     job: Job,
     slot: ChannelSlot,
     *,
     deadline: float,
     heartbeat_timeout_s: float,
-    modules: Sequence[str],
     on_accepted: Callable[[Accepted], None],
     on_pending: Callable[[PendingNote], None],
     on_progress: Callable[[ProgressNote], None],
@@ -82,12 +66,14 @@ async def converse(
     try:
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + heartbeat_timeout_s)):
-                reader, writer = await asyncio.open_connection(slot.command.host, slot.port, limit=MAX_LINE)
+                reader, writer = await asyncio.open_unix_connection(
+                    slot.command.control(slot.port), limit=WORKER_LINE_MAX
+                )
         except TimeoutError:
-            return TimedOut() if loop.time() >= deadline else Lost(f"port {slot.port} did not accept a connection")
+            return TimedOut() if loop.time() >= deadline else Lost(f"channel {slot.port} did not accept a connection")
         except OSError as exc:
-            return Lost(f"cannot connect to port {slot.port}: {exc.strerror or exc}")
-        writer.write(encode(Run(task=task, modules=list(modules))))
+            return Lost(f"cannot connect to channel {slot.port}'s control socket: {exc.strerror or exc}")
+        writer.write(encode(signed_run(task, slot.command.pool_secret)))
         heard = loop.time()
         while True:
             now = loop.time()
@@ -101,7 +87,7 @@ async def converse(
             except TimeoutError:
                 continue
             except ValueError:
-                return Lost(f"port {slot.port} sent a line longer than {MAX_LINE} bytes")
+                return Lost(f"port {slot.port} sent a line longer than {WORKER_LINE_MAX} bytes")
             except OSError as exc:
                 return Lost(f"the connection to port {slot.port} failed: {exc.strerror or exc}")
             if not line:

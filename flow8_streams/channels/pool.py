@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import shutil
 import socket
 import sys
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flow8_streams.channels.dispatcher import DispatchHook, Job, Lost, Outcome, PendingHook, TimedOut, converse
+from flow8_streams.channels.dispatcher import Lost, Outcome, TimedOut, converse
 from flow8_streams.channels.exceptions import ChannelError, ChannelSettingsInvalid, PoolClosed
 from flow8_streams.channels.fair_queue import FairQueue
 from flow8_streams.channels.ports import (
@@ -38,8 +43,16 @@ from flow8_streams.channels.ports import (
     parse_port_range,
     reserve_port,
 )
-from flow8_streams.channels.protocol import Accepted, PendingNote, ProgressNote
-from flow8_streams.channels.slot import ChannelSlot, MongoKV, WorkerCommand
+from flow8_streams.channels.protocol import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    MAX_LINE,
+    Accepted,
+    PendingNote,
+    ProgressNote,
+)
+from flow8_streams.channels.slot import ChannelSlot, DispatchHook, Job, MongoKV, PendingHook, WorkerCommand
+from flow8_streams.channels.tokens import new_key
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 
@@ -58,6 +71,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def control_dir() -> Path:
+    """A new directory only this user can enter, for the control sockets of one pool's workers."""
+    path = Path(tempfile.mkdtemp(prefix="flow8-ch-"))  # mode 0700
+    longest = path / "65535.sock"
+    if len(str(longest).encode()) > 100:  # a Unix socket path holds at most 107 bytes
+        path.rmdir()
+        path = Path(tempfile.mkdtemp(prefix="flow8-ch-", dir="/tmp"))
+    return path
+
+
 def job_id(task: Task) -> tuple[str, str]:
     return task.play_id, task.flowlet
 
@@ -74,6 +97,15 @@ class ChannelPool:
     others when tasks wait for them. The modules on its channels see the KV store of
     ``kv_db`` (a SQLite file: the embedded runtime) or ``kv_mongodb`` (a ``MongoKV``: the
     streams runtime), or none.
+
+    Its channels take ``run`` only on their control sockets (Unix sockets in a directory of
+    the pool's, mode 0700) and signed with the pool's own secret (new for each pool, 32 random
+    bytes, handed to each worker on its stdin), and run only ``module_sources``.
+    ``token_key`` mints the completion tokens of pending flowlets (``tokens.completion_token``);
+    give the deployment's key so a resumed play keeps its tokens (a fresh one otherwise).
+    Outside connections: lines of at most ``max_message_bytes``, ``max_connections`` at once
+    per channel, closed after ``idle_timeout_s`` without a whole line; what a channel refuses
+    is counted in ``refusals`` (and ``flow8_channel_refusals_total``) by reason.
     """
 
     def __init__(
@@ -95,6 +127,11 @@ class ChannelPool:
         start_timeout_s: float = 30.0,
         python: str = sys.executable,
         warm: int = DEFAULT_WARM,
+        token_key: bytes | None = None,
+        max_message_bytes: int = MAX_LINE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        worker_log_level: str = "warning",
     ) -> None:
         port_range = parse_port_range(ports) if isinstance(ports, str) else ports
         self.ports = list(port_range)
@@ -104,6 +141,9 @@ class ChannelPool:
         for name, value in (
             ("channel_execution_timeout_seconds", execution_timeout_s),
             ("channel_heartbeat_timeout_seconds", heartbeat_timeout_s),
+            ("channel_max_connections", max_connections),
+            ("channel_idle_timeout_seconds", idle_timeout_s),
+            ("max_message_bytes", max_message_bytes),
         ):
             if not value > 0:
                 raise ChannelSettingsInvalid(f"{name} {value!r} must be > 0")
@@ -124,7 +164,15 @@ class ChannelPool:
             kv_mongodb=kv_mongodb,
             heartbeat_s=beat,
             python=python,
+            log_level=worker_log_level,
+            pool_secret=secrets.token_bytes(32),
+            token_key=token_key if token_key is not None else new_key(),
+            max_line=max_message_bytes,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout_s,
         )
+        self.refusals: Counter[str] = Counter()
+        self._refused = asyncio.Event()  # set (and replaced) on every refusal counted
         self.slots = [ChannelSlot(port, self.command) for port in self.ports[: self.size]]
         self._queue: FairQueue[Job] = FairQueue(lambda job: job.task.company_id)
         self._background: set[asyncio.Task[Any]] = set()
@@ -137,6 +185,9 @@ class ChannelPool:
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ChannelPool:
         """A pool as CHANNEL_PORT_RANGE, CHANNEL_POOL_SIZE, CHANNEL_POOL_WARM and the ``execution:`` settings say."""
         kwargs.setdefault("warm", settings.channel_pool_warm)
+        kwargs.setdefault("max_message_bytes", settings.limits.max_message_bytes)
+        kwargs.setdefault("max_connections", settings.execution.channel_max_connections)
+        kwargs.setdefault("idle_timeout_s", settings.execution.channel_idle_timeout_seconds)
         return cls(
             settings.channel_ports,
             settings.channel_pool_size,
@@ -173,6 +224,7 @@ class ChannelPool:
         if self._started:
             return
         check_ports_free((slot.port for slot in self.slots), self.host)
+        self.command.control_dir = control_dir()
         warm, cold = self.slots[: self.warm], self.slots[self.warm :]
         for slot in cold:
             held = reserve_port(slot.port, self.host)
@@ -180,7 +232,7 @@ class ChannelPool:
                 self._held[slot.port] = held
         self._started = True
         for slot in warm:
-            slot.become("starting")
+            slot.starting()
         spawned = await asyncio.gather(*(slot.spawn(self.start_timeout_s) for slot in warm), return_exceptions=True)
         failures = [r for r in spawned if isinstance(r, BaseException)]
         if failures:
@@ -188,7 +240,7 @@ class ChannelPool:
             first = next((f for f in failures if isinstance(f, Flow8Error)), failures[0])
             raise first
         for slot in warm:
-            slot.become("idle")
+            slot.up()
             self._watch(slot)
         self._gauges()
         log.info(
@@ -219,9 +271,10 @@ class ChannelPool:
         for held in self._held.values():
             held.close()
         self._held.clear()
+        if self.command.control_dir is not None:
+            shutil.rmtree(self.command.control_dir, ignore_errors=True)
         for slot in self.slots:
-            slot.job = None
-            slot.become("closed")
+            slot.close()
         self._gauges()
 
     # ------------------------------------------------------------ API
@@ -335,8 +388,7 @@ class ChannelPool:
             job = self._queue.pop()
             if job.future.done():
                 continue
-            slot.job, job.slot = job, slot
-            slot.become("busy")
+            slot.take(job)
             job.runner = self._spawn_background(
                 self._run(slot, job), f"channel-{slot.port}:{job.task.play_id}/{job.task.flowlet}"
             )
@@ -357,7 +409,7 @@ class ChannelPool:
                 break
             if self._startable(slot, now):
                 wanted -= 1
-                slot.become("starting")
+                slot.starting()
                 self._spawn_background(self._start_cold(slot), f"channel-{slot.port}-start")
 
     @staticmethod
@@ -381,16 +433,13 @@ class ChannelPool:
             await slot.spawn(self.start_timeout_s)
         except (ChannelError, Flow8Error, OSError) as exc:
             delay = slot.backoff_s = min(slot.backoff_s * 2, RESTART_BACKOFF_S[1]) or RESTART_BACKOFF_S[0]
-            slot.error, slot.retry_at = str(exc), asyncio.get_running_loop().time() + delay
-            slot.become("down")
+            slot.failed(str(exc), retry_at=asyncio.get_running_loop().time() + delay)
             log.error("channel %s: cannot start its worker: %s; tasks wait for another channel", slot.port, exc)
             self._retries[slot.port] = asyncio.get_running_loop().call_later(delay, self._pump)
             self._pump()
             return
-        slot.error = slot.retry_at = None
-        slot.backoff_s = 0.0
         self._watch(slot)
-        slot.become("idle")
+        slot.up()
         self._gauges()
         log.info("channel %s: worker started as pid %s (%d of %d)", slot.port, slot.pid, self.workers, self.size)
         self._pump()
@@ -433,7 +482,6 @@ class ChannelPool:
                 slot,
                 deadline=deadline,
                 heartbeat_timeout_s=self.heartbeat_timeout_s,
-                modules=self.command.module_sources,
                 on_accepted=partial(self._accepted, slot, job),
                 on_pending=partial(self._pending, slot, job),
                 on_progress=partial(self._progress, job),
@@ -493,16 +541,29 @@ class ChannelPool:
                     log.exception("channel %s: the on_dispatch hook failed", slot.port)
 
     def _pending(self, slot: ChannelSlot, job: Job, msg: PendingNote) -> None:
-        job.token = msg.token
+        job.pending = True
         if self.on_pending is not None:
             t = job.task
             try:
-                self.on_pending(t.play_id, t.flowlet, t.attempt, slot.address, msg.token)
+                self.on_pending(t.play_id, t.flowlet, t.attempt, slot.address)
             except Exception:
                 log.exception("channel %s: the on_pending hook failed", slot.port)
 
     def _progress(self, job: Job, msg: ProgressNote) -> None:
         job.progress = msg.progress
+
+    def _count_refusal(self, reason: str) -> None:
+        self.refusals[reason] += 1
+        if self.metrics is not None:
+            self.metrics.channel_refusals.labels(reason).inc()
+        self._refused.set()
+        self._refused = asyncio.Event()
+
+    async def refused(self, reason: str, at_least: int = 1) -> int:
+        """Once the channels have refused ``at_least`` lines or connections for ``reason``: how many."""
+        while self.refusals[reason] < at_least:
+            await self._refused.wait()
+        return self.refusals[reason]
 
     def _finish(self, job: Job, result: FlowletResult, outcome: str) -> None:
         if self.metrics is not None and job.started is not None:
@@ -511,8 +572,7 @@ class ChannelPool:
             job.future.set_result(result)
 
     def _free(self, slot: ChannelSlot) -> None:
-        slot.job = None
-        slot.become("idle")
+        slot.free()
         self._gauges()
 
     # ------------------------------------------------------------ worker processes
@@ -523,6 +583,9 @@ class ChannelPool:
             self._spawn_background(self._await_exit(slot, proc), f"channel-{slot.port}-watch")
 
     async def _await_exit(self, slot: ChannelSlot, proc: asyncio.subprocess.Process) -> None:
+        async for said in slot.reports(proc):
+            if said.get("type") == "refused":
+                self._count_refusal(str(said.get("reason", "unknown")))
         code = await proc.wait()
         if self._closing or slot.process is not proc or slot.state != "idle":
             return  # closing, replaced, or busy (its task sees the connection drop and restarts it)
@@ -530,8 +593,7 @@ class ChannelPool:
         self._restart(slot, f"worker exited with code {code}")
 
     def _restart(self, slot: ChannelSlot, why: str) -> None:
-        slot.job = None
-        slot.become("restarting")
+        slot.restarting()
         self._gauges()
         self._spawn_background(self._respawn(slot, why), f"channel-{slot.port}-restart")
 
@@ -544,16 +606,13 @@ class ChannelPool:
             try:
                 await slot.spawn(self.start_timeout_s)
             except (ChannelError, Flow8Error, OSError) as exc:
-                slot.error = str(exc)
-                slot.become("down")
+                slot.failed(str(exc))
                 log.error("channel %s: cannot restart its worker (%s): %s; again in %.1f s", slot.port, why, exc, delay)
                 await asyncio.sleep(delay)  # a back-off between attempts, not a synchronisation
                 delay = min(delay * 2, longest)
                 continue
-            slot.restarts += 1
-            slot.error = slot.retry_at = None
             self._watch(slot)
-            slot.become("idle")
+            slot.up(restarted=True)
             log.info("channel %s: worker restarted (%s) as pid %s", slot.port, why, slot.pid)
             self._pump()
             return

@@ -1,17 +1,27 @@
 """The channel protocol: newline-delimited JSON over TCP, one message per line.
 
-dispatcher -> worker   ``run``       a Task, and the module sources to load for it
+dispatcher -> worker   ``run``       {body, mac}: a Task (with when it was sent and a nonce) as JSON
+                                     text, and the pool secret's HMAC of exactly that text, on the
+                                     worker's control socket (a Unix socket in the pool's 0700
+                                     directory), never on the port. A run on the port, or whose mac
+                                     does not verify, or seen before, is refused and nothing runs.
+                                     Which modules a channel runs is its start-up configuration,
+                                     never a message's.
 worker -> dispatcher   ``accepted``  the worker took the task (the dispatcher records FlowletDispatched)
                        ``heartbeat`` sent every ``--heartbeat-s`` while the task runs or waits
-                       ``pending``   the module handed the work to an outside service under a token
-                       ``progress``  an outside service reported progress for that token
+                       ``pending``   the module handed the work to an outside service
+                       ``progress``  an outside service reported progress
                        ``result``    the FlowletResult; the connection is done
-outside -> port        ``complete``  {token, ok, output | error}: finishes a pending flowlet
+outside -> port        ``complete``  {token, ok, output | error}: finishes a pending flowlet; the
+                                     token is the one flow8 minted for that attempt
                        ``progress``  {token, ...}: anything else on the line is the progress
-anyone -> port         ``status``    -> {port, pid, state: idle|busy|pending, play_id, flowlet, ...}
+anyone -> port         ``status``    -> {port, pid, state: idle|busy|pending, play_id, flowlet, ...};
+                                     a token's fingerprint at most, never the token
 worker -> anyone       ``ok`` / ``error``   replies to complete, progress and bad lines
 
-A line that is not a message gets an ``error`` reply; the connection stays open.
+A line that is not a message gets an ``error`` reply; the connection stays open. A line
+over ``max_message_bytes`` (1 MiB), a connection past the cap, or one idle past the idle
+timeout gets an ``error`` reply and is closed.
 """
 
 from __future__ import annotations
@@ -23,9 +33,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from flow8_streams.channels.exceptions import ProtocolError
+from flow8_streams.domain.limits import DEFAULT_LIMITS, MiB
 from flow8_streams.domain.messages import FlowletResult, Task
 
-MAX_LINE = 16 * 1024 * 1024
+MAX_LINE = DEFAULT_LIMITS.max_message_bytes  # an outside line, and any line a worker reads
+DEFAULT_MAX_CONNECTIONS = 64  # outside connections to one channel at once
+DEFAULT_IDLE_TIMEOUT_S = 30.0  # an outside connection without a whole line for this long is closed
+WORKER_LINE_MAX = 16 * MiB  # a line the dispatcher reads from its own worker (a result)
 ChannelState = Literal["idle", "busy", "pending"]
 Token = Annotated[str, Field(min_length=1, max_length=1000)]
 
@@ -38,9 +52,17 @@ class _Message(BaseModel):
 
 
 class Run(_Message):
+    """A task from the pool: ``body`` is a ``RunBody`` as JSON text, ``mac`` its HMAC under the pool secret."""
+
     type: Literal["run"] = "run"
+    body: str
+    mac: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RunBody(_Message):
     task: Task
-    modules: list[str] = Field(default_factory=list, description="Module sources (files or packages) to load.")
+    sent_at: datetime
+    nonce: str = Field(min_length=16, max_length=64)
 
 
 class Complete(_Message):
@@ -89,13 +111,11 @@ class Heartbeat(_Message):
 
 class PendingNote(_Message):
     type: Literal["pending"] = "pending"
-    token: Token
     detail: str | None = None
 
 
 class ProgressNote(_Message):
     type: Literal["progress"] = "progress"
-    token: Token
     progress: dict[str, Any]
 
 
@@ -115,7 +135,7 @@ class Status(_Message):
     flowlet: str | None = None
     attempt: int | None = None
     module_ref: str | None = None
-    token: str | None = None
+    token_fingerprint: str | None = Field(default=None, description="Names the pending token; is not the token.")
     progress: dict[str, Any] | None = None
 
 

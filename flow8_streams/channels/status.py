@@ -53,7 +53,7 @@ def row(port: int, status: Status | None, *, silent: str = DOWN) -> dict[str, An
         "flowlet": status.flowlet,
         "attempt": status.attempt,
         "module_ref": status.module_ref,
-        "token": status.token,
+        "token_fingerprint": status.token_fingerprint,
         "progress": status.progress,
     }
 

@@ -52,3 +52,6 @@ class ModuleContext:
     input: Any
     kv: KV
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("flow8.module"))
+    # On a channel: the token flow8 minted for this attempt, to hand to an outside service
+    # that completes it (see ``Pending``); None elsewhere. A secret: never log or return it.
+    completion_token: str | None = field(default=None, repr=False)

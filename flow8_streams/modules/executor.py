@@ -24,7 +24,12 @@ log = logging.getLogger("flow8.executor")
 
 
 async def execute_task(
-    registry: ModuleRegistry, kv: KVStore, clock: Callable[[], datetime], task: Task
+    registry: ModuleRegistry,
+    kv: KVStore,
+    clock: Callable[[], datetime],
+    task: Task,
+    *,
+    completion_token: str | None = None,
 ) -> FlowletResult:
     """``execute`` of a ``Task`` (what executors and channels receive)."""
     return await execute(
@@ -37,6 +42,7 @@ async def execute_task(
         attempt=task.attempt,
         module_ref=task.module_ref,
         task_input=task.input,
+        completion_token=completion_token,
     )
 
 
@@ -51,6 +57,7 @@ async def execute(
     attempt: int,
     module_ref: str,
     task_input: Any,
+    completion_token: str | None = None,
 ) -> FlowletResult:
     started = clock()
     ok, output, error, retryable = True, None, None, True
@@ -63,6 +70,7 @@ async def execute(
             attempt=attempt,
             input=task_input,
             kv=KV(kv, company_id, f"{play_id}/{flowlet}"),
+            completion_token=completion_token,
         )
         output = await spec.fn(ctx) if spec.is_async else spec.fn(ctx)
         orjson.dumps(output)

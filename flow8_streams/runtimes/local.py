@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from flow8_streams.channels.pending import Pending
+from flow8_streams.channels.placement import runs_on_channel, without_pending
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
@@ -292,9 +292,7 @@ class LocalRuntime:
         self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{task.play_id}/{task.flowlet}")
 
     def _on_channel(self, module_ref: str, defer_after_ms: int | None) -> bool:
-        if defer_after_ms is not None:
-            return True
-        return module_ref in self.registry and self.registry.get(module_ref).channel
+        return runs_on_channel(self.registry, module_ref, defer_after_ms)
 
     async def _execute_on_channel(self, key: tuple[str, str], pool: ChannelPool, task: Task) -> None:
         """Wait ``defer_after_ms``, run the task on a channel, and pass on its dispatch and result."""
@@ -338,14 +336,4 @@ class LocalRuntime:
         finally:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]
-        if result.ok and isinstance(result.output, Pending):
-            result = result.model_copy(
-                update={
-                    "ok": False,
-                    "output": None,
-                    "retryable": False,
-                    "error": f"module {module_ref!r} returned Pending, which needs a channel: give the flowlet "
-                    "defer_after_ms (or declare the module channel) and run with channels (flow8 run --channels)",
-                }
-            )
-        self._inbox.put_nowait(result)
+        self._inbox.put_nowait(without_pending(result, module_ref, "flow8 run --channels"))

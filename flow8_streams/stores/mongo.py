@@ -53,7 +53,7 @@ import builtins
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -239,6 +239,18 @@ class MongoStore:
     async def rebuild(self, play_id: str) -> PlayState | None:
         """A play's state folded from the stored events (when the log is kept here)."""
         return fold(await self.log.read(play_id))
+
+    async def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The secret ``name`` this database keeps (collection ``meta``), made by ``make`` on
+        first use: inserted if absent, then read back, so every worker has the same one."""
+        meta = self.coll("meta")
+        with self.errors(f"reading the secret {name!r}"):
+            with contextlib.suppress(DuplicateKeyError):
+                await meta.insert_one({"_id": name, "value": make()})
+            doc = await meta.find_one({"_id": name})
+        if doc is None:  # pragma: no cover - inserted above
+            raise StoreUnavailable(f"MongoDB at {self.hosts} lost the secret {name!r} just written")
+        return bytes(doc["value"])
 
     @contextmanager
     def errors(self, what: str) -> Iterator[None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +129,14 @@ class SqliteStore:
     def rebuild(self, play_id: str) -> PlayState | None:
         """A play's state folded from its events: the source of truth."""
         return fold(self.log.read_sync(play_id))
+
+    def secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The secret ``name`` this file keeps (in table ``meta``), made by ``make`` on first use."""
+        with self.tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)", (name, make()))
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0])
 
 
 def _insert_events(db: sqlite3.Connection, events: Sequence[Event]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from flow8_streams.channels import Pending
@@ -49,9 +50,17 @@ def burn(ctx: Any) -> Any:
 
 
 async def handoff(ctx: Any) -> Any:
-    """Hands the work to an outside service under ``token`` (after ``delay`` seconds)."""
+    """Hands the work to an outside service (after ``delay`` seconds): its completion token
+    goes to the file ``outbox`` when given (the test plays the service)."""
     await asyncio.sleep(ctx.input.get("delay", 0))
-    return Pending(token=ctx.input["token"], detail="handed to the test")
+    if ctx.input.get("outbox"):
+        Path(ctx.input["outbox"]).write_text(ctx.completion_token)
+    return Pending(detail="handed to the test")
+
+
+async def choose_token(ctx: Any) -> Any:
+    """What modules did before flow8 minted tokens: refused."""
+    return Pending(token="chosen-by-the-module")
 
 
 MODULES = {
@@ -62,4 +71,5 @@ MODULES = {
     "channel_pid": channel_pid,
     "burn": burn,
     "handoff": handoff,
+    "choose_token": choose_token,
 }

@@ -18,6 +18,7 @@ import pytest
 
 from flow8_streams.channels import ChannelPool, PortInUse
 from flow8_streams.channels.ports import port_is_free
+from flow8_streams.channels.tokens import completion_token, new_key
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import Task
@@ -28,6 +29,12 @@ LOWEST = 20_000
 # A guard, not a synchronisation: an awaited result that never comes fails the test
 # with a message instead of hanging until the global pytest timeout.
 GUARD_S = 30.0
+# The token key of every test pool: a test computes the token an outside service is handed.
+TOKEN_KEY = new_key()
+
+
+def token_for(task: Task, key: bytes = TOKEN_KEY) -> str:
+    return completion_token(key, task.company_id, task.play_id, task.flowlet, task.attempt)
 
 
 def _ephemeral_low() -> int:
@@ -141,6 +148,7 @@ async def make_pool() -> AsyncIterator[PoolFactory]:
 
     async def make(size: int, spare: int = 0, **kwargs: Any) -> ChannelPool:
         kwargs.setdefault("module_sources", [TEST_MODULES])
+        kwargs.setdefault("token_key", TOKEN_KEY)
         for _ in range(3):  # a port taken between the check and the start: another block
             pool = ChannelPool(free_port_block(size + spare), size, **kwargs)
             pools.append(pool)

@@ -4,9 +4,11 @@ same port, and the task comes back failed (retryable) instead of never."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from flow8_streams.channels import client
@@ -194,9 +196,11 @@ async def test_an_instance_killed_with_9_leaves_no_worker_holding_its_ports() ->
         watchers = [await asyncio.open_connection("127.0.0.1", p) for p in ports]
         instance.kill()
         await instance.wait()
+        controls = {Path(p).parent for p in glob.glob(f"{tempfile.gettempdir()}/flow8-ch-*/{ports[0]}.sock")}
         for reader, writer in watchers:  # each orphaned worker notices and exits
             await closed_by_peer(reader, writer)
         assert all(port_is_free(p) for p in ports)
+        assert len(controls) == 1 and not any(c.exists() for c in controls)  # nor its control sockets' directory
     finally:
         if instance.returncode is None:
             instance.kill()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,25 @@ from typing import Any
 import pytest
 
 from flow8_streams.channels import ChannelPool, client
+from flow8_streams.channels.tokens import completion_token
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.state import PlayStatus
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.local import LocalRuntime
 from flow8_streams.stores.sqlite import SqliteStore
 
-from .conftest import DEFERRED_FLOW, GUARD_S, TEST_MODULES, PoolFactory, flow, is_, new_play, port_of, process_alive
+from .conftest import (
+    DEFERRED_FLOW,
+    GUARD_S,
+    TEST_MODULES,
+    TOKEN_KEY,
+    PoolFactory,
+    flow,
+    is_,
+    new_play,
+    port_of,
+    process_alive,
+)
 
 COMPANY = "acme"
 
@@ -148,10 +159,10 @@ async def test_kill_9_of_a_channel_worker_retries_on_another_channel_and_the_pla
 async def test_a_pending_flowlet_completed_from_outside_completes_the_play(setup_for: Callable[..., Any]) -> None:
     s: Setup = await setup_for(1)
     play_id = new_play()
-    token = f"ocr-{uuid.uuid4().hex}"
+    token = completion_token(TOKEN_KEY, COMPANY, play_id, "ocr", 1)
     definition = flow(
         "outside",
-        {"name": "ocr", "module_ref": "handoff", "input": {"token": token}, "defer_after_ms": 0},
+        {"name": "ocr", "module_ref": "handoff", "defer_after_ms": 0},
         {"name": "after", "module_ref": "echo", "depends_on": ["ocr"]},
     )
     await s.runtime.start(definition, company_id=COMPANY, play_id=play_id)
@@ -230,7 +241,7 @@ async def test_pending_without_a_channel_fails_the_flowlet_clearly(tmp_path: Pat
     try:
         async with LocalRuntime(store, ModuleRegistry.default([TEST_MODULES], entry_points=False)) as runtime:
             final = await runtime.run(
-                flow("no-pool", {"name": "o", "module_ref": "handoff", "input": {"token": "t"}}),
+                flow("no-pool", {"name": "o", "module_ref": "handoff"}),
                 company_id=COMPANY,
                 play_id=new_play(),
             )

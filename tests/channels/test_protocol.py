@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+from pathlib import Path
 
 import orjson
 import pytest
 
 from flow8_streams.channels import ProtocolError, client
 from flow8_streams.channels.protocol import FROM_WORKER, TO_WORKER, Ack, ErrorReply, Status, decode
+from flow8_streams.channels.tokens import fingerprint
 
-from .conftest import GUARD_S, Dispatches, PoolFactory, make_task, port_of
+from .conftest import GUARD_S, Dispatches, PoolFactory, make_task, port_of, token_for
 
 
 @pytest.mark.parametrize(
@@ -22,7 +23,8 @@ from .conftest import GUARD_S, Dispatches, PoolFactory, make_task, port_of
         (b'{"type": "nope"}', "unknown message type 'nope'"),
         (b'{"type": "complete"}', "complete token: Field required"),
         (b'{"type": "complete", "token": ""}', "complete token"),
-        (b'{"type": "run", "task": {}}', "run task.play_id: Field required"),
+        (b'{"type": "run", "task": {}}', "run body: Field required"),
+        (b'{"type": "run", "body": "{}", "mac": "00"}', "run mac: String should match pattern"),
         (b'{"type": "status", "extra": 1}', "status extra: Extra inputs are not permitted"),
     ],
 )
@@ -64,29 +66,33 @@ async def test_bad_lines_get_an_error_reply_and_the_worker_keeps_serving(make_po
     assert result.ok and result.output == {"after": "bad lines"}
 
 
-async def test_a_pending_flowlet_is_completed_from_outside_through_its_port(make_pool: PoolFactory) -> None:
+async def test_a_pending_flowlet_is_completed_from_outside_through_its_port(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
     dispatches = Dispatches()
-    pending: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+    pending: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def on_pending(play_id: str, flowlet: str, attempt: int, channel: str, token: str) -> None:
-        pending.set_result((channel, token))
+    def on_pending(play_id: str, flowlet: str, attempt: int, channel: str) -> None:
+        pending.set_result(channel)
 
     pool = await make_pool(1, on_dispatch=dispatches.hook, on_pending=on_pending, heartbeat_timeout_s=1.0)
-    token = f"job-{uuid.uuid4().hex}"
-    task = make_task("handoff", {"token": token}, company="acme", play_id="p-outside")
+    outbox = tmp_path / "handed-to-the-service"
+    task = make_task("handoff", {"outbox": str(outbox)}, company="acme", play_id="p-outside")
     running = pool.submit_nowait(task)
     async with asyncio.timeout(GUARD_S):
-        channel, said = await pending
+        channel = await pending
     port = port_of(channel)
-    assert said == token
+    token = outbox.read_text()  # what the module handed the outside service: flow8's token
+    assert token == token_for(task)
 
     status = await client.status(port)
     assert isinstance(status, Status)
-    assert (status.state, status.token, status.play_id, status.company_id) == ("pending", token, "p-outside", "acme")
+    assert (status.state, status.play_id, status.company_id) == ("pending", "p-outside", "acme")
+    assert status.token_fingerprint == fingerprint(token) and token not in status.model_dump_json()
     assert isinstance(await client.progress(port, token, pct=50), Ack)
     assert (await client.status(port)).progress == {"pct": 50}
     wrong = await client.complete(port, "not-the-token", output=1)
-    assert isinstance(wrong, ErrorReply) and "not-the-token" in wrong.error
+    assert isinstance(wrong, ErrorReply) and "no flowlet waiting for that token" in wrong.error
     assert not running.done()
 
     done = await client.complete(port, token, ok=True, output={"pages": 12})
@@ -102,11 +108,20 @@ async def test_a_pending_flowlet_is_completed_from_outside_through_its_port(make
 async def test_an_outside_failure_fails_the_flowlet_as_reported(make_pool: PoolFactory) -> None:
     dispatches = Dispatches()
     pool = await make_pool(1, on_dispatch=dispatches.hook)
-    task = make_task("handoff", {"token": "t-fail", "delay": 1.0})
+    task = make_task("handoff", {"delay": 1.0})
     running = pool.submit_nowait(task)
     port = port_of(await dispatches.for_play(task.play_id))
-    # Sent while the module is still working (before it hands over the token): kept for it.
-    early = await client.complete(port, "t-fail", ok=False, error="OCR service rejected the file", retryable=False)
+    # Sent while the module is still working (before it returns Pending): kept for it.
+    early = await client.complete(
+        port, token_for(task), ok=False, error="OCR service rejected the file", retryable=False
+    )
     assert isinstance(early, Ack)
     result = await running
     assert not result.ok and result.error == "OCR service rejected the file" and not result.retryable
+
+
+async def test_a_module_chosen_token_fails_the_flowlet_not_retryable(make_pool: PoolFactory) -> None:
+    pool = await make_pool(1)
+    result = await pool.submit(make_task("choose_token"))
+    assert not result.ok and not result.retryable
+    assert "Pending(token=...) is refused" in (result.error or "")

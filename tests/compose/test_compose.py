@@ -275,7 +275,7 @@ def test_worker_ids_are_distinct() -> None:
     assert len(set(ids)) == len(ids) == 3
 
 
-def test_channel_port_ranges_are_disjoint_and_published_one_to_one() -> None:
+def test_channel_port_ranges_are_disjoint_and_not_published_on_the_host() -> None:
     workers = _workers()
     ranges = {name: _channel_range(_env(w)) for name, w in workers.items()}
     assert {name: (r.start, r.stop - 1) for name, r in ranges.items()} == {
@@ -288,8 +288,8 @@ def test_channel_port_ranges_are_disjoint_and_published_one_to_one() -> None:
         for b in names[i + 1 :]:
             assert not set(ranges[a]) & set(ranges[b]), f"{a} and {b} share channel ports"
     for name, worker in workers.items():
-        published = _published(worker)
-        assert (ranges[name], ranges[name]) in published, f"{name} must publish {ranges[name]} 1:1"
+        for _, container in _published(worker):
+            assert not set(container) & set(ranges[name]), f"{name} publishes channel ports {container} on the host"
         assert int(_env(worker)["SERVER_PORT"]) not in ranges[name]
 
 

@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from flow8_streams.channels import client
+from flow8_streams.channels.tokens import TOKEN_KEY_NAME, completion_token, new_key
 from flow8_streams.domain.state import PlayStatus
 from tests.channels.conftest import (
     DEFERRED_FLOW,
@@ -113,11 +113,14 @@ async def test_channel_flowlets_run_on_channel_processes_with_the_mongodb_kv(
 
 async def test_a_pending_flowlet_completed_from_outside_through_its_port(harness: StreamsHarness) -> None:
     play_id = new_play()
-    token = f"ocr-{uuid.uuid4().hex}"
+    # The workers mint tokens with the key MongoDB keeps for all of them (none is configured):
+    # the same one this reads back, so the test computes the token the module hands out.
+    key = await harness.store.secret(TOKEN_KEY_NAME, new_key)
+    token = completion_token(key, COMPANY, play_id, "ocr", 1)
     await harness.start(
         flow(
             "outside",
-            {"name": "ocr", "module_ref": "handoff", "input": {"token": token}, "defer_after_ms": 0},
+            {"name": "ocr", "module_ref": "handoff", "defer_after_ms": 0},
             {"name": "after", "module_ref": "echo", "depends_on": ["ocr"]},
         ),
         company_id=COMPANY,

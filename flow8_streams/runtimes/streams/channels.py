@@ -39,7 +39,8 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import BaseModel
 
-from flow8_streams.channels.pending import Pending
+from flow8_streams.channels import placement
+from flow8_streams.channels.placement import runs_on_channel as runs_on_channel  # one rule, used here and by app.py
 from flow8_streams.domain.messages import ChannelHeartbeat, FlowletDispatch, FlowletResult, Task
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight
@@ -60,13 +61,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def runs_on_channel(registry: ModuleRegistry, module_ref: str, defer_after_ms: int | None) -> bool:
-    """Whether a flowlet goes to a channel (when the worker has channels)."""
-    if defer_after_ms is not None:
-        return True
-    return module_ref in registry and registry.get(module_ref).channel
-
-
 def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
     """A failed, retryable attempt: what a lost channel becomes."""
     play_id, flowlet, attempt = (task.play_id, task.flowlet, task.attempt) if isinstance(task, Task) else task
@@ -74,19 +68,7 @@ def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
 
 
 def without_pending(result: FlowletResult, module_ref: str) -> FlowletResult:
-    """A ``Pending`` returned off a channel cannot be completed from outside: fail it, clearly."""
-    if not (result.ok and isinstance(result.output, Pending)):
-        return result
-    return result.model_copy(
-        update={
-            "ok": False,
-            "output": None,
-            "retryable": False,
-            "error": f"module {module_ref!r} returned Pending, which needs a channel: give the flowlet "
-            "defer_after_ms (or declare the module channel) and run the workers with channels "
-            "(flow8 worker --channels)",
-        }
-    )
+    return placement.without_pending(result, module_ref, "flow8 worker --channels")
 
 
 class DirectProducer:
@@ -163,10 +145,10 @@ class ChannelExecutor:
         """``host:port`` as outside systems reach it: the worker's ADVERTISED_HOST."""
         return f"{self.advertised_host}:{channel.rsplit(':', 1)[-1]}"
 
-    def _pending(self, play_id: str, flowlet: str, attempt: int, channel: str, token: str) -> None:
+    def _pending(self, play_id: str, flowlet: str, attempt: int, channel: str) -> None:
         log.info(
-            "%s/%s attempt %d waits for an outside service: complete token %r at %s",
-            play_id, flowlet, attempt, token, self.address(channel),
+            "%s/%s attempt %d waits for an outside service to complete it at %s",
+            play_id, flowlet, attempt, self.address(channel),
         )  # fmt: skip
 
     async def start(self) -> None:

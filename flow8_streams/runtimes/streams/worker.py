@@ -11,8 +11,14 @@ from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.settings import Settings
 
 
-def build(settings: Settings, registry: ModuleRegistry, channel_sources: list[str] | None = None) -> object:
-    """The worker's app; with ``channel_sources`` (the --modules list) it runs a channel pool."""
+def build(
+    settings: Settings,
+    registry: ModuleRegistry,
+    channel_sources: list[str] | None = None,
+    token_key: bytes | None = None,
+) -> object:
+    """The worker's app; with ``channel_sources`` (the --modules list) it runs a channel pool,
+    whose completion tokens ``token_key`` mints (see ``prepare``)."""
     from flow8_streams.runtimes.streams.app import Flow8App
     from flow8_streams.stores.mongo import MongoStore
 
@@ -39,7 +45,12 @@ def build(settings: Settings, registry: ModuleRegistry, channel_sources: list[st
         )
         # channels listen where the HTTP server does; outside systems are told ADVERTISED_HOST
         pool = ChannelPool.from_settings(
-            settings, module_sources=channel_sources, kv_mongodb=kv, metrics=metrics, host=settings.server_host
+            settings,
+            module_sources=channel_sources,
+            kv_mongodb=kv,
+            metrics=metrics,
+            host=settings.server_host,
+            token_key=token_key,
         )
     return Flow8App(settings, registry, store, metrics, channels=pool)
 
@@ -52,14 +63,17 @@ def check_channel_ports(settings: Settings) -> None:
     check_ports_free(settings.channel_ports[:size], settings.server_host)
 
 
-async def prepare(settings: Settings) -> None:
-    """Before the worker joins: topics exist, MongoDB indexes exist."""
+async def prepare(settings: Settings) -> bytes:
+    """Before the worker joins: topics exist, MongoDB indexes exist. Returns the key of
+    completion tokens: the configured one, else the one MongoDB keeps for every worker."""
+    from flow8_streams.channels.tokens import TOKEN_KEY_NAME, new_key, settings_key
     from flow8_streams.stores.mongo import MongoStore
 
     await ensure_topics(settings)
     store = MongoStore(settings.mongodb_uri, settings.mongodb_database)
     try:
         await store.open()
+        return settings_key(settings) or await store.secret(TOKEN_KEY_NAME, new_key)
     finally:
         await store.close()
 
@@ -72,8 +86,8 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     if channel_sources is not None:
         check_channel_ports(settings)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(prepare(settings))
-    flow8 = build(settings, registry, channel_sources)
+    token_key = asyncio.run(prepare(settings))
+    flow8 = build(settings, registry, channel_sources, token_key)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     level = settings.log_level.upper()
