@@ -219,6 +219,12 @@ class StreamsHarness:
         await self.producer.__aexit__()
         await self.store.close()
 
+    async def __aenter__(self) -> StreamsHarness:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def start(self, flow: FlowDefinition, input: Any = None, *, company_id: str, play_id: str) -> None:
         await self.store.flows.put(company_id, flow)
         command = StartPlay(

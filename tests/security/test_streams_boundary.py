@@ -5,15 +5,13 @@ flowlet cleanly."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from flow8_streams.domain.messages import CancelPlay, FlowletResult, StartPlay
 from flow8_streams.domain.state import PlayStatus
@@ -39,11 +37,8 @@ def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGro
 
 @pytest.fixture
 async def harness(worker_group: WorkerGroup, no_leaked_tasks: None) -> AsyncIterator[StreamsHarness]:
-    harness = await StreamsHarness(worker_group).open()
-    try:
+    async with StreamsHarness(worker_group) as harness:
         yield harness
-    finally:
-        await harness.close()
 
 
 async def send_completion(harness: StreamsHarness, key: str, value: bytes) -> None:
@@ -120,34 +115,12 @@ async def test_poison_is_dead_lettered_and_the_partition_flows_on(harness: Strea
     final = await harness.wait(good)  # after both, on the same partition
     assert final.status is PlayStatus.SUCCEEDED
     reasons = {}
-    for message in await read_all_dlq_of(harness, company, 2):
+    for message in await read_dlq(harness.settings, 2, key=company.encode()):
         headers = {k: v.decode() for k, v in message.headers}
         reasons[orjson.loads(message.value)["play_id"]] = (headers["flow8-reason"], headers["flow8-error"])
     assert reasons[too_deep][0] == "too_deep" and "64 levels" in reasons[too_deep][1]
     assert reasons[too_large][0] == "too_large" and "limits.max_input_bytes" in reasons[too_large][1]
     assert await harness.events(too_deep) == [] and await harness.events(too_large) == []
-
-
-async def read_all_dlq_of(harness: StreamsHarness, company: str, count: int, timeout: float = 60) -> list[Any]:
-    """The first ``count`` dead letters keyed by ``company`` (other tests of this module
-    dead-letter too)."""
-    settings = harness.settings
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topics.dlq, p) for p in range(settings.topics.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        got: list[Any] = []
-        async with asyncio.timeout(timeout):
-            while len(got) < count:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    got += [m for m in messages if m.key == company.encode()]
-        return got
-    finally:
-        await consumer.stop()
 
 
 async def test_an_output_over_the_limit_fails_its_flowlet_and_nothing_is_half_written(

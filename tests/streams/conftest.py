@@ -19,8 +19,5 @@ def worker_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGro
 
 @pytest.fixture
 async def harness(worker_group: WorkerGroup, no_leaked_tasks: None) -> AsyncIterator[StreamsHarness]:
-    harness = await StreamsHarness(worker_group).open()
-    try:
+    async with StreamsHarness(worker_group) as harness:
         yield harness
-    finally:
-        await harness.close()

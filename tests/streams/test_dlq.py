@@ -35,8 +35,11 @@ BAD: list[tuple[bytes, str, list[str]]] = [
 ]
 
 
-async def read_dlq(settings: Settings, count: int, timeout: float = 60) -> list[ConsumerRecord[Any, Any]]:
-    """The first ``count`` committed messages of the DLQ topic, in offset order per partition."""
+async def read_dlq(
+    settings: Settings, count: int, timeout: float = 60, *, key: bytes | None = None
+) -> list[ConsumerRecord[Any, Any]]:
+    """The first ``count`` committed messages of the DLQ topic (with ``key`` only, if given), in
+    offset order per partition."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False
     )
@@ -50,7 +53,7 @@ async def read_dlq(settings: Settings, count: int, timeout: float = 60) -> list[
             while len(got) < count:
                 batch = await consumer.getmany(timeout_ms=500)
                 for messages in batch.values():
-                    got.extend(messages)
+                    got.extend(m for m in messages if key is None or m.key == key)
         return sorted(got, key=lambda m: (m.partition, m.offset))
     except TimeoutError:
         raise AssertionError(f"{len(got)} of {count} messages on {settings.topics.dlq} after {timeout} s") from None
