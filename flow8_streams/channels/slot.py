@@ -45,7 +45,7 @@ class MongoKV:
     uri: str
     database: str
     timeout_ms: int = 10_000
-    incr_window: int = 1000
+    kv_incr_dedup_seconds: float = 86_400
 
 
 class WorkerCommand:
@@ -81,7 +81,7 @@ class WorkerCommand:
         if self.kv_mongodb is not None:
             m = self.kv_mongodb
             argv += ["--kv-mongodb-database", m.database, "--kv-timeout-ms", str(m.timeout_ms)]
-            argv += ["--kv-incr-window", str(m.incr_window)]
+            argv += ["--kv-incr-dedup-seconds", str(m.kv_incr_dedup_seconds)]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
         return [*argv, "--log-level", self.log_level]
 

@@ -353,7 +353,9 @@ def _parser() -> argparse.ArgumentParser:
         help="MongoDB URI for --kv-mongodb-database (default $MONGODB_URI).",
     )
     p.add_argument("--kv-timeout-ms", type=int, default=10_000, help="Bound on one MongoDB operation.")
-    p.add_argument("--kv-incr-window", type=int, default=1000, help="Operation ids a MongoDB counter remembers.")
+    p.add_argument(
+        "--kv-incr-dedup-seconds", type=float, default=86_400, help="How long a kv.incr operation id is remembered."
+    )
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="Seconds between heartbeats while a task runs.")
     p.add_argument("--parent-pid", type=int, default=None, help="Exit when this process is no longer the parent.")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
@@ -372,7 +374,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.kv_db:
             from flow8_streams.stores.sqlite import SqliteStore
 
-            store = SqliteStore(args.kv_db)
+            store = SqliteStore(args.kv_db, kv_incr_dedup_seconds=args.kv_incr_dedup_seconds)
             kv = store.kv
         elif args.kv_mongodb_database:
             if not args.kv_mongodb_uri:
@@ -383,7 +385,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 args.kv_mongodb_uri,
                 args.kv_mongodb_database,
                 timeout_ms=args.kv_timeout_ms,
-                incr_window=args.kv_incr_window,
+                kv_incr_dedup_seconds=args.kv_incr_dedup_seconds,
             )
             kv = mongo.kv
         worker = ChannelWorker(args.port, host=args.host, sources=args.modules, kv=kv, heartbeat_s=args.heartbeat_s)
