@@ -9,9 +9,9 @@ waits for an outside ``complete``), and the ``result``. Other connections may as
 for ``status`` or complete/progress a pending flowlet at any time. A line that is
 not a message gets an ``error`` reply and changes nothing.
 
-Plain (not async) modules run on a thread of this process, so a CPU-bound module
-does not stop the heartbeats. The KV store modules see is a SQLite file (``--kv-db``,
-the embedded runtime) or a MongoDB database (``--kv-mongodb-database``, the streams
+Plain (not async) modules run on a thread of this process (``ModuleThreads``), so a
+CPU-bound module does not stop the heartbeats. The KV store modules see is a SQLite
+file (``--kv-db``, the embedded runtime) or a MongoDB database (``--kv-mongodb-database``, the streams
 runtime; the URI from ``--kv-mongodb-uri`` or ``$MONGODB_URI``, so that a password
 need not show in the process list). When its ready line is written to stdout
 (``{"type": "ready", ...}``) the worker serves; a start that fails writes
@@ -60,7 +60,8 @@ from flow8_streams.channels.protocol import (
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.executor import execute_task
-from flow8_streams.modules.registry import ModuleFn, ModuleRegistry
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.stores.ports import KVEntry, KVStore
 
 log = logging.getLogger("flow8.channel.worker")
@@ -91,20 +92,13 @@ class NoKV:
         raise NoKVStore(self._why)
 
 
-def _on_a_thread(fn: ModuleFn) -> ModuleFn:
-    async def run_on_thread(ctx: Any) -> Any:
-        return await asyncio.to_thread(fn, ctx)
-
-    return run_on_thread
-
-
 def load_registry(sources: Sequence[str]) -> ModuleRegistry:
-    """The modules a channel runs: plain functions wrapped to run on a thread."""
+    """The modules a channel runs; none inline: plain ones all run on a thread."""
     loaded = ModuleRegistry.default(sources)
     registry = ModuleRegistry()
     for name in loaded.names():
         spec = loaded.get(name)
-        registry.register(name, spec.fn if spec.is_async else _on_a_thread(spec.fn), channel=spec.channel, inline=False)
+        registry.register(name, spec.fn, channel=spec.channel, inline=False)
     return registry
 
 
@@ -123,6 +117,7 @@ class ChannelWorker:
         self.sources = tuple(sources)
         self.kv: KVStore = kv if kv is not None else NoKV(port)
         self.heartbeat_s = heartbeat_s
+        self.threads = ModuleThreads(1)  # one task at a time; a stuck one dies with the process
         self.state: ChannelState = "idle"
         self.since = utcnow()
         self.task: Task | None = None
@@ -161,6 +156,7 @@ class ChannelWorker:
             await asyncio.wait(handlers, timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
+        self.threads.close()
 
     # ------------------------------------------------------------ connections
 
@@ -298,7 +294,7 @@ class ChannelWorker:
             registry = self.registry(sources)
         except Flow8Error as exc:
             return _failed(task, f"channel {self.port}: {exc}", started, retryable=False)
-        return await execute_task(registry, self.kv, utcnow, task)
+        return await execute_task(registry, self.kv, utcnow, task, threads=self.threads)
 
     async def _wait_outside(
         self, task: Task, handed: FlowletResult, pending: Pending, writer: asyncio.StreamWriter

@@ -31,6 +31,7 @@ from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import Flow8Error, NotFound
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import DEFAULT_SIZE, ModuleThreads
 from flow8_streams.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -56,11 +57,13 @@ class LocalRuntime:
         clock: Callable[[], datetime] = utcnow,
         max_concurrency: int = 10_000,
         channels: ChannelPool | None = None,
+        module_threads: int = DEFAULT_SIZE,
     ) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
         self.channels = channels
+        self.threads = ModuleThreads(module_threads)  # plain modules run there, never on this loop
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._states: dict[str, PlayState] = {}
         self._waiters: dict[str, list[asyncio.Future[PlayState]]] = {}
@@ -99,6 +102,7 @@ class LocalRuntime:
                 if not fut.done():
                     fut.cancel()
         self._waiters.clear()
+        self.threads.close()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each committed batch of events; returns an unsubscribe."""
@@ -287,6 +291,7 @@ class LocalRuntime:
                     self.registry,
                     self.store.kv,
                     self.clock,
+                    threads=self.threads,
                     play_id=play_id,
                     company_id=company_id,
                     flowlet=flowlet,
