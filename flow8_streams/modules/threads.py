@@ -50,6 +50,10 @@ class ModuleThreads:
         return self._stuck
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def threads(self) -> int:
         return len(self._threads)
 

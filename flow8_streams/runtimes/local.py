@@ -77,6 +77,8 @@ class LocalRuntime:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> LocalRuntime:
+        if self.threads.closed:  # started again after a close
+            self.threads = ModuleThreads(self.threads.size)
         self._loop_task = asyncio.create_task(self._orchestrate(), name="flow8-orchestrator")
         return self
 

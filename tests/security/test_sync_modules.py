@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,10 +20,12 @@ import pytest
 from flow8_streams.channels import ChannelPool, PortInUse
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import FlowletStatus, PlayStatus
+from flow8_streams.errors import InvalidInput
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.runtimes.local import LocalRuntime
+from flow8_streams.settings import load_settings
 from flow8_streams.stores.sqlite import SqliteStore
 from tests.channels.conftest import free_port_block
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
@@ -145,7 +149,9 @@ async def test_an_inline_module_that_calls_the_kv_fails_instead_of_blocking_the_
     assert "runs on the event loop (inline) cannot use the KV" in (final.flowlets["i"].error or "")
 
 
-async def test_stuck_threads_are_counted_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stuck_threads_are_counted_replaced_and_never_exhaust_the_pool_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     loop = asyncio.get_running_loop()
     metrics = Metrics()
     counts: asyncio.Queue[int] = asyncio.Queue()
@@ -155,29 +161,43 @@ async def test_stuck_threads_are_counted_and_replaced(caplog: pytest.LogCaptureF
         loop.call_soon_threadsafe(counts.put_nowait, n)
 
     threads = ModuleThreads(1, on_stuck=on_stuck)
-    gate, started = threading.Event(), asyncio.Event()
+    gate, started = threading.Event(), asyncio.Queue[str]()
 
-    def hangs(_: Any) -> str:
-        loop.call_soon_threadsafe(started.set)
+    def hangs(name: str) -> str:
+        loop.call_soon_threadsafe(started.put_nowait, name)
         gate.wait(timeout=60)
         return "late"
 
+    async def stick(name: str) -> None:
+        call = asyncio.create_task(threads.call(hangs, name, what=f"flowlet p/{name}"))
+        assert await started.get() == name  # the thread runs the module: it cannot be stopped now
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    def logged(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
     try:
         with caplog.at_level(logging.WARNING, logger="flow8.executor"):
-            call = asyncio.create_task(threads.call(hangs, None, what="flowlet p/hung"))
-            await started.wait()  # the thread runs the module: it cannot be stopped now
-            call.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await call
-        assert await counts.get() == 1 and threads.stuck == 1
-        assert metrics.registry.get_sample_value("flow8_module_threads_stuck") == 1
-        assert [r.getMessage().split(":")[0] for r in caplog.records] == ["flowlet p/hung"]
-        # the only thread is stuck: another one takes the next call
-        assert await threads.call(lambda x: x * 2, 21, what="flowlet p/next") == 42
-        assert threads.threads == 2
+            await stick("hung")
+            assert await counts.get() == 1 and threads.stuck == 1
+            assert metrics.registry.get_sample_value("flow8_module_threads_stuck") == 1
+            assert [m.split(":")[0] for m in logged("still runs on its thread")] == ["flowlet p/hung"]
+            # the only thread is stuck: another one takes the next call
+            assert await threads.call(lambda x: x * 2, 21, what="flowlet p/next") == 42
+            assert threads.threads == 2
+            # as many stuck as the size again: a call waits, and says why
+            await stick("hung-too")
+            assert await counts.get() == 2
+            waiting = asyncio.create_task(threads.call(lambda x: x, 7, what="flowlet p/waits"))
+            await asyncio.sleep(0)  # let it be submitted
+            assert not waiting.done() and threads.threads == 2
+            assert logged("waits for a module thread")[0].startswith("flowlet p/waits waits")
         gate.set()
-        assert await counts.get() == 0  # the stuck call returned; its result went nowhere
-        assert metrics.registry.get_sample_value("flow8_module_threads_stuck") == 0
+        assert await waiting == 7  # a thread came back
+        assert sorted([await counts.get(), await counts.get()]) == [0, 1]  # both stuck calls returned
+        assert threads.stuck == 0 and metrics.registry.get_sample_value("flow8_module_threads_stuck") == 0
     finally:
         gate.set()
         threads.close()
@@ -185,9 +205,6 @@ async def test_stuck_threads_are_counted_and_replaced(caplog: pytest.LogCaptureF
 
 def test_module_threads_do_not_hold_the_process_at_exit(tmp_path: Path) -> None:
     """A module stuck for good: the process still exits when its work is done."""
-    import subprocess
-    import sys
-
     script = tmp_path / "exits.py"
     script.write_text(
         "import asyncio, threading\n"
@@ -241,3 +258,12 @@ async def test_streams_a_sleeping_plain_module_blames_itself_and_the_kv_works(
         assert done.flowlets["c"].output == {"first": 1, "second": 3, "note": {"seen": 3}}
     finally:
         await harness.close()
+
+
+def test_the_thread_count_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().module_threads == 32
+    monkeypatch.setenv("FLOW8_MODULE_THREADS", "4")
+    assert load_settings().module_threads == 4
+    monkeypatch.setenv("FLOW8_MODULE_THREADS", "0")
+    with pytest.raises(InvalidInput, match="module_threads"):
+        load_settings()
