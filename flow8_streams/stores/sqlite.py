@@ -96,8 +96,9 @@ def _migrate_kv_ops(db: sqlite3.Connection, now: datetime) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(kv_ops)")}
     if "at" not in columns:
         db.execute("ALTER TABLE kv_ops ADD COLUMN at REAL")
-    db.execute("UPDATE kv_ops SET at = ? WHERE at IS NULL", (now.timestamp(),))
     db.execute("CREATE INDEX IF NOT EXISTS kv_ops_at ON kv_ops (at)")
+    if db.execute("SELECT 1 FROM kv_ops WHERE at IS NULL LIMIT 1").fetchone() is not None:  # writes only if due
+        db.execute("UPDATE kv_ops SET at = ? WHERE at IS NULL", (now.timestamp(),))
 
 
 def _iso(value: datetime) -> str:
