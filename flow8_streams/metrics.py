@@ -95,6 +95,11 @@ class Metrics:
         self.channel_restarts = Counter(
             "flow8_channel_restarts_total", "Channel worker processes restarted on their port.", registry=r
         )
+        self.module_threads_stuck = Gauge(
+            "flow8_module_threads_stuck",
+            "Plain modules still running on their thread after their attempt ended (timed out or cancelled).",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ file only: no command-line flag sets a credential) and ``KAFKA_SSL_CAFILE``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -210,7 +211,23 @@ class Settings(BaseSettings):
     channel_token_key_file: Path | None = Field(
         default=None, description="A file holding channel_token_key (readable by its owner only)."
     )
-    kv_incr_dedup_window: int = Field(default=1000, ge=10, le=100_000)
+    kv_incr_dedup_seconds: float = Field(
+        default=86_400,
+        gt=0,
+        le=366 * 86_400,
+        description="How long a kv.incr operation id is remembered (a redelivered or retried op within it counts "
+        "nothing); at least the longest redelivery: execution.max_timeout_seconds plus session_timeout_ms.",
+    )
+    kv_incr_dedup_window: int | None = Field(
+        default=None, description="Deprecated and ignored: operation ids are kept by age (kv_incr_dedup_seconds)."
+    )
+    module_threads: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description="Threads that run plain (not async) modules; a thread stuck past its flowlet's timeout is "
+        "replaced, up to as many again.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("channel_port_range")
@@ -291,6 +308,22 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CHANNEL_POOL_SIZE {self.channel_pool_size} is larger than CHANNEL_PORT_RANGE "
                 f"{self.channel_port_range} ({size} ports)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _dedup_outlives_redelivery(self) -> Settings:
+        longest = self.execution.max_timeout_seconds + self.session_timeout_ms / 1000
+        if self.kv_incr_dedup_seconds < longest:
+            raise ValueError(
+                f"kv_incr_dedup_seconds {self.kv_incr_dedup_seconds:g} is shorter than the longest redelivery of a "
+                f"task ({longest:g} s: execution.max_timeout_seconds plus session_timeout_ms); an increment could "
+                "count twice"
+            )
+        if self.kv_incr_dedup_window is not None:
+            logging.getLogger("flow8.settings").warning(
+                "kv_incr_dedup_window is ignored: kv.incr operation ids are kept for kv_incr_dedup_seconds (%g s)",
+                self.kv_incr_dedup_seconds,
             )
         return self
 

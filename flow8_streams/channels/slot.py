@@ -62,7 +62,7 @@ class MongoKV:
     uri: str
     database: str
     timeout_ms: int = 10_000
-    incr_window: int = 1000
+    kv_incr_dedup_seconds: float = 86_400
 
 
 class WorkerCommand:
@@ -122,7 +122,7 @@ class WorkerCommand:
         if self.kv_mongodb is not None:
             m = self.kv_mongodb
             argv += ["--kv-mongodb-database", m.database, "--kv-timeout-ms", str(m.timeout_ms)]
-            argv += ["--kv-incr-window", str(m.incr_window)]
+            argv += ["--kv-incr-dedup-seconds", str(m.kv_incr_dedup_seconds)]
         argv += ["--heartbeat-s", str(self.heartbeat_s), "--parent-pid", str(os.getpid())]
         argv += ["--max-line", str(self.max_line), "--max-connections", str(self.max_connections)]
         argv += ["--idle-timeout-s", str(self.idle_timeout_s), "--control", self.control(port)]

@@ -20,9 +20,9 @@ clients never lock the pool out), each closed after ``--idle-timeout-s`` without
 Every refusal is an ``error`` reply (then a close where the connection cannot go on), and is
 reported to the pool, which counts it.
 
-Plain (not async) modules run on a thread of this process, so a CPU-bound module
-does not stop the heartbeats. The KV store modules see is a SQLite file (``--kv-db``,
-the embedded runtime) or a MongoDB database (``--kv-mongodb-database``, the streams
+Plain (not async) modules run on a thread of this process (``ModuleThreads``), so a
+CPU-bound module does not stop the heartbeats. The KV store modules see is a SQLite
+file (``--kv-db``, the embedded runtime) or a MongoDB database (``--kv-mongodb-database``, the streams
 runtime; the URI from ``--kv-mongodb-uri`` or ``$MONGODB_URI``, so that a password
 need not show in the process list). The worker's stdout is its report pipe to the pool:
 ``{"type": "ready", ...}`` once it serves (or ``{"type": "error", ...}`` and exit 2), then
@@ -77,7 +77,8 @@ from flow8_streams.channels.tokens import completion_token, fingerprint, run_mac
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.executor import execute_task
-from flow8_streams.modules.registry import ModuleFn, ModuleRegistry
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.stores.ports import KVEntry, KVStore
 
 log = logging.getLogger("flow8.channel.worker")
@@ -109,20 +110,13 @@ class NoKV:
         raise NoKVStore(self._why)
 
 
-def _on_a_thread(fn: ModuleFn) -> ModuleFn:
-    async def run_on_thread(ctx: Any) -> Any:
-        return await asyncio.to_thread(fn, ctx)
-
-    return run_on_thread
-
-
 def load_registry(sources: Sequence[str]) -> ModuleRegistry:
-    """The modules a channel runs: plain functions wrapped to run on a thread."""
+    """The modules a channel runs; none inline: plain ones all run on a thread."""
     loaded = ModuleRegistry.default(sources)
     registry = ModuleRegistry()
     for name in loaded.names():
         spec = loaded.get(name)
-        registry.register(name, spec.fn if spec.is_async else _on_a_thread(spec.fn), channel=spec.channel, inline=False)
+        registry.register(name, spec.fn, channel=spec.channel, inline=False)
     return registry
 
 
@@ -155,6 +149,7 @@ class ChannelWorker:
         self._pool_secret = pool_secret
         self._token_key = token_key
         self._on_refused = on_refused
+        self.threads = ModuleThreads(1)  # one task at a time; a stuck one dies with the process
         self.state: ChannelState = "idle"
         self.since = utcnow()
         self.task: Task | None = None
@@ -193,6 +188,7 @@ class ChannelWorker:
             await asyncio.wait(handlers, timeout=2.0)
         for server in self._servers:
             await server.wait_closed()
+        self.threads.close()
 
     # ------------------------------------------------------------ connections
 
@@ -380,7 +376,9 @@ class ChannelWorker:
                     )
                 )
             )
-            result = await execute_task(self.registry, self.kv, utcnow, task, completion_token=self._token)
+            result = await execute_task(
+                self.registry, self.kv, utcnow, task, threads=self.threads, completion_token=self._token
+            )
             if result.ok and isinstance(result.output, Pending):
                 result = await self._wait_outside(task, result, result.output, writer)
             writer.write(encode(ResultMessage(result=result)))
@@ -449,7 +447,9 @@ def _parser() -> argparse.ArgumentParser:
         help="MongoDB URI for --kv-mongodb-database (default $MONGODB_URI).",
     )
     p.add_argument("--kv-timeout-ms", type=int, default=10_000, help="Bound on one MongoDB operation.")
-    p.add_argument("--kv-incr-window", type=int, default=1000, help="Operation ids a MongoDB counter remembers.")
+    p.add_argument(
+        "--kv-incr-dedup-seconds", type=float, default=86_400, help="How long a kv.incr operation id is remembered."
+    )
     p.add_argument("--heartbeat-s", type=float, default=1.0, help="Seconds between heartbeats while a task runs.")
     p.add_argument("--max-line", type=int, default=MAX_LINE, help="Longest line accepted, in bytes.")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, help="Outside connections at once.")
@@ -513,7 +513,7 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
         if args.kv_db:
             from flow8_streams.stores.sqlite import SqliteStore
 
-            store = SqliteStore(args.kv_db)
+            store = SqliteStore(args.kv_db, kv_incr_dedup_seconds=args.kv_incr_dedup_seconds)
             kv = store.kv
         elif args.kv_mongodb_database:
             if not args.kv_mongodb_uri:
@@ -524,7 +524,7 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
                 args.kv_mongodb_uri,
                 args.kv_mongodb_database,
                 timeout_ms=args.kv_timeout_ms,
-                incr_window=args.kv_incr_window,
+                kv_incr_dedup_seconds=args.kv_incr_dedup_seconds,
             )
             kv = mongo.kv
         # the modules load now: a broken source fails the start, not a task

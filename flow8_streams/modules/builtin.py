@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flow8_streams.errors import ModuleFailed
-from flow8_streams.modules.context import ModuleContext
+from flow8_streams.modules.context import KV, ModuleContext
 
 
 def _arg(ctx: ModuleContext, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -55,20 +55,26 @@ def fail(ctx: ModuleContext) -> Any:
     return ctx.input
 
 
+def _kv(ctx: ModuleContext) -> KV:
+    """The awaitable KV an async module is given."""
+    assert isinstance(ctx.kv, KV)
+    return ctx.kv
+
+
 async def kv_get(ctx: ModuleContext) -> Any:
     """``{"key": k}``: the value stored under k (null when absent)."""
-    return await ctx.kv.get(_arg(ctx, "key", str))
+    return await _kv(ctx).get(_arg(ctx, "key", str))
 
 
 async def kv_set(ctx: ModuleContext) -> Any:
     """``{"key": k, "value": v}``: store v; output ``{"key", "value", "version"}``."""
-    entry = await ctx.kv.set(_arg(ctx, "key", str), _arg(ctx, "value", object, None))
+    entry = await _kv(ctx).set(_arg(ctx, "key", str), _arg(ctx, "value", object, None))
     return {"key": entry.key, "value": entry.value, "version": entry.version}
 
 
 async def kv_incr(ctx: ModuleContext) -> Any:
     """``{"key": k, "by": n}``: add n (default 1) exactly once per flowlet; output = the new value."""
-    return await ctx.kv.incr(_arg(ctx, "key", str), _arg(ctx, "by", (int, float), 1))
+    return await _kv(ctx).incr(_arg(ctx, "key", str), _arg(ctx, "by", (int, float), 1))
 
 
 # Quick pure functions: the streams orchestrator runs them in place.

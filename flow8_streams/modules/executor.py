@@ -1,11 +1,15 @@
 """Run one flowlet attempt and turn whatever happens into a ``FlowletResult``.
 
 Shared by every host: the local runtime, the streams executor agent and channel
-workers. A module's exception never escapes: it becomes a failed result.
+workers. A module's exception never escapes: it becomes a failed result. A plain
+(not async) module runs on one of the host's ``ModuleThreads``, never on the event
+loop, so the host's timeouts hold; only one declared inline (quick and pure, the
+operator's word) runs in place.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
 from collections.abc import Callable
@@ -16,8 +20,9 @@ import orjson
 
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error, ModuleFailed, StoreUnavailable
-from flow8_streams.modules.context import KV, ModuleContext
+from flow8_streams.modules.context import KV, ModuleContext, SyncKV
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.stores.ports import KVStore
 
 log = logging.getLogger("flow8.executor")
@@ -29,6 +34,7 @@ async def execute_task(
     clock: Callable[[], datetime],
     task: Task,
     *,
+    threads: ModuleThreads,
     completion_token: str | None = None,
 ) -> FlowletResult:
     """``execute`` of a ``Task`` (what executors and channels receive)."""
@@ -36,6 +42,7 @@ async def execute_task(
         registry,
         kv,
         clock,
+        threads=threads,
         play_id=task.play_id,
         company_id=task.company_id,
         flowlet=task.flowlet,
@@ -51,6 +58,7 @@ async def execute(
     kv: KVStore,
     clock: Callable[[], datetime],
     *,
+    threads: ModuleThreads,
     play_id: str,
     company_id: str,
     flowlet: str,
@@ -63,16 +71,29 @@ async def execute(
     ok, output, error, retryable = True, None, None, True
     try:
         spec = registry.get(module_ref)
+        what = f"flowlet {play_id}/{flowlet} (attempt {attempt}, module {module_ref!r})"
+        store = KV(kv, company_id, f"{play_id}/{flowlet}")
+        sync_kv = None if spec.is_async else SyncKV(store, asyncio.get_running_loop(), what)
         ctx = ModuleContext(
             play_id=play_id,
             company_id=company_id,
             flowlet=flowlet,
             attempt=attempt,
             input=task_input,
-            kv=KV(kv, company_id, f"{play_id}/{flowlet}"),
+            kv=sync_kv or store,
             completion_token=completion_token,
         )
-        output = await spec.fn(ctx) if spec.is_async else spec.fn(ctx)
+        if spec.is_async:
+            output = await spec.fn(ctx)
+        elif spec.inline:
+            output = spec.fn(ctx)
+        else:
+            assert sync_kv is not None
+            try:
+                output = await threads.call(spec.fn, ctx, what=what)
+            except asyncio.CancelledError:
+                sync_kv.end()  # a thread that runs on writes nothing more
+                raise
         orjson.dumps(output)
     except ModuleFailed as exc:
         ok, error, retryable = False, str(exc), exc.retryable

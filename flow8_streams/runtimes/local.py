@@ -33,6 +33,7 @@ from flow8_streams.engine.core import json_size
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, NotFound
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import DEFAULT_SIZE, ModuleThreads
 from flow8_streams.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class LocalRuntime:
         max_concurrency: int = 10_000,
         channels: ChannelPool | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        module_threads: int = DEFAULT_SIZE,
     ) -> None:
         self.store = store
         self.limits = limits
@@ -67,6 +69,7 @@ class LocalRuntime:
         self.registry = registry
         self.clock = clock
         self.channels = channels
+        self.threads = ModuleThreads(module_threads)  # plain modules run there, never on this loop
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._states: dict[str, PlayState] = {}
         self._waiters: dict[str, list[asyncio.Future[PlayState]]] = {}
@@ -80,6 +83,8 @@ class LocalRuntime:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> LocalRuntime:
+        if self.threads.closed:  # started again after a close
+            self.threads = ModuleThreads(self.threads.size)
         self._loop_task = asyncio.create_task(self._orchestrate(), name="flow8-orchestrator")
         return self
 
@@ -105,6 +110,7 @@ class LocalRuntime:
                 if not fut.done():
                     fut.cancel()
         self._waiters.clear()
+        self.threads.close()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each committed batch of events; returns an unsubscribe."""
@@ -326,6 +332,7 @@ class LocalRuntime:
                     self.registry,
                     self.store.kv,
                     self.clock,
+                    threads=self.threads,
                     play_id=play_id,
                     company_id=company_id,
                     flowlet=flowlet,

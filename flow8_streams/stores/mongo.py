@@ -14,7 +14,9 @@ document:
 - kv: every write inserts the key's next version (``kv_versions``, unique ``_id`` per
   version and unique op), so writers that collide lose an insert, not an update; an
   increment's op id is recorded with its version, so a redelivered op returns its first
-  result and counts nothing (see ``MongoKV``).
+  result and counts nothing, for ``kv_incr_dedup_seconds`` (see ``MongoKV``). FerretDB
+  refuses TTL indexes (``expireAfterSeconds`` is not implemented), so old versions are
+  deleted by the writers.
 
 Every query carries ``company_id`` where the port has it. ``plays.get(None, id)`` and
 ``plays.list()`` without a company are the operator path (the CLI's ``plays show``/``list``).
@@ -56,7 +58,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -106,6 +108,9 @@ INDEXES: dict[str, list[IndexModel]] = {
 
 _INT64 = (-(2**63), 2**63 - 1)
 _WRITE_ATTEMPTS = 200  # version conflicts with other writers before a kv write gives up
+KV_INCR_DEDUP_SECONDS = 86_400.0
+PRUNE_EVERY = 64  # versions of a key between two prunes of its old versions
+PRUNE_BATCH = 1_000  # versions one prune deletes at most (more than PRUNE_EVERY: it keeps up)
 PLAYS_PER_BULK = 20  # FerretDB wedges on big update commands (see the module's docstring)
 
 
@@ -186,11 +191,12 @@ class MongoStore:
         metrics: Metrics | None = None,
         flow_cache_ttl: float = 300,
         flow_cache_max: int = 10_000,
-        incr_window: int = 1000,
+        kv_incr_dedup_seconds: float = KV_INCR_DEDUP_SECONDS,
+        clock: Callable[[], datetime] | None = None,
         timeout_ms: int | None = None,
     ) -> None:
-        if incr_window < 1:
-            raise InvalidInput(f"incr_window must be at least 1, not {incr_window}")
+        if not kv_incr_dedup_seconds > 0:
+            raise InvalidInput(f"kv_incr_dedup_seconds must be more than 0, not {kv_incr_dedup_seconds}")
         if isinstance(client_or_uri, str):
             self.hosts = _hosts(client_or_uri)
             try:
@@ -212,7 +218,7 @@ class MongoStore:
         self.metrics = metrics
         self.log = MongoEventLog(self)
         self.plays = MongoPlays(self)
-        self.kv = MongoKV(self, incr_window)
+        self.kv = MongoKV(self, kv_incr_dedup_seconds, clock or _now)
         self.flows = MongoFlows(self, ttl=flow_cache_ttl, max_entries=flow_cache_max)
 
     def coll(self, name: str) -> AsyncCollection[Doc]:
@@ -603,16 +609,18 @@ class MongoKV:
     ``kv`` holds each key's head, ``{_id: kv id, company_id, key, version, value}``:
     the newest version this store wrote, moved forward only (on MongoDB; FerretDB may
     land an older head late). It is a hint: a read goes on from it, by ``_id``, to any
-    newer version. Versions older than the last ``incr_window`` are deleted now and
-    then, so an op id is remembered for that many writes of its key.
+    newer version. A version, and with it its op id, is kept for ``dedup_seconds`` after
+    it was written (by age, never by count: a hot counter forgets nothing young). Every
+    ``PRUNE_EVERY`` versions of a key, its writer deletes up to ``PRUNE_BATCH`` of its
+    oldest versions that are older than that, never the newest.
     This instance's writes of one key run one at a time (a lock per key): they do
     not collide with each other.
     """
 
-    def __init__(self, store: MongoStore, incr_window: int) -> None:
+    def __init__(self, store: MongoStore, dedup_seconds: float, clock: Callable[[], datetime]) -> None:
         self._s = store
-        self.window = incr_window
-        self._slack = max(1, incr_window // 10)  # prune when this many versions over the window
+        self.dedup_seconds = dedup_seconds
+        self._clock = clock
         self._locks = _KeyLocks()
         self._indexed = False  # the unique op index is what makes an op count once: made before a write
 
@@ -636,7 +644,7 @@ class MongoKV:
             with self._s.errors(f"writing kv key {key!r}"):
                 for attempt in range(_WRITE_ATTEMPTS):
                     await _backoff(attempt)
-                    version, _ = await self._latest(company_id, kv_id)
+                    version, _ = await self._latest(company_id, kv_id, walk=attempt > 0)
                     if await self._write(company_id, key, kv_id, version + 1, value, _fresh_op(kv_id)):
                         return KVEntry(key, value, version + 1)
         raise self._gave_up(company_id, key, "set")
@@ -658,17 +666,23 @@ class MongoKV:
 
         Read the newest version ``v`` and insert ``v + 1`` holding the sum and the op. A
         duplicate key means the op is recorded (return its result) or another writer
-        took ``v + 1`` (read again)."""
+        took ``v + 1`` (read again). The first try takes ``v`` from the head alone: a head
+        that lags makes the insert collide, and the retry walks to the newest version."""
         if not _is_number(by):
             raise InvalidInput(f"kv incr of key {key!r}: {by!r} is not a number")
         kv_id = _kv_id(company_id, key)
         op = _op(kv_id, op_id)
         async with self._locks.hold((company_id, key)):
             with self._s.errors(f"incrementing kv key {key!r}"):
+                walk = False
                 for attempt in range(_WRITE_ATTEMPTS):
                     await _backoff(attempt)
-                    version, current = await self._latest(company_id, kv_id)
+                    version, current = await self._latest(company_id, kv_id, walk=walk)
+                    walk = True
                     current = 0 if version == 0 else current
+                    if not _is_number(current):
+                        version, current = await self._latest(company_id, kv_id)  # the head may lag
+                        current = 0 if version == 0 else current
                     if not _is_number(current):
                         done = await self._recorded(company_id, key, op)
                         if done is not None:  # counted before a set() made it a non-number
@@ -681,17 +695,20 @@ class MongoKV:
                         return done
         raise self._gave_up(company_id, key, "incr")
 
-    async def _latest(self, company_id: str, kv_id: str) -> tuple[int, Any]:
-        """``(version, value)`` of the newest version, ``(0, None)`` for an absent key."""
+    async def _latest(self, company_id: str, kv_id: str, *, walk: bool = True) -> tuple[int, Any]:
+        """``(version, value)`` of the newest version, ``(0, None)`` for an absent key; with
+        ``walk=False`` the head's alone (a hint: FerretDB scans ``kv_versions`` for any
+        query, even by ``_id``, so a write looks there only after a collision)."""
         head = await self._heads.find_one({"_id": kv_id, "company_id": company_id}, _VALUE_FIELDS)
         version, value = (0, None) if head is None else (int(head["version"]), _unpack(head, "value"))
-        while True:
+        while walk:
             newer = await self._versions.find_one(
                 {"_id": _version_id(kv_id, version + 1), "company_id": company_id}, _VALUE_FIELDS
             )
             if newer is None:
                 return version, value
             version, value = version + 1, _unpack(newer, "value")
+        return version, value
 
     async def _write(self, company_id: str, key: str, kv_id: str, version: int, value: Any, op: str) -> bool:
         """Insert ``version``; False when its ``_id`` or its op is taken."""
@@ -710,7 +727,7 @@ class MongoKV:
                     "version": version,
                     **stored,
                     "op": op,
-                    "at": _now(),
+                    "at": self._clock(),
                 }
             )
         except DuplicateKeyError:
@@ -723,11 +740,26 @@ class MongoKV:
                 {"$set": {"key": key, "version": version, **stored, "updated_at": _now()}},
                 upsert=True,
             )
-        if version > self.window and version % self._slack == 0:
-            await self._versions.delete_many(
-                {"company_id": company_id, "kv": kv_id, "version": {"$lte": version - self.window}}
-            )
+        if version % PRUNE_EVERY == 0:
+            await self._prune(company_id, kv_id, version)
         return True
+
+    async def _prune(self, company_id: str, kv_id: str, newest: int) -> None:
+        """Delete this key's versions older than ``dedup_seconds``, oldest first, at most
+        ``PRUNE_BATCH``, never ``newest`` or above; a range of the version index, so the
+        cost does not grow with the versions kept."""
+        cutoff = self._clock() - timedelta(seconds=self.dedup_seconds)
+        key = {"company_id": company_id, "kv": kv_id}
+        oldest = await self._versions.find_one(key, {"version": 1, "at": 1}, sort=[("version", ASCENDING)])
+        if oldest is None:
+            return
+        at: datetime = oldest["at"]
+        if (at if at.tzinfo else at.replace(tzinfo=UTC)) >= cutoff:  # a caller's client may not be tz_aware
+            return
+        low = int(oldest["version"])
+        await self._versions.delete_many(
+            {**key, "version": {"$gte": low, "$lt": min(low + PRUNE_BATCH, newest)}, "at": {"$lt": cutoff}}
+        )
 
     async def _recorded(self, company_id: str, key: str, op: str) -> KVEntry | None:
         """The first result of ``op`` on this key, if it is recorded."""

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS kv_ops (
     key TEXT NOT NULL,
     value BLOB NOT NULL,
     version INTEGER NOT NULL,
+    at REAL,
     PRIMARY KEY (company_id, op_id)
 );
 CREATE TABLE IF NOT EXISTS flows (
@@ -80,14 +81,46 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+KV_INCR_DEDUP_SECONDS = 86_400.0
+PRUNE_EVERY = 64  # increments between two prunes of old operation ids
+PRUNE_BATCH = 1_000  # operation ids deleted by one prune at most (more than PRUNE_EVERY: it keeps up)
+
+
+def _migrate_kv_ops(db: sqlite3.Connection, now: datetime) -> None:
+    """``kv_ops.at`` (unix seconds an op was recorded) and its index; ops recorded before the
+    column existed are dated now, so they are kept for a whole window from here."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(kv_ops)")}
+    if "at" not in columns:
+        db.execute("ALTER TABLE kv_ops ADD COLUMN at REAL")
+    db.execute("CREATE INDEX IF NOT EXISTS kv_ops_at ON kv_ops (at)")
+    if db.execute("SELECT 1 FROM kv_ops WHERE at IS NULL LIMIT 1").fetchone() is not None:  # writes only if due
+        db.execute("UPDATE kv_ops SET at = ? WHERE at IS NULL", (now.timestamp(),))
+
+
 def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
 class SqliteStore:
-    """One SQLite file; its ports are ``log``, ``plays``, ``kv`` and ``flows``."""
+    """One SQLite file; its ports are ``log``, ``plays``, ``kv`` and ``flows``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``kv_incr_dedup_seconds``: how long a ``kv.incr`` operation id is remembered;
+    ``clock`` dates them (the tests move it instead of waiting).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        kv_incr_dedup_seconds: float = KV_INCR_DEDUP_SECONDS,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if not kv_incr_dedup_seconds > 0:
+            raise InvalidInput(f"kv_incr_dedup_seconds must be more than 0, not {kv_incr_dedup_seconds}")
         self.path = str(path)
         try:
             if self.path != ":memory:":
@@ -97,11 +130,12 @@ class SqliteStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=5000")
             self.db.executescript(SCHEMA)
+            _migrate_kv_ops(self.db, clock())
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the SQLite database {self.path}: {exc}") from exc
         self.log = SqliteEventLog(self)
         self.plays = SqlitePlays(self)
-        self.kv = SqliteKV(self)
+        self.kv = SqliteKV(self, kv_incr_dedup_seconds, clock)
         self.flows = SqliteFlows(self)
 
     def close(self) -> None:
@@ -246,10 +280,18 @@ class SqlitePlays:
 
 
 class SqliteKV:
-    """The ``KVStore`` port: last-write-wins values, versions, and exactly-once counters."""
+    """The ``KVStore`` port: last-write-wins values, versions, and exactly-once counters.
 
-    def __init__(self, store: SqliteStore) -> None:
+    An increment's operation id is kept with its result for ``dedup_seconds`` (by age, never
+    by count: a hot counter forgets nothing young); older ones are deleted, a bounded batch
+    every ``PRUNE_EVERY`` increments of this store.
+    """
+
+    def __init__(self, store: SqliteStore, dedup_seconds: float, clock: Callable[[], datetime]) -> None:
         self._s = store
+        self.dedup_seconds = dedup_seconds
+        self._clock = clock
+        self._incrs = 0
 
     async def get(self, company_id: str, key: str) -> KVEntry | None:
         row = self._s.db.execute(
@@ -284,7 +326,14 @@ class SqliteKV:
         return KVEntry(key, value, expected_version + 1) if cur.rowcount == 1 else None
 
     async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
+        now = self._clock().timestamp()
         with self._s.tx() as db:
+            self._incrs += 1
+            if self._incrs % PRUNE_EVERY == 0:
+                db.execute(
+                    "DELETE FROM kv_ops WHERE rowid IN (SELECT rowid FROM kv_ops WHERE at < ? LIMIT ?)",
+                    (now - self.dedup_seconds, PRUNE_BATCH),
+                )
             done = db.execute(
                 "SELECT value, version FROM kv_ops WHERE company_id = ? AND op_id = ?", (company_id, op_id)
             ).fetchone()
@@ -305,8 +354,8 @@ class SqliteKV:
                 (company_id, key, blob, version, _now()),
             )
             db.execute(
-                "INSERT INTO kv_ops (company_id, op_id, key, value, version) VALUES (?,?,?,?,?)",
-                (company_id, op_id, key, blob, version),
+                "INSERT INTO kv_ops (company_id, op_id, key, value, version, at) VALUES (?,?,?,?,?,?)",
+                (company_id, op_id, key, blob, version, now),
             )
         return KVEntry(key, value, version)
 

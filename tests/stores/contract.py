@@ -227,6 +227,14 @@ class StoreContract:
         # an absent key counts from 0
         assert await store.kv.incr(company, "fresh", 1, "op-5") == KVEntry("fresh", 1, 1)
 
+    async def test_kv_incr_remembers_an_op_past_1000_writes_of_its_key(self, store: Any, company: str) -> None:
+        # op ids are kept by age, not by count: a hot counter does not forget its young ops
+        first = await store.kv.incr(company, "hot", 1, "op-0")
+        for i in range(1, 1_200):  # MongoDB's count window (1,000) pruned at 1,100
+            await store.kv.incr(company, "hot", 1, f"op-{i}")
+        assert await store.kv.incr(company, "hot", 1, "op-0") == first
+        assert await store.kv.get(company, "hot") == KVEntry("hot", 1_200, 1_200)
+
     async def test_kv_op_ids_are_per_company(self, store: Any, company: str) -> None:
         other = new_id("other")
         assert (await store.kv.incr(company, "n", 1, "op")).value == 1

@@ -299,19 +299,6 @@ async def test_sets_and_increments_of_one_key_in_one_store_all_count(store: Mong
 
 
 @mongo
-async def test_incr_remembers_the_last_window_of_ops() -> None:
-    async with fresh_store(incr_window=10) as store:
-        for i in range(40):
-            await store.kv.incr("co", "n", 1, f"op-{i}")
-        kept = [doc async for doc in store.coll("kv_versions").find({"kv": _kv_id("co", "n")}).sort("version")]
-        assert [doc["version"] for doc in kept] == list(range(31, 41))
-        assert [doc["op"] for doc in kept] == [f"{_kv_id('co', 'n')}!op-{i}" for i in range(30, 40)]
-        assert await store.kv.incr("co", "n", 1, "op-35") == KVEntry("n", 36, 36)  # inside the window
-        assert await store.kv.get("co", "n") == KVEntry("n", 40, 40)
-        assert await store.kv.incr("co", "n", 1, "op-0") == KVEntry("n", 41, 41)  # forgotten: counts again
-
-
-@mongo
 async def test_incr_of_an_op_recorded_before_a_set_still_returns_its_result(store: MongoStore, company: str) -> None:
     first = await store.kv.incr(company, "n", 1, "op")
     await store.kv.set(company, "n", "now text")

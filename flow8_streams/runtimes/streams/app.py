@@ -67,6 +67,7 @@ from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, Sto
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.runtimes.streams import changelog, codec
 from flow8_streams.runtimes.streams.channels import (
     ChannelExecutor,
@@ -646,6 +647,9 @@ class Flow8App:
             self.channel_watch = watch_for(registry, heartbeat_timeout)
             app.flow8_on_start = (self.direct.start, self.channel_executor.start)
             app.flow8_on_stop = (self.channel_executor.close, self.direct.stop)
+        # plain modules run on these threads, never on the loop the agents share
+        self.threads = ModuleThreads(s.module_threads, on_stuck=metrics.module_threads_stuck.set)
+        app.flow8_on_stop = (*app.flow8_on_stop, self._close_threads)
 
     @property
     def topic_names(self) -> list[str]:
@@ -976,11 +980,14 @@ class Flow8App:
             result = await self._run_task(task)
             await self.completions.send(key=event.key, value=codec.encode(result), partition=event.message.partition)
 
+    async def _close_threads(self) -> None:
+        self.threads.close()
+
     async def _run_task(self, task: Task) -> FlowletResult:
         t0 = time.perf_counter()
         try:
             result = await asyncio.wait_for(
-                execute_task(self.registry, self.store.kv, utcnow, task),
+                execute_task(self.registry, self.store.kv, utcnow, task, threads=self.threads),
                 # the engine times the attempt out; this only frees the slot
                 timeout=max(0.0, (task.deadline - utcnow()).total_seconds()) + 1.0,
             )

@@ -29,7 +29,7 @@ def build(
         metrics=metrics,
         flow_cache_ttl=settings.cache.flows.ttl_seconds,
         flow_cache_max=settings.cache.flows.max_entries,
-        incr_window=settings.kv_incr_dedup_window,
+        kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds,
         timeout_ms=settings.store_timeout_ms,
     )
     pool = None
@@ -41,7 +41,7 @@ def build(
             settings.mongodb_uri,
             settings.mongodb_database,
             timeout_ms=settings.store_timeout_ms,
-            incr_window=settings.kv_incr_dedup_window,
+            kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds,
         )
         # channels listen where the HTTP server does; outside systems are told ADVERTISED_HOST
         pool = ChannelPool.from_settings(
