@@ -147,14 +147,17 @@ def test_the_window_setting_defaults_to_a_day_and_outlives_any_redelivery(monkey
     assert load_settings().kv_incr_dedup_seconds == 7200
 
 
-async def test_channel_workers_get_the_window() -> None:
+async def test_channel_workers_get_the_window(tmp_path: Path) -> None:
     command = WorkerCommand(
         host="127.0.0.1",
         module_sources=[],
         kv_db=None,
         heartbeat_s=1.0,
+        pool_secret=bytes(32),
+        token_key=bytes(32),
         kv_mongodb=ChannelMongoKV("mongodb://127.0.0.1:1", "flow8", kv_incr_dedup_seconds=7200),
     )
+    command.control_dir = tmp_path
     argv = command.argv(7701)
     at = argv.index("--kv-incr-dedup-seconds")
     args = channel_worker._parser().parse_args(argv[3:])
