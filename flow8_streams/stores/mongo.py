@@ -75,6 +75,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import EngineError, fold
 from flow8_streams.errors import CompanyMismatch, InvalidInput, StoreUnavailable
 from flow8_streams.metrics import Metrics
+from flow8_streams.redact import redact_uri, scrub
 from flow8_streams.stores.ports import KVEntry
 
 Doc = dict[str, Any]
@@ -120,9 +121,8 @@ def _now() -> datetime:
 
 def _hosts(uri: str) -> str:
     """The host list of a MongoDB URI, without scheme, credentials, path or options."""
-    rest = uri.split("://", 1)[-1]
-    rest = rest.split("/", 1)[0].split("?", 1)[0]
-    return rest.rsplit("@", 1)[-1] or "?"
+    rest = redact_uri(uri).split("://", 1)[-1].rsplit("@", 1)[-1]
+    return rest.split("/", 1)[0].split("?", 1)[0] or "?"
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -206,7 +206,8 @@ class MongoStore:
                     client_or_uri, tz_aware=True, appname="flow8", timeoutMS=timeout_ms
                 )
             except (PyMongoError, ValueError) as exc:  # InvalidURI, ConfigurationError, a bad port: no password
-                raise InvalidInput(f"MongoDB URI for {self.hosts}: {_short(exc)}") from exc
+                problem = scrub(_short(exc), client_or_uri)
+                raise InvalidInput(f"MongoDB URI {redact_uri(client_or_uri)}: {problem}") from None
             self._owns_client = True
         else:
             self.client = client_or_uri
