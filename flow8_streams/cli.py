@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Column, Table
 
 from flow8_streams import __version__, cli_streams
+from flow8_streams.cli_options import limits
 from flow8_streams.domain.events import verify_chain
 from flow8_streams.domain.state import PlayState, PlayStatus
 from flow8_streams.engine import EngineError, fold
@@ -169,8 +170,9 @@ def run(
 ) -> None:
     """Run one play of FLOW to its end on the embedded runtime (exit 0 if it succeeded, 1 if not)."""
     registry = _registry(modules)
-    flow = load_flow(flow_file).check(registry.names())
-    play_input = parse_json_arg(input, "--input")
+    bounds = limits()
+    flow = load_flow(flow_file, bounds).check(registry.names())
+    play_input = parse_json_arg(input, "--input", bounds)
     from flow8_streams.domain.messages import StartPlay
 
     command = StartPlay(company_id=company, flow=flow.name, play_id=play_id or str(uuid.uuid4()), input=play_input)
@@ -258,7 +260,7 @@ def validate(
 ) -> None:
     """Check a flow definition: shape, graph, references and modules (exit 0 or 2)."""
     registry = _registry(modules)
-    flow = load_flow(flow_file).check(registry.names())
+    flow = load_flow(flow_file, limits()).check(registry.names())
     out.print(
         f"[green]✔[/] flow [bold]{flow.name}[/] v{flow.version} is valid: "
         f"{len(flow.flowlets)} flowlets, roots {', '.join(flow.roots)}, sinks {', '.join(flow.sinks)}"
