@@ -19,10 +19,12 @@ import orjson
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
 from flow8_streams import __version__, cli_streams
-from flow8_streams.cli_options import limits
+from flow8_streams.cli_options import id_option, limits
 from flow8_streams.domain.events import verify_chain
 from flow8_streams.domain.state import PlayState, PlayStatus
 from flow8_streams.engine import EngineError, fold
@@ -53,8 +55,9 @@ app.add_typer(kv_app, name="kv")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(channels_app, name="channels")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# emoji codes off: ":name:" in a value would print as a picture
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 DbOpt = Annotated[Path, typer.Option("--db", envvar="FLOW8_DB", help="SQLite database file.")]
 ModulesOpt = Annotated[
@@ -66,7 +69,11 @@ ModulesOpt = Annotated[
         help="A Python file or package whose MODULES mapping adds modules (repeatable).",
     ),
 ]
-CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.")]
+CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.", callback=id_option("--company"))]
+CompanyFilterOpt = Annotated[
+    str | None, typer.Option("--company", help="Only this company.", callback=id_option("--company"))
+]
+PlayIdArg = Annotated[str, typer.Argument(metavar="PLAY_ID", callback=id_option("PLAY_ID"))]
 DEFAULT_DB = Path("flow8.db")
 
 
@@ -153,7 +160,10 @@ def run(
     input: Annotated[str, typer.Option("--input", "-i", help="Play input: JSON, or @file.json.")] = "{}",
     company: CompanyOpt = "default",
     play_id: Annotated[
-        str | None, typer.Option("--play-id", help="Play id; an id the db holds is not run again.")
+        str | None,
+        typer.Option(
+            "--play-id", help="Play id; an id the db holds is not run again.", callback=id_option("--play-id")
+        ),
     ] = None,
     db: DbOpt = DEFAULT_DB,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
@@ -262,8 +272,8 @@ def validate(
     registry = _registry(modules)
     flow = load_flow(flow_file, limits()).check(registry.names())
     out.print(
-        f"[green]✔[/] flow [bold]{flow.name}[/] v{flow.version} is valid: "
-        f"{len(flow.flowlets)} flowlets, roots {', '.join(flow.roots)}, sinks {', '.join(flow.sinks)}"
+        f"[green]✔[/] flow [bold]{escape(flow.name)}[/] v{flow.version} is valid: "
+        f"{len(flow.flowlets)} flowlets, roots {escape(', '.join(flow.roots))}, sinks {escape(', '.join(flow.sinks))}"
     )
 
 
@@ -274,7 +284,7 @@ def validate(
 def plays_list(
     db: ReadDbOpt = None,
     mongodb_uri: MongoOpt = None,
-    company: Annotated[str | None, typer.Option("--company", help="Only this company.")] = None,
+    company: CompanyFilterOpt = None,
     status: Annotated[str | None, typer.Option("--status", help="running, succeeded, failed or cancelled.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
@@ -297,10 +307,10 @@ def plays_list(
     table.columns.insert(0, Column("play", no_wrap=True, min_width=widest))  # whole, to be copied
     for p in plays:
         took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
-        table.add_row(
-            p.play_id,
-            p.company_id,
-            f"{p.flow.name} v{p.flow.version}",
+        table.add_row(  # stored text: Text, never markup
+            Text(p.play_id),
+            Text(p.company_id),
+            Text(f"{p.flow.name} v{p.flow.version}"),
             p.status.value,
             p.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             took,
@@ -310,10 +320,12 @@ def plays_list(
 
 @plays_app.command("show")
 def plays_show(
-    play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")],
+    play_id: PlayIdArg,
     db: ReadDbOpt = None,
     mongodb_uri: MongoOpt = None,
-    company: Annotated[str | None, typer.Option("--company", help="The play's company.")] = None,
+    company: Annotated[
+        str | None, typer.Option("--company", help="The play's company.", callback=id_option("--company"))
+    ] = None,
 ) -> None:
     """Print one play as JSON."""
 
@@ -330,7 +342,7 @@ def plays_show(
 
 @app.command()
 def events(
-    play_id: Annotated[str, typer.Argument(metavar="PLAY_ID")],
+    play_id: PlayIdArg,
     db: DbOpt = DEFAULT_DB,
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     verify: Annotated[
@@ -354,13 +366,13 @@ def events(
         for e in history:
             p = e.payload
             detail = getattr(p, "error", None) or getattr(p, "reason", None) or ""
-            table.add_row(
+            table.add_row(  # stored text: Text, never markup
                 str(e.seq),
                 e.at.strftime("%H:%M:%S.%f")[:-3],
                 e.type,
-                getattr(p, "flowlet", ""),
+                Text(getattr(p, "flowlet", "")),
                 str(getattr(p, "attempt", "")),
-                detail,
+                Text(str(detail)),
             )
         out.print(table)
     if verify:
@@ -376,7 +388,7 @@ def events(
             problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
         if problems:
             for problem in problems:
-                err.print(f"[red]✘[/] {problem}", soft_wrap=True)
+                err.print(f"[red]✘[/] {escape(problem)}", soft_wrap=True)
             raise typer.Exit(1)
         err.print(
             f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches"
@@ -417,10 +429,10 @@ def schemas_export(
         problems = schemas.drift(directory)
         if problems:
             for p in problems:
-                err.print(f"[red]✘[/] {directory / p}", soft_wrap=True)
+                err.print(f"[red]✘[/] {escape(str(directory / p))}", soft_wrap=True)
             err.print("Run `flow8 schemas export` and commit the result.")
             raise typer.Exit(1)
-        out.print(f"[green]✔[/] {directory} matches the models")
+        out.print(f"[green]✔[/] {escape(str(directory))} matches the models")
         return
     written = schemas.export(directory)
     out.print(f"wrote {len(written)} schemas to {directory}")
@@ -534,18 +546,19 @@ def channels_status(
         flowlet = f"{r['flowlet']} #{r['attempt']}" if r.get("flowlet") else ""
         table.add_row(
             str(r["port"]),
-            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
-            r.get("company_id") or "",
-            r.get("play_id") or "",
-            flowlet,
+            Text(state, style=STATE_STYLE.get(state, "white")),  # what a port answered: Text, never markup
+            Text(r.get("company_id") or ""),
+            Text(r.get("play_id") or ""),
+            Text(flowlet),
             f"{since:%H:%M:%S} ({age(since, now)})" if since is not None else "",
         )
-    console = out if out.is_terminal else Console(highlight=False, width=max(out.width, 132))  # piped: whole rows
+    piped = Console(highlight=False, emoji=False, width=max(out.width, 132))  # piped: whole rows
+    console = out if out.is_terminal else piped
     console.print(table)
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("busy", "pending", "idle", "cold", "down")}
     up = len(rows) - counts["down"] - counts["cold"]
     console.print(
-        f"{up} of {len(rows)} ports on {host} {format_port_range(list(ports))} answer: "
+        f"{up} of {len(rows)} ports on {escape(host)} {format_port_range(list(ports))} answer: "
         f"{counts['busy']} busy, {counts['pending']} pending, {counts['idle']} idle; "
         f"{counts['cold']} cold (not started yet), {counts['down']} down"
     )
@@ -579,8 +592,8 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
-    except Flow8Error as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    except Flow8Error as exc:  # the message may quote user or stored text: Text, never markup
+        err.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -588,12 +601,21 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click usage errors and the unexpected
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, click.exceptions.Abort | typer.Abort):
             raise SystemExit(1) from None
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (please report this)", soft_wrap=True)
+        # typer carries its own copy of click (typer._click): its usage errors are no click.ClickException
+        format_message = getattr(exc, "format_message", None)
+        exit_code = getattr(exc, "exit_code", None)
+        from_click = type(exc).__module__.split(".")[0] in {"click", "typer"}
+        if from_click and callable(format_message) and isinstance(exit_code, int):
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
+            err.print(Text.assemble(("error:", "bold red"), f" {format_message()}{hint}"), soft_wrap=True)
+            raise SystemExit(exit_code) from None
+        err.print(
+            Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {exc} (please report this)"),
+            soft_wrap=True,
+        )
         raise SystemExit(70) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 

@@ -15,20 +15,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from flow8_streams.cli_options import check_id, id_option, name_option
 from flow8_streams.domain.messages import StartPlay
 from flow8_streams.errors import InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.settings import Settings, load_settings
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# emoji codes off: ":name:" in a value would print as a picture
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (or $FLOW8_CONFIG).")]
 KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap servers (or $KAFKA_BOOTSTRAP_SERVERS).")]
 MongoUriOpt = Annotated[str | None, typer.Option("--mongodb-uri", help="MongoDB URI (or $MONGODB_URI).")]
 PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Topic name prefix (default flow8).")]
-CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.")]
+CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.", callback=id_option("--company"))]
 
 flows_app = typer.Typer(help="The flow catalog in MongoDB (what workers run).", no_args_is_help=True)
 results_app = typer.Typer(help="Play results on Kafka (what downstream systems consume).", no_args_is_help=True)
@@ -122,12 +125,12 @@ def flows_put(
             await store.close()
 
     _run(put())
-    out.print(f"[green]✔[/] stored flow [bold]{flow.name}[/] v{flow.version} for company {company}")
+    out.print(f"[green]✔[/] stored flow [bold]{escape(flow.name)}[/] v{flow.version} for company {escape(company)}")
 
 
 @flows_app.command("get")
 def flows_get(
-    name: Annotated[str, typer.Argument(metavar="NAME")],
+    name: Annotated[str, typer.Argument(metavar="NAME", callback=name_option("NAME"))],
     company: CompanyOpt = "default",
     version: Annotated[int | None, typer.Option("--version", min=1, help="Default: the latest.")] = None,
     config: ConfigOpt = None,
@@ -153,7 +156,10 @@ def flows_get(
 
 def produce(
     file: Annotated[Path | None, typer.Option("--file", "-f", help="JSONL of StartPlay/CancelPlay commands.")] = None,
-    flow: Annotated[str | None, typer.Option("--flow", help="Generate StartPlay commands for this flow.")] = None,
+    flow: Annotated[
+        str | None,
+        typer.Option("--flow", help="Generate StartPlay commands for this flow.", callback=name_option("--flow")),
+    ] = None,
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="How many to generate.")] = 1,
     company: CompanyOpt = "default",
     companies: Annotated[
@@ -176,7 +182,7 @@ def produce(
     else:
         assert flow is not None
         play_input = parse_json_arg(input, "--input", settings.limits)
-        names = [company] if companies == 1 else [f"{company}-{i}" for i in range(companies)]
+        names = [company] if companies == 1 else [check_id(f"{company}-{i}", "--company") for i in range(companies)]
         commands = [
             StartPlay(company_id=names[i % len(names)], flow=flow, input=play_input, play_id=str(uuid.uuid4()))
             for i in range(count)
@@ -224,7 +230,9 @@ def results_tail(
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Start at the oldest result.")] = False,
     count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Stop after N results.")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop after this many idle seconds.")] = None,
-    company: Annotated[str | None, typer.Option("--company", help="Only this company's results.")] = None,
+    company: Annotated[
+        str | None, typer.Option("--company", help="Only this company's results.", callback=id_option("--company"))
+    ] = None,
     group: Annotated[
         str | None, typer.Option("--group", help="Consume as this consumer group (commits offsets).")
     ] = None,

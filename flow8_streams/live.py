@@ -53,8 +53,13 @@ def flowlet_table(state: PlayState, *, live: bool) -> Table:
     for name, f in rows:
         spec = state.flow.by_name[name]
         detail = f.error or ""
-        table.add_row(
-            name, spec.module_ref, _status(f.status), str(f.attempts or ""), _seconds(f, now), Text(detail, style="dim")
+        table.add_row(  # stored text: Text, never markup
+            Text(name),
+            Text(spec.module_ref),
+            _status(f.status),
+            str(f.attempts or ""),
+            _seconds(f, now),
+            Text(detail, style="dim"),
         )
     return table
 
