@@ -31,6 +31,7 @@ from flow8_streams.engine import EngineError, fold
 from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.redact import scrub
 from flow8_streams.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -111,27 +112,26 @@ def _store(db: Path) -> SqliteStore:
 ReadDbOpt = Annotated[
     Path | None,
     typer.Option(
-        "--db", envvar="FLOW8_DB", help="SQLite database file (default ./flow8.db, or MongoDB: see --mongodb-uri)."
-    ),
-]
-MongoOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--mongodb-uri",
-        help="Read the streams runtime's MongoDB instead of a local db; without --db, $MONGODB_URI does the same.",
+        "--db",
+        envvar="FLOW8_DB",
+        help="SQLite database file (default ./flow8.db); without --db, $MONGODB_URI reads the streams runtime's "
+        "MongoDB instead.",
     ),
 ]
 
 
 @contextlib.asynccontextmanager
-async def _reader(db: Path | None, mongodb_uri: str | None) -> AsyncIterator[Any]:
-    """The store to read plays and KV from: MongoDB when asked for, else the local SQLite file."""
-    uri = mongodb_uri or (os.environ.get("MONGODB_URI") if db is None else None)
-    if uri:
+async def _reader(db: Path | None) -> AsyncIterator[Any]:
+    """The store to read plays and KV from: MongoDB when $MONGODB_URI is set and --db is not, else SQLite.
+
+    A MongoDB URI (it may hold a password) comes from the environment or the settings file only,
+    never from the command line, where the process list shows it.
+    """
+    if db is None and os.environ.get("MONGODB_URI"):
         from flow8_streams.settings import load_settings
         from flow8_streams.stores.mongo import MongoStore
 
-        settings = load_settings(mongodb_uri=uri)
+        settings = load_settings()
         mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
         try:
             yield mongo
@@ -283,7 +283,6 @@ def validate(
 @plays_app.command("list")
 def plays_list(
     db: ReadDbOpt = None,
-    mongodb_uri: MongoOpt = None,
     company: CompanyFilterOpt = None,
     status: Annotated[str | None, typer.Option("--status", help="running, succeeded, failed or cancelled.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
@@ -294,7 +293,7 @@ def plays_list(
         raise InvalidInput(f"--status {status!r} is not one of {', '.join(s.value for s in PlayStatus)}")
 
     async def fetch() -> list[PlayState]:
-        async with _reader(db, mongodb_uri) as store:
+        async with _reader(db) as store:
             return list(await store.plays.list(company, status, limit))
 
     plays = _run_async(fetch())
@@ -322,7 +321,6 @@ def plays_list(
 def plays_show(
     play_id: PlayIdArg,
     db: ReadDbOpt = None,
-    mongodb_uri: MongoOpt = None,
     company: Annotated[
         str | None, typer.Option("--company", help="The play's company.", callback=id_option("--company"))
     ] = None,
@@ -330,7 +328,7 @@ def plays_show(
     """Print one play as JSON."""
 
     async def fetch() -> PlayState | None:
-        async with _reader(db, mongodb_uri) as store:
+        async with _reader(db) as store:
             state: PlayState | None = await store.plays.get(company, play_id)
             return state
 
@@ -400,12 +398,11 @@ def kv_get(
     key: Annotated[str, typer.Argument(metavar="KEY")],
     company: CompanyOpt = "default",
     db: ReadDbOpt = None,
-    mongodb_uri: MongoOpt = None,
 ) -> None:
     """Print the value stored under KEY (exit 1 if absent)."""
 
     async def fetch() -> Any:
-        async with _reader(db, mongodb_uri) as store:
+        async with _reader(db) as store:
             return await store.kv.get(company, key)
 
     entry = _run_async(fetch())
@@ -586,6 +583,12 @@ def _main(
     pass
 
 
+def _shown(message: object) -> str:
+    """An error's message as it may be printed: no secret of a connection string the settings may hold."""
+    uris = [os.environ.get(name) for name in ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS")]
+    return scrub(str(message), *(uri for uri in uris if uri))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps every error to a clear message and an exit code."""
     try:
@@ -593,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except Flow8Error as exc:  # the message may quote user or stored text: Text, never markup
-        err.print(Text.assemble(("error:", "bold red"), " ", str(exc)), soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", _shown(exc)), soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -610,10 +613,12 @@ def main(argv: list[str] | None = None) -> None:
         if from_click and callable(format_message) and isinstance(exit_code, int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
-            err.print(Text.assemble(("error:", "bold red"), f" {format_message()}{hint}"), soft_wrap=True)
+            err.print(Text.assemble(("error:", "bold red"), f" {_shown(format_message())}{hint}"), soft_wrap=True)
             raise SystemExit(exit_code) from None
         err.print(
-            Text.assemble(("internal error:", "bold red"), f" {type(exc).__name__}: {exc} (please report this)"),
+            Text.assemble(
+                ("internal error:", "bold red"), f" {type(exc).__name__}: {_shown(exc)} (please report this)"
+            ),
             soft_wrap=True,
         )
         raise SystemExit(70) from None

@@ -29,7 +29,6 @@ err = Console(stderr=True, highlight=False, emoji=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (or $FLOW8_CONFIG).")]
 KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap servers (or $KAFKA_BOOTSTRAP_SERVERS).")]
-MongoUriOpt = Annotated[str | None, typer.Option("--mongodb-uri", help="MongoDB URI (or $MONGODB_URI).")]
 PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Topic name prefix (default flow8).")]
 CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.", callback=id_option("--company"))]
 
@@ -37,10 +36,10 @@ flows_app = typer.Typer(help="The flow catalog in MongoDB (what workers run).", 
 results_app = typer.Typer(help="Play results on Kafka (what downstream systems consume).", no_args_is_help=True)
 
 
-def _settings(
-    config: Path | None, kafka: str | None, mongodb_uri: str | None, prefix: str | None = None, **more: Any
-) -> Settings:
-    flags: dict[str, Any] = {"kafka_bootstrap_servers": kafka, "mongodb_uri": mongodb_uri, **more}
+def _settings(config: Path | None, kafka: str | None, prefix: str | None = None, **more: Any) -> Settings:
+    """Settings from the flags given, the environment and the file; the MongoDB URI (it may hold a
+    password) never comes from a flag, where the process list would show it."""
+    flags: dict[str, Any] = {"kafka_bootstrap_servers": kafka, **more}
     if prefix is not None:
         flags["topics"] = {"prefix": prefix}
     return load_settings(config, **flags)
@@ -55,7 +54,6 @@ def _run(coro: Any) -> Any:
 def worker(
     config: ConfigOpt = None,
     kafka: KafkaOpt = None,
-    mongodb_uri: MongoUriOpt = None,
     topic_prefix: PrefixOpt = None,
     server_port: Annotated[
         int | None,
@@ -87,9 +85,7 @@ def worker(
     from flow8_streams.modules.registry import ModuleRegistry
     from flow8_streams.runtimes.streams.worker import run_worker
 
-    settings = _settings(
-        config, kafka, mongodb_uri, topic_prefix, server_port=server_port, worker_id=worker_id, group_id=group_id
-    )
+    settings = _settings(config, kafka, topic_prefix, server_port=server_port, worker_id=worker_id, group_id=group_id)
     sources = [s for item in modules or [] for s in item.split(",") if s]
     registry = ModuleRegistry.default(sources)
     run_worker(settings, registry, sources if channels else None)
@@ -100,7 +96,6 @@ def flows_put(
     flow_file: Annotated[Path, typer.Argument(metavar="FLOW", help="Flow definition (JSON or YAML).")],
     company: CompanyOpt = "default",
     config: ConfigOpt = None,
-    mongodb_uri: MongoUriOpt = None,
     modules: Annotated[
         list[str] | None,
         typer.Option(
@@ -113,7 +108,7 @@ def flows_put(
     from flow8_streams.stores.mongo import MongoStore
 
     sources = [s for item in modules or [] for s in item.split(",") if s]
-    settings = _settings(config, None, mongodb_uri)
+    settings = _settings(config, None)
     flow = load_flow(flow_file, settings.limits).check(ModuleRegistry.default(sources).names())
 
     async def put() -> None:
@@ -134,12 +129,11 @@ def flows_get(
     company: CompanyOpt = "default",
     version: Annotated[int | None, typer.Option("--version", min=1, help="Default: the latest.")] = None,
     config: ConfigOpt = None,
-    mongodb_uri: MongoUriOpt = None,
 ) -> None:
     """Print a flow definition from the catalog as JSON."""
     from flow8_streams.stores.mongo import MongoStore
 
-    settings = _settings(config, None, mongodb_uri)
+    settings = _settings(config, None)
 
     async def get() -> Any:
         store = MongoStore(settings.mongodb_uri, settings.mongodb_database)
@@ -175,7 +169,7 @@ def produce(
 
     if (file is None) == (flow is None):
         raise InvalidInput("give either --file COMMANDS.jsonl or --flow NAME [--count N]")
-    settings = _settings(config, kafka, None, topic_prefix)
+    settings = _settings(config, kafka, topic_prefix)
     if file is not None:
         lines = _read_lines(file, settings.limits.max_message_bytes)
         commands = list(commands_from_jsonl(lines, str(file)))
@@ -243,7 +237,7 @@ def results_tail(
     """Print play results as JSON lines as they arrive (flow8.play-results)."""
     from flow8_streams.runtimes.streams.client import tail_results
 
-    settings = _settings(config, kafka, None, topic_prefix)
+    settings = _settings(config, kafka, topic_prefix)
 
     async def tail() -> int:
         seen = 0
