@@ -583,14 +583,23 @@ def _main(
     pass
 
 
+def _env_uris() -> list[str]:
+    return [uri for name in ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS") if (uri := os.environ.get(name))]
+
+
 def _shown(message: object) -> str:
     """An error's message as it may be printed: no secret of a connection string the settings may hold."""
-    uris = [os.environ.get(name) for name in ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS")]
-    return scrub(str(message), *(uri for uri in uris if uri))
+    return scrub(str(message), *_env_uris())
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps every error to a clear message and an exit code."""
+    import logging
+
+    from flow8_streams.redact import ScrubFilter
+
+    if logging.lastResort is not None:  # what prints a library's warnings when nothing configured logging
+        logging.lastResort.addFilter(ScrubFilter(*_env_uris()))
     try:
         code = app(args=argv, standalone_mode=False)
     except typer.Exit as exc:

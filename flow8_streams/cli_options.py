@@ -13,6 +13,7 @@ from flow8_streams.domain.flow import NAME_PATTERN
 from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.messages import ID_PATTERN
 from flow8_streams.errors import InvalidInput
+from flow8_streams.redact import redact_uri
 
 ID_RULE = "1 to 200 of the letters A-Z a-z, digits and _ . : @ -, the first a letter, digit or _"
 NAME_RULE = "1 to 128 of the letters A-Z a-z, digits and _ . -, the first a letter, digit or _"
@@ -44,6 +45,23 @@ def name_option(flag: str) -> Callable[[str | None], str | None]:
 
     def callback(value: str | None) -> str | None:
         return None if value is None else check_name(value, flag)
+
+    return callback
+
+
+def servers_option(flag: str) -> Callable[[str | None], str | None]:
+    """A typer callback refusing servers that carry a credential: the process list shows every flag.
+
+    The refusal does not quote the value.
+    """
+
+    def callback(value: str | None) -> str | None:
+        if value is not None and redact_uri(value) != value:
+            raise InvalidInput(
+                f"{flag} takes host:port[,host:port] only; credentials come from the environment or the "
+                "settings file, never from the command line"
+            )
+        return value
 
     return callback
 

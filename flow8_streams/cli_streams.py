@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from flow8_streams.cli_options import check_id, id_option, name_option
+from flow8_streams.cli_options import check_id, id_option, name_option, servers_option
 from flow8_streams.domain.messages import StartPlay
 from flow8_streams.errors import InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
@@ -28,7 +28,14 @@ out = Console(highlight=False, emoji=False)
 err = Console(stderr=True, highlight=False, emoji=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (or $FLOW8_CONFIG).")]
-KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap servers (or $KAFKA_BOOTSTRAP_SERVERS).")]
+KafkaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kafka",
+        help="Kafka bootstrap servers, host:port[,host:port] (or $KAFKA_BOOTSTRAP_SERVERS).",
+        callback=servers_option("--kafka"),
+    ),
+]
 PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Topic name prefix (default flow8).")]
 CompanyOpt = Annotated[str, typer.Option("--company", help="Company (tenant) id.", callback=id_option("--company"))]
 

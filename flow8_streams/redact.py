@@ -8,6 +8,7 @@ did not parse. When unsure whether a part is a secret, it hides it.
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -94,4 +95,20 @@ def scrub(text: str, *uris: str) -> str:
     return text
 
 
-__all__ = ["MASK", "redact_uri", "scrub", "secrets_of"]
+class ScrubFilter(logging.Filter):
+    """A logging filter that rewrites a record quoting a secret of ``uris`` (libraries log hosts as given)."""
+
+    def __init__(self, *uris: str) -> None:
+        super().__init__()
+        self.uris = [uri for uri in uris if uri and redact_uri(uri) != uri]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.uris:
+            message = record.getMessage()
+            shown = scrub(message, *self.uris)
+            if shown != message:
+                record.msg, record.args = shown, None
+        return True
+
+
+__all__ = ["MASK", "ScrubFilter", "redact_uri", "scrub", "secrets_of"]

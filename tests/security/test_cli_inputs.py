@@ -206,13 +206,6 @@ def test_a_lone_surrogate_in_yaml_input_is_refused(tmp_path: Path, echo_flow: Pa
     assert not (tmp_path / "a.db").exists() and not (tmp_path / "b.db").exists()
 
 
-def test_invalid_utf8_inline_input_is_refused(tmp_path: Path, echo_flow: Path) -> None:
-    # argv bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape)
-    result = flow8("run", echo_flow, "--input", os.fsdecode(b'{"x": "\xff"}'), "--db", tmp_path / "a.db", cwd=tmp_path)
-
-    assert_refused(result, "--input", "not valid UTF-8")
-
-
 def test_yaml_values_that_are_not_json_are_refused(tmp_path: Path, echo_flow: Path) -> None:
     (tmp_path / "input.yaml").write_text("when: 2024-01-01\n")
 
@@ -386,3 +379,21 @@ def test_an_unparsable_uri_never_shows_its_password(tmp_path: Path, uri: str) ->
         assert_refused(result, "MongoDB URI")
         assert "s3cretpw" not in result.out + result.err, (args, result)
         assert "bob:***" in result.err, (args, result)
+
+
+def test_kafka_servers_with_a_credential_are_refused_on_the_command_line(tmp_path: Path) -> None:
+    for args in (["produce", "--flow", "f"], ["results", "tail", "--timeout", "1"], ["worker"]):
+        result = flow8(*args, "--kafka", "SASL_SSL://bob:s3cretpw@127.0.0.1:9", cwd=tmp_path, timeout=30)
+
+        assert_refused(result, "--kafka takes host:port", "never from the command line")
+        assert "s3cretpw" not in result.out + result.err, (args, result)
+
+
+def test_an_unreachable_kafka_is_named_without_its_credential(tmp_path: Path) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "SASL_SSL://bob:s3cretpw@127.0.0.1:9"}
+
+    result = flow8("produce", "--flow", "f", cwd=tmp_path, env=env, timeout=60)
+
+    assert result.code == 1 and "Traceback" not in result.err, result
+    assert "cannot reach Kafka at SASL_SSL://bob:***@127.0.0.1:9" in result.err, result
+    assert "s3cretpw" not in result.out + result.err, result

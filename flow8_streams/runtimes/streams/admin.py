@@ -11,6 +11,7 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from flow8_streams.errors import StoreUnavailable
+from flow8_streams.redact import redact_uri, scrub
 from flow8_streams.settings import Settings
 
 
@@ -27,10 +28,11 @@ async def kafka_unavailable(settings: Settings, exc: Exception) -> StoreUnavaila
     """The error for a Kafka client that could not start. aiokafka says only "unable to
     bootstrap"; under SASL one more connection to the first bootstrap server tells a refused
     login from a server that does not answer. No message carries the password."""
-    where = f"Kafka at {settings.kafka_bootstrap_servers}"
+    where = f"Kafka at {redact_uri(settings.kafka_bootstrap_servers)}"
     if not settings.kafka_security_protocol.startswith("SASL_"):
         return StoreUnavailable(
-            f"cannot reach {where} ({exc}); start it with `scripts/services up` or set KAFKA_BOOTSTRAP_SERVERS"
+            f"cannot reach {where} ({scrub(str(exc), settings.kafka_bootstrap_servers)}); "
+            "start it with `scripts/services up` or set KAFKA_BOOTSTRAP_SERVERS"
         )
     options = settings.kafka_client_options()
     host, _, port = options.pop("bootstrap_servers").split(",")[0].strip().rpartition(":")
@@ -45,8 +47,9 @@ async def kafka_unavailable(settings: Settings, exc: Exception) -> StoreUnavaila
     except (OSError, TimeoutError, ValueError) as probe:
         detail = f"{type(probe).__name__}: {probe}"
     return StoreUnavailable(
-        f"cannot connect to {where} as {who}: {detail}; check that it runs there and that KAFKA_SASL_USERNAME, "
-        "KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM are those of a user of the broker"
+        f"cannot connect to {where} as {who}: {scrub(detail, settings.kafka_bootstrap_servers)}; "
+        "check that it runs there and that KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM "
+        "are those of a user of the broker"
     )
 
 
