@@ -30,6 +30,7 @@ from flow8_streams.domain.state import PlayState, PlayStatus
 from flow8_streams.engine import EngineError, fold
 from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
+from flow8_streams.live import plain
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.redact import scrub
 from flow8_streams.stores.sqlite import SqliteStore
@@ -307,9 +308,9 @@ def plays_list(
     for p in plays:
         took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
         table.add_row(  # stored text: Text, never markup
-            Text(p.play_id),
-            Text(p.company_id),
-            Text(f"{p.flow.name} v{p.flow.version}"),
+            plain(p.play_id),
+            plain(p.company_id),
+            plain(f"{p.flow.name} v{p.flow.version}"),
             p.status.value,
             p.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             took,
@@ -368,9 +369,9 @@ def events(
                 str(e.seq),
                 e.at.strftime("%H:%M:%S.%f")[:-3],
                 e.type,
-                Text(getattr(p, "flowlet", "")),
+                plain(getattr(p, "flowlet", "")),
                 str(getattr(p, "attempt", "")),
-                Text(str(detail)),
+                plain(str(detail)),
             )
         out.print(table)
     if verify:
@@ -386,7 +387,7 @@ def events(
             problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
         if problems:
             for problem in problems:
-                err.print(f"[red]✘[/] {escape(problem)}", soft_wrap=True)
+                err.print(Text.assemble(("✘", "red"), " ", plain(problem)), soft_wrap=True)
             raise typer.Exit(1)
         err.print(
             f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches"
@@ -544,9 +545,9 @@ def channels_status(
         table.add_row(
             str(r["port"]),
             Text(state, style=STATE_STYLE.get(state, "white")),  # what a port answered: Text, never markup
-            Text(r.get("company_id") or ""),
-            Text(r.get("play_id") or ""),
-            Text(flowlet),
+            plain(r.get("company_id") or ""),
+            plain(r.get("play_id") or ""),
+            plain(flowlet),
             f"{since:%H:%M:%S} ({age(since, now)})" if since is not None else "",
         )
     piped = Console(highlight=False, emoji=False, width=max(out.width, 132))  # piped: whole rows
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except Flow8Error as exc:  # the message may quote user or stored text: Text, never markup
-        err.print(Text.assemble(("error:", "bold red"), " ", _shown(exc)), soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", plain(_shown(exc))), soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -622,11 +623,13 @@ def main(argv: list[str] | None = None) -> None:
         if from_click and callable(format_message) and isinstance(exit_code, int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
-            err.print(Text.assemble(("error:", "bold red"), f" {_shown(format_message())}{hint}"), soft_wrap=True)
+            err.print(
+                Text.assemble(("error:", "bold red"), " ", plain(f"{_shown(format_message())}{hint}")), soft_wrap=True
+            )
             raise SystemExit(exit_code) from None
         err.print(
             Text.assemble(
-                ("internal error:", "bold red"), f" {type(exc).__name__}: {_shown(exc)} (please report this)"
+                ("internal error:", "bold red"), " ", plain(f"{type(exc).__name__}: {_shown(exc)} (please report this)")
             ),
             soft_wrap=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,14 @@ STYLE = {
 }
 PLAY_STYLE = {"running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 MAX_ROWS = 24
+# C0 and C1 control characters but tab and newline: an escape sequence in stored text would
+# reach the terminal (rich's Text keeps ESC)
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str, style: str = "") -> Text:
+    """Stored or outside text as it is shown: never markup, control characters as visible escapes."""
+    return Text(CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), style=style)
 
 
 def _seconds(f: FlowletState, now: datetime) -> str:
@@ -54,12 +63,12 @@ def flowlet_table(state: PlayState, *, live: bool) -> Table:
         spec = state.flow.by_name[name]
         detail = f.error or ""
         table.add_row(  # stored text: Text, never markup
-            Text(name),
-            Text(spec.module_ref),
+            plain(name),
+            plain(spec.module_ref),
             _status(f.status),
             str(f.attempts or ""),
             _seconds(f, now),
-            Text(detail, style="dim"),
+            plain(detail, style="dim"),
         )
     return table
 
@@ -73,9 +82,9 @@ def live_view(state: PlayState) -> RenderableType:
     elapsed = (datetime.now(UTC) - state.started_at).total_seconds()
     header = Text.assemble(
         ("play ", "bold"),
-        state.play_id,
+        plain(state.play_id),
         "  flow ",
-        (f"{state.flow.name} v{state.flow.version}", "bold"),
+        plain(f"{state.flow.name} v{state.flow.version}", "bold"),
         "  ",
         (state.status.value, PLAY_STYLE[state.status.value]),
         f"  {done}/{total} flowlets  {elapsed:.1f}s",
@@ -89,9 +98,11 @@ def print_summary(console: Console, play: PlayState, output_json: Any) -> None:
     took = ((play.ended_at or datetime.now(UTC)) - play.started_at).total_seconds()
     console.print(flowlet_table(play, live=False))
     console.print(
-        Text.assemble(("play ", "bold"), play.play_id, " ", (play.status.value, f"bold {style}"), f" in {took:.2f}s")
+        Text.assemble(
+            ("play ", "bold"), plain(play.play_id), " ", (play.status.value, f"bold {style}"), f" in {took:.2f}s"
+        )
     )
     if play.error:
-        console.print(Text(play.error, style=style))
+        console.print(plain(play.error, style=style))
     if play.output is not None:
         console.print_json(output_json)

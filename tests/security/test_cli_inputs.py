@@ -334,6 +334,28 @@ def test_stored_text_with_markup_prints_literally(tmp_path: Path) -> None:
     assert listed.code == 0 and "p1" in listed.out, listed
 
 
+def test_control_characters_in_stored_text_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    hostile = "red \x1b[31mALERT\x1b[0m title \x1b]0;owned\x07 end\rover"
+    modules = tmp_path / "mods.py"
+    modules.write_text(
+        "from flow8_streams.errors import ModuleFailed\n\n\n"
+        "def boom(ctx):\n"
+        f"    raise ModuleFailed({hostile!r}, retryable=False)\n\n\n"
+        'MODULES = {"boom": boom}\n'
+    )
+    flow = write_flow(tmp_path / "flow.json", {"name": "a", "module_ref": "boom"})
+    db = tmp_path / "flow8.db"
+
+    summary = flow8("run", flow, "--modules", modules, "--db", db, "--play-id", "p1", cwd=tmp_path)
+    events = flow8("events", "p1", "--db", db, cwd=tmp_path)
+
+    for result in (summary, events):
+        assert "Traceback" not in result.err, result
+        shown = result.out + result.err
+        assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown, result
+        assert "\\x1b[31mALERT" in " ".join(shown.split()), result
+
+
 def test_an_error_quoting_markup_prints_literally(tmp_path: Path) -> None:
     flow = write_flow(tmp_path / "flow.json", {"name": "a", "module_ref": "[/]:thumbs_up:"})
 
