@@ -18,6 +18,7 @@ from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
 from flow8_streams.errors import InvalidFlow, InvalidInput
 
 PREVIEW = 80
+MAX_ERRORS = 20
 
 
 def _parse(raw: bytes | str, what: str, *, yaml_ok: bool, limits: Limits, max_bytes: int) -> Any:
@@ -80,13 +81,20 @@ def parse_json_arg(value: str, flag: str, limits: Limits = DEFAULT_LIMITS) -> An
         raise TooLarge(f"{flag} is larger than the limit of {bound} bytes ({setting})") from None
 
 
+def _preview(text: str) -> str:
+    """At most PREVIEW characters of user text quoted in a message."""
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
+
+
 def flow_from_data(data: Any, source: str) -> FlowDefinition:
     if not isinstance(data, dict):
         raise InvalidFlow(source, ["a flow is a JSON object with 'name' and 'flowlets'"])
     try:
         return FlowDefinition.model_validate(data)
     except ValidationError as exc:
-        raise InvalidFlow(str(data.get("name") or source), describe_errors(exc, data)) from None
+        name = data.get("name")
+        shown = name if isinstance(name, str) and name and len(name) <= PREVIEW else source
+        raise InvalidFlow(shown, describe_errors(exc, data)) from None
 
 
 def load_flow(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> FlowDefinition:
@@ -103,17 +111,19 @@ def describe_errors(exc: ValidationError, data: Any) -> list[str]:
             # them is invalid it adds "at least 1 item ... not 0", which is false
             # here; each flowlet's own errors are already listed.
             continue
-        where = ".".join(str(p) for p in loc) or "(top)"
+        where = _preview(".".join(str(p) for p in loc)) or "(top)"
         if len(loc) >= 2 and loc[0] == "flowlets" and isinstance(loc[1], int):
             try:
                 name = data["flowlets"][loc[1]].get("name")
             except (KeyError, IndexError, TypeError, AttributeError):
                 name = None
-            rest = ".".join(str(p) for p in loc[2:]) or "(the flowlet)"
-            label = f"flowlet {name!r}" if isinstance(name, str) else f"flowlet #{loc[1] + 1}"
+            rest = _preview(".".join(str(p) for p in loc[2:])) or "(the flowlet)"
+            label = f"flowlet {_preview(name)!r}" if isinstance(name, str) else f"flowlet #{loc[1] + 1}"
             where = f"{label}: {rest}"
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         out.append(f"{where}: {message}")
+    if len(out) > MAX_ERRORS:  # one paragraph a person reads: the first ones, and how many more
+        out = [*out[:MAX_ERRORS], f"and {len(out) - MAX_ERRORS} more"]
     return out

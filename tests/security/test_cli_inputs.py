@@ -214,6 +214,18 @@ def test_yaml_values_that_are_not_json_are_refused(tmp_path: Path, echo_flow: Pa
     assert_refused(result, "input.yaml at when", "date is not a JSON value")
 
 
+def test_an_invalid_flow_is_described_in_one_short_paragraph(tmp_path: Path) -> None:
+    flowlets = [{"name": f"{'n' * 50_000}{i}", "module_ref": "echo", "x" * 100: 1} for i in range(3)]
+    flowlets += [{"name": f"f{i}", "module_ref": "echo", "timeout": "soon"} for i in range(100)]
+    flow = tmp_path / "flow.json"
+    flow.write_text(json.dumps({"name": "N" * 100_000, "flowlets": flowlets}))
+
+    result = flow8("validate", flow, cwd=tmp_path)
+
+    assert_refused(result, "flow.json' is invalid", "…", "and 87 more")
+    assert len(result.err) < 4096, len(result.err)
+
+
 # ---------------------------------------------------------------- read limits
 
 
