@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import resource
 import shutil
 import subprocess
@@ -344,6 +345,46 @@ def test_stored_text_with_markup_prints_literally(tmp_path: Path) -> None:
         assert "[/]" in result.out and "[bold]x[/bold]" in result.out and ":thumbs_up:" in result.out, result
     assert "chain from genesis" in verified.err
     assert listed.code == 0 and "p1" in listed.out, listed
+
+
+def test_the_live_view_on_a_terminal_prints_module_names_literally(tmp_path: Path) -> None:
+    modules = tmp_path / "mods.py"
+    modules.write_text(
+        "import asyncio\n\n\n"
+        "async def slow(ctx):\n"
+        "    await asyncio.sleep(0.5)\n"
+        "    return {}\n\n\n"
+        'MODULES = {"[/]slow[bold]": slow}\n'
+    )
+    flow = write_flow(tmp_path / "flow.json", {"name": "a", "module_ref": "[/]slow[bold]"})
+    controller, terminal = pty.openpty()  # a terminal on stdout: run shows its live view
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
+    env.update(TERM="xterm", COLUMNS="120", LINES="40")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(
+        [FLOW8, "run", flow, "--modules", modules, "--db", tmp_path / "flow8.db"],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
+        preexec_fn=_cap_memory,
+    )  # fmt: skip
+    os.close(terminal)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the process closed the terminal (exited)
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+        err = proc.communicate(timeout=60)[1].decode("utf-8", "replace")
+
+    assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err)
+    text = shown.decode("utf-8", "replace")
+    assert "running" in text, text  # the live view was drawn
+    assert text.count("[/]slow[bold]") >= 2, text  # in a live frame and in the summary
 
 
 def test_control_characters_in_stored_text_reach_the_terminal_escaped(tmp_path: Path) -> None:
