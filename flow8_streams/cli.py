@@ -248,7 +248,7 @@ async def _drive_play(
 ) -> PlayState:
     from flow8_streams.runtimes.local import LocalRuntime
 
-    async with LocalRuntime(store, registry, channels=pool) as runtime:
+    async with LocalRuntime(store, registry, channels=pool, limits=limits()) as runtime:  # the limits run read
         if not live:
             return await runtime.run(flow, play_input, company_id=company, play_id=play_id)
         from flow8_streams.live import live_view
