@@ -107,7 +107,9 @@ def _registry(modules: list[str] | None) -> ModuleRegistry:
 
 
 def _store(db: Path) -> SqliteStore:
-    return SqliteStore(db)
+    from flow8_streams.settings import load_settings
+
+    return SqliteStore(db, kv_incr_dedup_seconds=load_settings().kv_incr_dedup_seconds)
 
 
 ReadDbOpt = Annotated[
@@ -247,8 +249,12 @@ async def _drive_play(
     pool: ChannelPool | None,
 ) -> PlayState:
     from flow8_streams.runtimes.local import LocalRuntime
+    from flow8_streams.settings import load_settings
 
-    async with LocalRuntime(store, registry, channels=pool, limits=limits()) as runtime:  # the limits run read
+    settings = load_settings()  # the limits run read its input with, and the module threads
+    async with LocalRuntime(
+        store, registry, channels=pool, limits=settings.limits, module_threads=settings.module_threads
+    ) as runtime:
         if not live:
             return await runtime.run(flow, play_input, company_id=company, play_id=play_id)
         from flow8_streams.live import live_view

@@ -29,17 +29,25 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class TooLarge(InvalidInput):
     """A document or value is over a byte limit."""
 
+    reason = "too_large"
+
 
 class TooDeep(InvalidInput):
     """A document nests objects and lists deeper than ``max_depth``."""
+
+    reason = "too_deep"
 
 
 class TooManyAliases(InvalidInput):
     """A YAML document uses more aliases (``*name``) than ``max_yaml_aliases``."""
 
+    reason = "too_many_aliases"
+
 
 class NotJson(InvalidInput):
     """A document does not parse, or holds a value JSON cannot carry."""
+
+    reason = "not_json"
 
 
 def check_size(data: str | bytes, max_bytes: int, what: str) -> bytes:

@@ -8,8 +8,6 @@ environment) and pass it in; the pure core never reads settings itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from pydantic import BaseModel, ConfigDict, Field
 
 KiB = 1024
@@ -49,22 +47,4 @@ class Limits(BaseModel):
 DEFAULT_LIMITS = Limits()
 
 
-def too_deep(value: object, max_depth: int) -> bool:
-    """Whether ``value`` (decoded JSON/YAML) nests objects and lists more than ``max_depth``
-    levels. Iterative: a hostile document cannot exhaust the stack here."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
-    return False
-
-
-__all__ = ["DEFAULT_LIMITS", "KiB", "Limits", "MiB", "too_deep"]
+__all__ = ["DEFAULT_LIMITS", "KiB", "Limits", "MiB"]

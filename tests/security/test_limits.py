@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from flow8_streams.domain.bounded import TooDeep, check_depth
 from flow8_streams.domain.flow import FlowDefinition
-from flow8_streams.domain.limits import Limits, too_deep
+from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.messages import FlowletResult, Start
 from flow8_streams.domain.state import FlowletStatus, PlayStatus
 from flow8_streams.engine import step
@@ -77,14 +78,16 @@ def test_check_still_refuses_a_reference_to_a_non_ancestor() -> None:
         bad.check()
 
 
-def test_too_deep_counts_levels_without_recursion() -> None:
+def test_check_depth_counts_levels_without_recursion() -> None:
     deep: Any = 1
     for _ in range(100_000):  # far past Python's recursion limit
         deep = [deep]
-    assert too_deep(deep, 64)
+    with pytest.raises(TooDeep, match="deeper than the limit of 64"):
+        check_depth(deep, 64)
     shallow: Any = {"a": [{"b": [1]}]}
-    assert not too_deep(shallow, 4)
-    assert too_deep(shallow, 3)
+    check_depth(shallow, 4)
+    with pytest.raises(TooDeep):
+        check_depth(shallow, 3)
 
 
 # ---------------------------------------------------------------- the engine

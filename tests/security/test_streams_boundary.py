@@ -118,7 +118,7 @@ async def test_poison_is_dead_lettered_and_the_partition_flows_on(harness: Strea
     for message in await read_dlq(harness.settings, 2, key=company.encode()):
         headers = {k: v.decode() for k, v in message.headers}
         reasons[orjson.loads(message.value)["play_id"]] = (headers["flow8-reason"], headers["flow8-error"])
-    assert reasons[too_deep][0] == "too_deep" and "64 levels" in reasons[too_deep][1]
+    assert reasons[too_deep][0] == "too_deep" and "deeper than the limit of 64" in reasons[too_deep][1]
     assert reasons[too_large][0] == "too_large" and "limits.max_input_bytes" in reasons[too_large][1]
     assert await harness.events(too_deep) == [] and await harness.events(too_large) == []
 

@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits, too_deep
+from flow8_streams.domain import bounded
+from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
 from flow8_streams.domain.messages import Command, Internal, StartPlay, Task
 from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayState
+from flow8_streams.errors import InvalidInput
 
 command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
 internal_adapter: TypeAdapter[Any] = TypeAdapter(Internal)
@@ -31,19 +33,12 @@ class BadMessage(ValueError):
 def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str, limits: Limits) -> Any:
     if raw is None:
         raise BadMessage("empty", f"{what}: the message has no value")
-    if len(raw) > limits.max_message_bytes:
-        raise BadMessage(
-            "too_large",
-            f"{what}: {len(raw)} bytes, over the limit of {limits.max_message_bytes} (limits.max_message_bytes)",
-        )
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadMessage("not_json", f"{what}: not UTF-8 JSON: {exc}") from None
+        data = bounded.decode_json(raw, limits, what)
+    except InvalidInput as exc:  # too large, too deep, not JSON: each names the limit
+        raise BadMessage(exc.reason, str(exc)) from None
     if not isinstance(data, dict):
         raise BadMessage("not_object", f"{what}: a JSON object is expected, got {type(data).__name__}")
-    if too_deep(data, limits.max_depth):
-        raise BadMessage("too_deep", f"{what}: nested more than {limits.max_depth} levels deep (limits.max_depth)")
     kind = data.get("type")
     try:
         return adapter.validate_python(data)
