@@ -1,8 +1,8 @@
 """The MongoDB adapter of the four store ports, over pymongo's ``AsyncMongoClient``.
 
-Collections (one database): ``plays`` (the projection), ``events`` (an optional copy of
-the log), ``kv``, ``flows`` (versioned definitions) and ``modules`` (the catalog; only its
-index is made here). ``open()`` creates the indexes; reads work without it.
+Collections (one database): ``plays`` (the projection), ``play_ids`` (a client's own play
+ids and the company that claimed each), ``events`` (an optional copy of the log), ``kv``,
+``flows`` (versioned definitions) and ``modules`` (the catalog; only its index is made here). ``open()`` creates the indexes; reads work without it.
 
 Nothing needs a multi-document transaction, so this runs on a sharded cluster and on
 FerretDB alike. Every write that must not go backwards is guarded inside a single
@@ -71,6 +71,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.messages import GENERATED_PREFIX
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import EngineError, fold
 from flow8_streams.errors import CompanyMismatch, InvalidInput, StoreUnavailable
@@ -81,6 +82,7 @@ from flow8_streams.stores.ports import KVEntry
 Doc = dict[str, Any]
 
 PLAYS, EVENTS, KV, KV_VERSIONS, FLOWS, MODULES = "plays", "events", "kv", "kv_versions", "flows", "modules"
+PLAY_IDS = "play_ids"  # a client's own play id -> the company that claimed it (see MongoPlays.claim)
 
 INDEXES: dict[str, list[IndexModel]] = {
     FLOWS: [
@@ -506,35 +508,30 @@ class MongoPlays:
                 await plays.update_one(*update)
             return taken
 
-    async def claim(self, company_id: str, play_id: str, flow: str, flow_version: int, at: datetime) -> None:
+    async def claim(self, company_id: str, play_id: str, at: datetime) -> None:
         """Reserve ``play_id`` for ``company_id`` before the play's first event is written;
         raises ``CompanyMismatch`` if another company holds it. Play ids are global: the
-        log, the projection and the results name a play by its id. An insert, which is
-        atomic on FerretDB too; the projection's first write then matches it."""
-        doc = {
-            "_id": play_id,
-            "company_id": company_id,
-            "flow": flow,
-            "flow_id": flow,
-            "flow_version": flow_version,
-            "created_at": at,
-            "seq": 0,
-        }
+        log, the projection and the results name a play by its id. An insert into
+        ``play_ids`` (atomic on FerretDB too; a collection of its own, so the claim does not
+        queue behind the projector's writes to ``plays``)."""
+        claims = self._s.coll(PLAY_IDS)
         with self._s.errors(f"claiming play id {play_id!r}"):
             try:
-                await self._s.coll(PLAYS).insert_one(doc)
+                await claims.insert_one({"_id": play_id, "company_id": company_id, "at": at})
                 return
             except DuplicateKeyError:
-                held = await self._s.coll(PLAYS).find_one({"_id": play_id}, {"company_id": 1})
+                held = await claims.find_one({"_id": play_id}, {"company_id": 1})
         if held is not None and held.get("company_id") != company_id:
             raise CompanyMismatch(
                 f"StartPlay for play {play_id!r} names company {company_id!r}, which does not own that play"
             )
 
     async def owner(self, play_id: str) -> str | None:
-        """The company holding ``play_id`` (claimed or projected), if any."""
+        """The company holding ``play_id``, if any: a client's id as claimed, a generated one
+        as projected."""
+        generated = play_id.startswith(GENERATED_PREFIX)
         with self._s.errors(f"reading the owner of play {play_id!r}"):
-            doc = await self._s.coll(PLAYS).find_one({"_id": play_id}, {"company_id": 1})
+            doc = await self._s.coll(PLAYS if generated else PLAY_IDS).find_one({"_id": play_id}, {"company_id": 1})
         return None if doc is None else doc.get("company_id")
 
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None:

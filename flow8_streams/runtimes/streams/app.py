@@ -708,10 +708,8 @@ class Flow8App:
                 return None  # finished: repeats, late results and ticks change nothing
             state = PlayState.model_validate_json(body)
         elif claim:
-            flow = incoming.flow
             await self._retrying(
-                f"claiming play id {play_id!r}",
-                partial(self.store.plays.claim, incoming.company_id, play_id, flow.name, flow.version, utcnow()),
+                f"claiming play id {play_id!r}", partial(self.store.plays.claim, incoming.company_id, play_id, utcnow())
             )
         elif not isinstance(incoming, Start | Tick):
             # Not a play of this worker's partitions: a message keyed by another company lands
