@@ -2,7 +2,8 @@
 
 Collections (one database): ``plays`` (the projection), ``play_ids`` (a client's own play
 ids and the company that claimed each), ``events`` (an optional copy of the log), ``kv``,
-``flows`` (versioned definitions) and ``modules`` (the catalog; only its index is made here). ``open()`` creates the indexes; reads work without it.
+``flows`` (versioned definitions) and ``modules`` (the catalog; only its index is made here).
+``open()`` creates the indexes; reads work without it.
 
 Nothing needs a multi-document transaction, so this runs on a sharded cluster and on
 FerretDB alike. Every write that must not go backwards is guarded inside a single

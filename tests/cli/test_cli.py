@@ -12,14 +12,14 @@ import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.flow8_cli import Result, collect, run, spawn
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_FLOW = REPO / "examples" / "process-documents.json"
@@ -33,67 +33,26 @@ SCRUBBED_PREFIXES = ("FLOW8_", "MONGODB_", "KAFKA_")
 SCRUBBED = {"FORCE_COLOR", "COLUMNS", "TERM_PROGRAM"}
 
 
-def _flow8() -> str:
-    beside = Path(sys.executable).parent / "flow8"
-    found = str(beside) if beside.exists() else shutil.which("flow8")
-    assert found, "the flow8 console script is not installed (pip install -e .)"
-    return found
-
-
-FLOW8 = _flow8()
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def lines(self) -> list[Any]:
-        return [json.loads(line) for line in self.out.splitlines() if line.strip()]
-
-
-def spawn(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES) and k not in SCRUBBED}
     env["NO_COLOR"] = "1"
-    return subprocess.Popen(
-        [FLOW8, *map(str, args)],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def collect(proc: subprocess.Popen[str]) -> Result:
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return Result(proc.returncode, out, err)
+    return env
 
 
 def flow8(*args: str | Path, cwd: Path) -> Result:
-    return collect(spawn(*args, cwd=cwd))
+    return run(*args, cwd=cwd, env=_env())
 
 
 def flow8_many(*commands: tuple[str | Path, ...], cwd: Path) -> list[Result]:
     """Independent invocations, run side by side (each one starts a Python: keep the suite quick)."""
-    procs = [spawn(*args, cwd=cwd) for args in commands]
+    procs = [spawn(*args, cwd=cwd, env=_env()) for args in commands]
     try:
-        return [collect(proc) for proc in procs]
+        return [collect(running) for running in procs]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for running in procs:
+            if running.proc.poll() is None:
+                running.proc.kill()
+                running.proc.wait()
 
 
 def assert_clean_error(result: Result, code: int, *fragments: str) -> None:
@@ -174,7 +133,7 @@ def test_rerun_with_the_same_play_id_prints_the_play_without_running_it(tmp_path
     db = tmp_path / "flow8.db"
     first = run_example(tmp_path, db, "--play-id", "doc-run")
     assert first.code == 0, first
-    events_before = flow8("events", "doc-run", "--db", db, "--json", cwd=tmp_path).lines()
+    events_before = flow8("events", "doc-run", "--db", db, "--json", cwd=tmp_path).json_lines()
 
     # Were it run again, extract would fail on these paths.
     (tmp_path / "input.json").write_text(json.dumps({"documents": ["/nope/1", "/nope/2"]}))
@@ -187,7 +146,7 @@ def test_rerun_with_the_same_play_id_prints_the_play_without_running_it(tmp_path
     assert again.code == 0, again
     assert again.json() == first.json()
     assert again.json()["started_at"] == first.json()["started_at"]
-    assert flow8("events", "doc-run", "--db", db, "--json", cwd=tmp_path).lines() == events_before
+    assert flow8("events", "doc-run", "--db", db, "--json", cwd=tmp_path).json_lines() == events_before
 
 
 def test_rerun_under_another_company_is_refused(recorded: Recorded, tmp_path: Path) -> None:
@@ -269,14 +228,14 @@ def user_error_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple
         flow_file = cwd / "flow.json"
         if content is not None:
             flow_file.write_text(content if isinstance(content, str) else json.dumps(content))
-        started[case] = (cwd, spawn("run", flow_file, "--db", cwd / "flow8.db", *extra, cwd=cwd))
+        started[case] = (cwd, spawn("run", flow_file, "--db", cwd / "flow8.db", *extra, cwd=cwd, env=_env()))
     try:
-        return {case: (cwd, collect(proc)) for case, (cwd, proc) in started.items()}
+        return {case: (cwd, collect(running)) for case, (cwd, running) in started.items()}
     finally:
-        for _, proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for _, running in started.values():
+            if running.proc.poll() is None:
+                running.proc.kill()
+                running.proc.wait()
 
 
 @pytest.mark.parametrize("case", USER_ERRORS)
@@ -328,13 +287,13 @@ def test_plays_list(recorded: Recorded) -> None:
         cwd=recorded.dir,
     )
     assert as_json.code == 0, as_json
-    assert [(p["play_id"], p["status"]) for p in as_json.lines()] == [("play-1", "succeeded")]
-    assert as_json.lines()[0] == recorded.play
+    assert [(p["play_id"], p["status"]) for p in as_json.json_lines()] == [("play-1", "succeeded")]
+    assert as_json.json_lines()[0] == recorded.play
     assert table.code == 0, table
     assert "play-1" in table.out and "acme" in table.out and "succeeded" in table.out
-    assert by_company.code == 0 and [p["play_id"] for p in by_company.lines()] == ["play-1"]
-    assert other_company.code == 0 and other_company.lines() == []
-    assert by_status.code == 0 and by_status.lines() == []
+    assert by_company.code == 0 and [p["play_id"] for p in by_company.json_lines()] == ["play-1"]
+    assert other_company.code == 0 and other_company.json_lines() == []
+    assert by_status.code == 0 and by_status.json_lines() == []
     assert_clean_error(bad_status, 2, "done")
 
 
@@ -362,7 +321,7 @@ def test_events_json(recorded: Recorded) -> None:
         cwd=recorded.dir,
     )
     assert result.code == 0, result
-    events = result.lines()
+    events = result.json_lines()
     assert [e["seq"] for e in events] == list(range(1, recorded.play["seq"] + 1))
     assert {e["play_id"] for e in events} == {"play-1"}
     assert events[0]["type"] == "PlayStarted" and events[-1]["type"] == "PlayCompleted"

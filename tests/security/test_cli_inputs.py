@@ -11,38 +11,18 @@ import json
 import os
 import pty
 import resource
-import shutil
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.flow8_cli import FLOW8, Result, run
+
 SCRUBBED_PREFIXES = ("FLOW8_", "MONGODB_", "KAFKA_", "SERVER_", "CHANNEL_", "WORKER_")
 MEMORY_CAP = 1024 * 1024 * 1024  # address space of one flow8 process: far above what a refused input needs
 DEFAULT_INPUT_LIMIT = 256 * 1024
 QUICK = 10.0  # seconds: a refusal reads at most a limit's worth, so it is as quick as any start-up
-
-
-def _flow8() -> str:
-    beside = Path(sys.executable).parent / "flow8"
-    found = str(beside) if beside.exists() else shutil.which("flow8")
-    assert found, "the flow8 console script is not installed (pip install -e .)"
-    return found
-
-
-FLOW8 = _flow8()
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-    seconds: float
 
 
 def _cap_memory() -> None:
@@ -52,26 +32,7 @@ def _cap_memory() -> None:
 def flow8(*args: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
     base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_PREFIXES)}
     base.update(NO_COLOR="1", COLUMNS="200", **(env or {}))
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [FLOW8, *map(str, args)],
-        cwd=cwd,
-        env=base,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=_cap_memory,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    # bytes decoded leniently: a crash may print anything, and the test must still show it
-    return Result(
-        proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), time.monotonic() - started
-    )
+    return run(*args, cwd=cwd, env=base, timeout=timeout, preexec_fn=_cap_memory)
 
 
 def assert_refused(result: Result, *fragments: str) -> None:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,8 @@ import pytest
 from flow8_streams.settings import load_settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import WorkerGroup
+from tests.flow8_cli import Result, run
 
-FLOW8 = str(Path(sys.executable).parent / "flow8")
 RESULT_KEYS = {
     "play_id", "company_id", "flow", "flow_version", "status", "output", "error", "started_at", "ended_at",
 }  # fmt: skip
@@ -32,16 +29,6 @@ def services(test: Any) -> Any:
     return pytest.mark.kafka(pytest.mark.mongo(pytest.mark.slow(test)))
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def lines(self) -> list[str]:
-        return [line for line in self.out.splitlines() if line.strip()]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_ENV)}
     env.update(NO_COLOR="1", COLUMNS="200", **extra)
@@ -49,22 +36,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def flow8(*args: str | Path, cwd: Path, env: dict[str, str], timeout: float = 90) -> Result:
-    proc = subprocess.Popen(
-        [FLOW8, *map(str, args)],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return Result(proc.returncode, out, err)
+    return run(*args, cwd=cwd, env=env, timeout=timeout)
 
 
 def assert_clean_error(result: Result, *fragments: str) -> None:
