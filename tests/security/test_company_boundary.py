@@ -13,6 +13,7 @@ import pytest
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import (
     CancelPlay,
+    ChannelHeartbeat,
     FlowletDispatch,
     FlowletResult,
     Message,
@@ -25,6 +26,7 @@ from flow8_streams.engine import step
 from flow8_streams.errors import CompanyMismatch
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.local import LocalRuntime
+from flow8_streams.runtimes.streams.channels import ChannelWatch
 from flow8_streams.stores.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -145,3 +147,19 @@ async def test_local_a_start_still_in_the_inbox_holds_its_play_id(runtime: Local
     final = await runtime.wait(play)
     assert final.company_id == OWNER and final.input == {}
     assert runtime.refused == {"company_mismatch": 2}
+
+
+def test_a_channel_heartbeat_of_another_company_is_refused() -> None:
+    deferred = FlowDefinition.model_validate(
+        {"name": "long", "flowlets": [{"name": "work", "module_ref": "sleep", "defer_after_ms": 0}]}
+    )
+    _, state = step(None, Start(play_id=PLAY, company_id=OWNER, flow=deferred, input={}), T0)
+    assert state is not None
+    now = [100.0]
+    watch = ChannelWatch(30.0, lambda module_ref, defer: defer is not None, clock=lambda: now[0])
+    watch.track(state, partition=0)
+    now[0] = 120.0
+    with pytest.raises(CompanyMismatch):
+        watch.beat(ChannelHeartbeat(play_id=PLAY, company_id=INTRUDER, flowlet="work", attempt=1))
+    now[0] = 131.0  # the refused beat did not keep the flowlet alive: its timeout runs from 100
+    assert [key for key, _ in watch.overdue()] == [(PLAY, "work", 1)]
