@@ -629,9 +629,11 @@ def main(argv: list[str] | None = None) -> None:
         if from_click and callable(format_message) and isinstance(exit_code, int):
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
-            err.print(
-                Text.assemble(("error:", "bold red"), " ", plain(f"{_shown(format_message())}{hint}")), soft_wrap=True
-            )
+            message = _shown(format_message()).strip()
+            if not message and ctx is not None:  # no command given: what there is, then why it stopped
+                err.print(plain(ctx.get_help()), soft_wrap=True)
+                message, hint = "give a command", ""
+            err.print(Text.assemble(("error:", "bold red"), " ", plain(f"{message}{hint}")), soft_wrap=True)
             raise SystemExit(exit_code) from None
         err.print(
             Text.assemble(
