@@ -43,6 +43,11 @@ class CompanyMismatch(InvalidCommand):
 
     reason = "company_mismatch"
 
+    @classmethod
+    def of(cls, what: str, play_id: str, company_id: str) -> CompanyMismatch:
+        """``what`` (a message type) names ``company_id`` for ``play_id``, another company's play."""
+        return cls(f"{what} for play {play_id!r} names company {company_id!r}, which does not own that play")
+
 
 class LimitExceeded(InvalidInput):
     """An input is over one of the deployment's limits (``flow8_streams.domain.limits``)."""

@@ -100,10 +100,7 @@ def step(
     bound what a decision may write: a flowlet's output and rendered input.
     """
     if state is not None and message.company_id != state.company_id:
-        raise CompanyMismatch(
-            f"{message.type} for play {message.play_id!r} names company {message.company_id!r}, "
-            "which does not own that play"
-        )
+        raise CompanyMismatch.of(message.type, message.play_id, message.company_id)
     out = _Emitter(state, now, limits)
     if isinstance(message, Start):
         if state is None:

@@ -145,9 +145,7 @@ class LocalRuntime:
         owner = state.company_id if state is not None else self._starting.get(play_id)
         if owner is not None and owner != company_id:
             self._count_refusal(CompanyMismatch.reason)
-            raise CompanyMismatch(
-                f"{what} for play {play_id!r} names company {company_id!r}, which does not own that play"
-            )
+            raise CompanyMismatch.of(what, play_id, company_id)
 
     def _count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1

@@ -523,9 +523,7 @@ class MongoPlays:
             except DuplicateKeyError:
                 held = await claims.find_one({"_id": play_id}, {"company_id": 1})
         if held is not None and held.get("company_id") != company_id:
-            raise CompanyMismatch(
-                f"StartPlay for play {play_id!r} names company {company_id!r}, which does not own that play"
-            )
+            raise CompanyMismatch.of("StartPlay", play_id, company_id)
 
     async def owner(self, play_id: str) -> str | None:
         """The company holding ``play_id``, if any: a client's id as claimed, a generated one

@@ -701,10 +701,7 @@ class Flow8App:
             if body.startswith(TOMBSTONE):
                 owner = Slot.finished_company(body)
                 if owner is not None and owner != incoming.company_id:
-                    raise CompanyMismatch(
-                        f"{incoming.type} for play {play_id!r} names company {incoming.company_id!r}, "
-                        "which does not own that play"
-                    )
+                    raise CompanyMismatch.of(incoming.type, play_id, incoming.company_id)
                 return None  # finished: repeats, late results and ticks change nothing
             state = PlayState.model_validate_json(body)
         elif claim:
@@ -718,10 +715,7 @@ class Flow8App:
                 f"reading the owner of play {play_id!r}", partial(self.store.plays.owner, play_id)
             )
             if owner is not None and owner != incoming.company_id:
-                raise CompanyMismatch(
-                    f"{incoming.type} for play {play_id!r} names company {incoming.company_id!r}, "
-                    "which does not own that play"
-                )
+                raise CompanyMismatch.of(incoming.type, play_id, incoming.company_id)
             return None
         events, after, remote = await self._advance(state, incoming)
         if not events or after is None:

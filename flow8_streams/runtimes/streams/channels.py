@@ -289,10 +289,7 @@ class ChannelWatch:
         if entry is None:
             return  # a finished attempt, or a play not (yet) ours
         if entry.company_id != heartbeat.company_id:
-            raise CompanyMismatch(
-                f"ChannelHeartbeat for play {heartbeat.play_id!r} names company {heartbeat.company_id!r}, "
-                "which does not own that play"
-            )
+            raise CompanyMismatch.of("ChannelHeartbeat", heartbeat.play_id, heartbeat.company_id)
         entry.last_seen = self.clock()
 
     def overdue(self) -> list[tuple[Key, Watched]]:
