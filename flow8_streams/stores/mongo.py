@@ -75,7 +75,7 @@ from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.messages import GENERATED_PREFIX
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import EngineError, fold
-from flow8_streams.errors import CompanyMismatch, InvalidInput, StoreUnavailable
+from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.metrics import Metrics
 from flow8_streams.redact import redact_uri, scrub
 from flow8_streams.stores.ports import KVEntry
@@ -509,21 +509,31 @@ class MongoPlays:
                 await plays.update_one(*update)
             return taken
 
-    async def claim(self, company_id: str, play_id: str, at: datetime) -> None:
-        """Reserve ``play_id`` for ``company_id`` before the play's first event is written;
-        raises ``CompanyMismatch`` if another company holds it. Play ids are global: the
-        log, the projection and the results name a play by its id. An insert into
-        ``play_ids`` (atomic on FerretDB too; a collection of its own, so the claim does not
-        queue behind the projector's writes to ``plays``)."""
-        claims = self._s.coll(PLAY_IDS)
-        with self._s.errors(f"claiming play id {play_id!r}"):
+    async def claim(self, claims: Sequence[tuple[str, str]], at: datetime) -> dict[str, str]:
+        """Reserve each ``(company_id, play_id)`` for its company, before the play's first event
+        is written; returns the company that holds each id (the caller's, or another's that
+        claimed it first). Play ids are global: the log, the projection and the results name a
+        play by its id. Unordered inserts into ``play_ids`` (atomic on FerretDB too; a
+        collection of its own, so claims do not queue behind the projector's writes to
+        ``plays``); an id claimed twice in one call goes to the first."""
+        docs: dict[str, Doc] = {}
+        for company_id, play_id in claims:
+            docs.setdefault(play_id, {"_id": play_id, "company_id": company_id, "at": at})
+        coll = self._s.coll(PLAY_IDS)
+        held = {play_id: doc["company_id"] for play_id, doc in docs.items()}
+        with self._s.errors(f"claiming {len(docs)} play id(s)"):
             try:
-                await claims.insert_one({"_id": play_id, "company_id": company_id, "at": at})
-                return
-            except DuplicateKeyError:
-                held = await claims.find_one({"_id": play_id}, {"company_id": 1})
-        if held is not None and held.get("company_id") != company_id:
-            raise CompanyMismatch.of("StartPlay", play_id, company_id)
+                await coll.insert_many(list(docs.values()), ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != 11000 for e in errors) or exc.details.get("writeConcernErrors"):
+                    raise
+                for error in errors:  # ids claimed before: read who holds them
+                    play_id = list(docs)[error["index"]]
+                    doc = await coll.find_one({"_id": play_id}, {"company_id": 1})
+                    if doc is not None:
+                        held[play_id] = doc["company_id"]
+        return held
 
     async def owner(self, play_id: str) -> str | None:
         """The company holding ``play_id``, if any: a client's id as claimed, a generated one

@@ -77,6 +77,7 @@ from flow8_streams.runtimes.streams.channels import (
     watch_for,
     without_pending,
 )
+from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.repair import read_plays
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot, plays_table
 from flow8_streams.settings import Settings
@@ -88,6 +89,7 @@ log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
+MAX_PEEK = 2048  # queued inputs looked at for play ids to claim with the one in hand
 RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
 COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (see Flow8Consumer)
 READY_CHECK_TIMEOUT_S = 1.0  # each dependency answers /readyz's ping within this, or is not ready
@@ -553,6 +555,8 @@ class Flow8App:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self.claims = PlayIdClaims(store.plays.claim, settings.limits)
+        self._waiting: Any = None  # the orchestrator agent's queue of inputs (see _commands_waiting)
         self.metrics = metrics
         self.wakeups: dict[str, tuple[datetime, str, int]] = {}
         self.gates: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)  # see Flow8Producer
@@ -659,6 +663,7 @@ class Flow8App:
     # ------------------------------------------------------------ orchestrator
 
     async def _orchestrator(self, stream: faust.StreamT[bytes]) -> None:
+        self._waiting = getattr(stream.channel, "queue", None)
         async for event in stream.events():
             try:
                 decision = await self._decision(event)
@@ -705,9 +710,12 @@ class Flow8App:
                 return None  # finished: repeats, late results and ticks change nothing
             state = PlayState.model_validate_json(body)
         elif claim:
-            await self._retrying(
-                f"claiming play id {play_id!r}", partial(self.store.plays.claim, incoming.company_id, play_id, utcnow())
+            holder = await self._retrying(
+                f"claiming play id {play_id!r}",
+                partial(self.claims.holder, incoming.company_id, play_id, self._commands_waiting(), utcnow()),
             )
+            if holder != incoming.company_id:
+                raise CompanyMismatch.of("StartPlay", play_id, incoming.company_id)
         elif not isinstance(incoming, Start | Tick):
             # Not a play of this worker's partitions: a message keyed by another company lands
             # on that company's partition. Refused if another company holds the play.
@@ -730,6 +738,13 @@ class Flow8App:
                 f"{cap} (limits.max_message_bytes); nothing was written"
             )
         return Decision(play_id, after, events, records, body, remote, message.partition)
+
+    def _commands_waiting(self) -> list[bytes | None]:
+        """The raw commands queued behind the one in hand (read, not taken: the agent's queue
+        is an ``asyncio.Queue``, whose items are its ``_queue``)."""
+        commands = self.settings.topics.commands
+        waiting = list(getattr(self._waiting, "_queue", ()))[:MAX_PEEK]
+        return [e.value for e in waiting if getattr(getattr(e, "message", None), "topic", None) == commands]
 
     async def _commit(self, d: Decision) -> None:
         if self.channel_watch is not None:
