@@ -94,7 +94,7 @@ def _argv(value: Any) -> list[str]:
 
 
 def _is_worker(service: dict[str, Any]) -> bool:
-    return _argv(service.get("entrypoint")) + _argv(service.get("command")) == ["flow8", "worker"]
+    return (_argv(service.get("entrypoint")) + _argv(service.get("command")))[:2] == ["flow8", "worker"]
 
 
 def _workers() -> dict[str, dict[str, Any]]:
