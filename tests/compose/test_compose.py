@@ -213,7 +213,7 @@ def test_services_are_kafka_mongo_prometheus_and_three_workers() -> None:
     services = _services()
     assert {"kafka", "mongo", "prometheus"} <= set(services)
     assert sorted(_workers()) == list(WORKERS)
-    assert set(services) == {"kafka", "mongo", "prometheus", *WORKERS}
+    assert set(services) == {"kafka", "mongo", "prometheus", "grafana", *WORKERS}
 
 
 def test_workers_share_one_extension_block() -> None:
