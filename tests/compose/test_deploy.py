@@ -28,7 +28,7 @@ from flow8_streams.domain.state import PlayStatus
 from flow8_streams.flowfile import load_flow
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.settings import load_settings
-from tests.compose.test_compose import ROOT, _argv, _dockerfile_instructions, _isolate_env, _workers
+from tests.compose.test_compose import ROOT, _argv, _dockerfile_instructions, _isolate_env, _services, _workers
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
 from tests.services import require_service
 
@@ -105,6 +105,16 @@ def test_compose_workers_load_the_example_modules_every_example_flow_needs() -> 
         assert EXAMPLE_FLOWS
         for flow in EXAMPLE_FLOWS:
             load_flow(flow).check(known)  # raises naming the module a worker would not have
+
+
+@pytest.mark.parametrize("name", ["prometheus", "grafana"])
+def test_monitoring_is_published_on_the_host_loopback_only(name: str) -> None:
+    service = _services()[name]
+    assert service.get("ports"), f"{name} publishes nothing"
+    for entry in service["ports"]:
+        parts = str(entry).split(":")
+        loopback = len(parts) == 3 and parts[0] in {"127.0.0.1", "localhost", "::1"}
+        assert loopback, f"{name} publishes {entry} beyond the host's loopback"
 
 
 # ---------------------------------------------------------------- a real worker, as the image runs it
