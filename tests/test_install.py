@@ -1,6 +1,6 @@
 """pyproject.toml and the lock files agree, so what a fresh machine installs is what CI tested.
 
-requirements/lock.txt (runtime + the test extra) is what scripts/test installs; requirements/runtime.txt
+requirements/lock.txt (runtime + every extra) is what scripts/test installs; requirements/runtime.txt
 (runtime only) is what compose/Dockerfile installs; scripts/lock makes both. No services needed.
 """
 
@@ -50,10 +50,13 @@ def read_lock(path: Path) -> dict[NormalizedName, Pin]:
 
 
 def declared() -> dict[str, list[Requirement]]:
+    """pyproject's requirements by where they are declared; an extra naming the project itself is left out,
+    its own extras being checked where they are declared."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     groups = {"dependencies": [Requirement(text) for text in project["dependencies"]]}
     for extra, texts in project.get("optional-dependencies", {}).items():
-        groups[f"extra {extra!r}"] = [Requirement(text) for text in texts]
+        requirements = [Requirement(text) for text in texts]
+        groups[f"extra {extra!r}"] = [r for r in requirements if canonicalize_name(r.name) != project["name"]]
     return groups
 
 
