@@ -320,13 +320,16 @@ async def _drive_play(
 
         await runtime.start(flow, play_input, company_id=company, play_id=play_id)
         waiter = asyncio.create_task(runtime.wait(play_id))
-        with Live(console=out, refresh_per_second=10, transient=True) as view:
-            while not waiter.done():
-                state = runtime.state(play_id)
-                if state is not None:
-                    view.update(live_view(state))
-                await asyncio.wait({waiter}, timeout=0.1)
-        return waiter.result()
+        try:
+            with Live(console=out, refresh_per_second=10, transient=True) as view:
+                while not waiter.done():
+                    state = runtime.state(play_id)
+                    if state is not None:
+                        view.update(live_view(state))
+                    await asyncio.wait({waiter}, timeout=0.1)
+            return waiter.result()
+        finally:
+            waiter.cancel()  # interrupted: it ends here, not with the runtime's close unheard
 
 
 @app.command()

@@ -8,10 +8,15 @@ the settings file, Ctrl-C during ``flow8 run`` and the commands that follow it (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pty
+import re
 import signal
 import sqlite3
+import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flow8_cli import Result, Running, collect, run, spawn
+from tests.flow8_cli import FLOW8, Result, Running, collect, run, spawn
 
 SCRUBBED_PREFIXES = ("FLOW8_", "MONGODB_", "KAFKA_")
 COMMANDS = [
@@ -183,6 +188,41 @@ def test_a_play_another_process_runs_is_neither_cancelled_nor_resumed_nor_run_ag
 
     db = _interrupted_run(tmp_path, "p-busy", seconds=600, while_running=meanwhile)
     assert flow8("events", "p-busy", "--db", db, "--verify", cwd=tmp_path).code == 0
+
+
+def test_ctrl_c_on_a_terminal_ends_the_live_view_with_the_same_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "flow8.db"
+    flow = _slow_flow(tmp_path / "slow.json", 600)
+    controller, terminal = pty.openpty()  # a terminal on stdout: run shows its live view
+    env = _env(TERM="xterm", LINES="40")
+    proc = subprocess.Popen(
+        [FLOW8, "run", flow, "--db", db, "--play-id", "p-tty"],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(terminal)
+    shown = bytearray()
+    drawn = threading.Event()
+
+    def drain() -> None:  # the terminal is read all along: a full one would block the live view
+        with contextlib.suppress(OSError):  # EIO: the process closed the terminal
+            while chunk := os.read(controller, 65536):
+                shown.extend(chunk)
+                if b"wait" in shown and b"running" in shown:
+                    drawn.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        _wait_until_running(db, "p-tty", Running(proc, time.monotonic()))
+        assert drawn.wait(timeout=30), bytes(shown)  # a live frame shows the play running
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1].decode("utf-8", "replace")
+        reader.join(timeout=10)
+    finally:
+        os.close(controller)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip() == "interrupted: play p-tty is still running; resume it with: flow8 plays resume p-tty", err
+    assert re.search(rb"\x1b\[[0-9;]*(3[0-9]|9[0-7])m", shown) is None, bytes(shown)  # NO_COLOR: no colours
 
 
 def test_plays_cancel_on_the_local_database(tmp_path: Path) -> None:
