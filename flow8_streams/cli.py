@@ -467,7 +467,7 @@ async def _cancel_local(db: Path, play_id: str, company: str) -> PlayState:
 @plays_app.command("resume")
 def plays_resume(
     play_id: PlayIdArg,
-    db: DbOpt = DEFAULT_DB,
+    db: ReadDbOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
     modules: ModulesOpt = None,
     channels: Annotated[
@@ -476,6 +476,12 @@ def plays_resume(
 ) -> None:
     """Resume an unfinished play of the local database to its end and print it, as flow8 run does
     (exit 0 if it succeeded, 1 if it did not or had already finished)."""
+    if db is None and os.environ.get("MONGODB_URI"):
+        raise InvalidInput(
+            "plays resume drives a play of the local database (--db); on Kafka + MongoDB the workers resume "
+            "unfinished plays themselves"
+        )
+    db = db or DEFAULT_DB
     store = _existing_store(db)
     try:
         recorded = store.plays.get_sync(play_id)

@@ -169,6 +169,8 @@ def test_ctrl_c_leaves_the_play_resumable_and_says_how(tmp_path: Path) -> None:
     assert again.code == 1 and "already finished: succeeded" in again.err, again
     missing = flow8("plays", "resume", "p-none", "--db", db, cwd=tmp_path)
     assert missing.code == 1 and "no play p-none" in missing.err, missing
+    streams = flow8("plays", "resume", "p-ctrl-c", cwd=tmp_path, MONGODB_URI="mongodb://127.0.0.1:1")
+    assert_usage_error(streams, "the workers resume unfinished plays themselves")
 
 
 def test_a_play_another_process_runs_is_neither_cancelled_nor_resumed_nor_run_again(tmp_path: Path) -> None:
