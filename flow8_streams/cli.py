@@ -154,7 +154,7 @@ def _driving(db: Path, play_id: str) -> Iterator[None]:
     """Held while this process drives ``play_id`` of ``db``: one process at a time writes a play's events.
 
     A byte-range lock (``lockf``) of ``DB.lock`` at an offset of the play id's hash: the kernel
-    drops it when the process ends, however it ends. Another holder: ``PlayBusy`` (exit 1)."""
+    drops it when the process ends, however it ends. Another holder: ``Flow8Error`` (exit 1)."""
     import fcntl
     import hashlib
 
@@ -166,7 +166,7 @@ def _driving(db: Path, play_id: str) -> Iterator[None]:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:
-            raise NotFound(
+            raise Flow8Error(
                 f"play {play_id} is being run by another flow8 process on {db}; stop that one first (Ctrl-C)"
             ) from None
         yield
@@ -391,6 +391,11 @@ def plays_list(
             p.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             took,
         )
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, wrapped to its width; piped, each row on one line (what a script reads)."""
     if out.is_terminal:
         out.print(table)
     else:
@@ -520,7 +525,16 @@ def events(
         for e in history:
             sys.stdout.write(dumps(e.model_dump(mode="json"), indent=False) + "\n")
     else:
-        table = Table("seq", "at", "type", "flowlet", "attempt", "detail")
+        table = Table(  # names whole, never cut to "…"
+            Column("seq", no_wrap=True),
+            Column("at", no_wrap=True),
+            Column("type", no_wrap=True),
+            Column("flowlet", overflow="fold", ratio=1),
+            Column("attempt", no_wrap=True),
+            Column("detail", overflow="fold", ratio=2),
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for e in history:
             p = e.payload
             detail = getattr(p, "error", None) or getattr(p, "reason", None) or ""
@@ -532,7 +546,7 @@ def events(
                 str(getattr(p, "attempt", "")),
                 plain(str(detail)),
             )
-        out.print(table)
+        _print_table(table)
     if verify:
         problems = verify_chain(history)
         try:

@@ -280,6 +280,10 @@ def test_names_are_whole_at_80_columns_and_piped(tmp_path: Path) -> None:
     for value in ("a-company-with-a-long-name", "a-rather-long-flow-name v1", "succeeded"):
         assert value in row, (value, row)
 
+    events = flow8("events", play_id, "--db", db, cwd=tmp_path)
+    assert events.code == 0 and "…" not in events.out, events.out
+    assert any("FlowletScheduled" in line and LONG in line for line in events.out.splitlines()), events.out
+
 
 # ---------------------------------------------------------------- streams: Kafka + MongoDB
 
