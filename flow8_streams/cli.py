@@ -49,7 +49,10 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-plays_app = typer.Typer(help="Plays recorded in the local database.", no_args_is_help=True)
+plays_app = typer.Typer(
+    help="Plays of the local database, or of MongoDB (and Kafka) when $MONGODB_URI is set and --db is not.",
+    no_args_is_help=True,
+)
 kv_app = typer.Typer(help="The per-company KV store of the local database.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of commands, events and flows.", no_args_is_help=True)
 channels_app = typer.Typer(help="Channels: the worker processes behind CHANNEL_PORT_RANGE.", no_args_is_help=True)
@@ -435,8 +438,7 @@ def plays_cancel(
 ) -> None:
     """Cancel a running play (exit 1 if there is none or it has finished).
 
-    With --db (or no $MONGODB_URI): the play in the local database is cancelled now. Without --db and
-    with $MONGODB_URI: a CancelPlay goes to flow8.commands, for the workers."""
+    The local db's play is cancelled at once; with $MONGODB_URI and no --db, a CancelPlay goes to the workers."""
     if db is None and os.environ.get("MONGODB_URI"):
         cli_streams.cancel_on_kafka(play_id, company, config)
         return
@@ -479,8 +481,9 @@ def plays_resume(
         bool, typer.Option("--channels", help="Run channel flowlets on channel worker processes, as flow8 run does.")
     ] = False,
 ) -> None:
-    """Resume an unfinished play of the local database to its end and print it, as flow8 run does
-    (exit 0 if it succeeded, 1 if it did not or had already finished)."""
+    """Resume an unfinished play of the local database to its end; print it as flow8 run does.
+
+    Exit 0 if it succeeded, 1 if it did not or had already finished."""
     if db is None and os.environ.get("MONGODB_URI"):
         raise InvalidInput(
             "plays resume drives a play of the local database (--db); on Kafka + MongoDB the workers resume "
