@@ -11,12 +11,13 @@ import contextlib
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -48,7 +49,10 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-plays_app = typer.Typer(help="Plays recorded in the local database.", no_args_is_help=True)
+plays_app = typer.Typer(
+    help="Plays of the local database, or of MongoDB (and Kafka) when $MONGODB_URI is set and --db is not.",
+    no_args_is_help=True,
+)
 kv_app = typer.Typer(help="The per-company KV store of the local database.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of commands, events and flows.", no_args_is_help=True)
 channels_app = typer.Typer(help="Channels: the worker processes behind CHANNEL_PORT_RANGE.", no_args_is_help=True)
@@ -148,6 +152,31 @@ async def _reader(db: Path | None) -> AsyncIterator[Any]:
         store.close()
 
 
+@contextlib.contextmanager
+def _driving(db: Path, play_id: str) -> Iterator[None]:
+    """Held while this process drives ``play_id`` of ``db``: one process at a time writes a play's events.
+
+    A byte-range lock (``lockf``) of ``DB.lock`` at an offset of the play id's hash: the kernel
+    drops it when the process ends, however it ends. Another holder: ``Flow8Error`` (exit 1)."""
+    import fcntl
+    import hashlib
+
+    offset = int.from_bytes(hashlib.sha256(play_id.encode()).digest()[:7])
+    lock_path = db.with_name(db.name + ".lock")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            raise Flow8Error(
+                f"play {play_id} is being run by another flow8 process on {db}; stop that one first (Ctrl-C)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _existing_store(db: Path) -> SqliteStore:
     if not db.exists():
         raise NotFound(f"no database at {db}; run a play first (flow8 run FLOW) or pass --db")
@@ -192,7 +221,40 @@ def run(
     assert command.play_id is not None
     live = not json_out and out.is_terminal
     pool_sources = _sources(modules) if channels else None
-    state = _run_async(_run_play(db, registry, flow, command.play_id, company, play_input, live, pool_sources))
+    _drive_and_print(db, registry, flow, command.play_id, company, play_input, live, pool_sources, json_out)
+
+
+def _drive_and_print(
+    db: Path,
+    registry: ModuleRegistry,
+    flow: Any,
+    play_id: str,
+    company: str,
+    play_input: Any,
+    live: bool,
+    pool_sources: list[str] | None,
+    json_out: bool,
+) -> None:
+    """Run (or resume) a play to its end and print it; exit 0 if it succeeded, 1 if not.
+
+    Ctrl-C leaves an unfinished play resumable (its events are committed) and says how, exit 130."""
+    try:
+        with _driving(db, play_id):
+            state = _run_async(_run_play(db, registry, flow, play_id, company, play_input, live, pool_sources))
+    except KeyboardInterrupt:
+        store = _store(db)
+        try:
+            recorded = store.plays.get_sync(play_id)
+        finally:
+            store.close()
+        if recorded is not None and not recorded.finished:
+            err.print(
+                plain(f"interrupted: play {play_id} is still running; resume it with: flow8 plays resume {play_id}"),
+                soft_wrap=True,
+            )
+        else:
+            err.print("interrupted")
+        raise typer.Exit(130) from None
     if json_out:
         sys.stdout.write(dumps(state.public()) + "\n")
     else:
@@ -261,13 +323,16 @@ async def _drive_play(
 
         await runtime.start(flow, play_input, company_id=company, play_id=play_id)
         waiter = asyncio.create_task(runtime.wait(play_id))
-        with Live(console=out, refresh_per_second=10, transient=True) as view:
-            while not waiter.done():
-                state = runtime.state(play_id)
-                if state is not None:
-                    view.update(live_view(state))
-                await asyncio.wait({waiter}, timeout=0.1)
-        return waiter.result()
+        try:
+            with Live(console=out, refresh_per_second=10, transient=True) as view:
+                while not waiter.done():
+                    state = runtime.state(play_id)
+                    if state is not None:
+                        view.update(live_view(state))
+                    await asyncio.wait({waiter}, timeout=0.1)
+            return waiter.result()
+        finally:
+            waiter.cancel()  # interrupted: it ends here, not with the runtime's close unheard
 
 
 @app.command()
@@ -308,9 +373,17 @@ def plays_list(
         for p in plays:
             sys.stdout.write(dumps(p.public(), indent=False) + "\n")
         return
-    table = Table("company", "flow", "status", "started", "took")
-    widest = max((len(p.play_id) for p in plays), default=4)
-    table.columns.insert(0, Column("play", no_wrap=True, min_width=widest))  # whole, to be copied
+    # every value whole, never cut to "…": wrapped on a narrow terminal; piped, one line per play
+    table = Table(
+        Column("play", overflow="fold", ratio=4),
+        Column("company", overflow="fold", ratio=2),
+        Column("flow", overflow="fold", ratio=2),
+        Column("status", no_wrap=True, min_width=9),
+        Column("started", overflow="fold", min_width=10),
+        Column("took", no_wrap=True, min_width=5),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for p in plays:
         took = f"{(p.ended_at - p.started_at).total_seconds():.2f}s" if p.ended_at else ""
         table.add_row(  # stored text: Text, never markup
@@ -321,7 +394,16 @@ def plays_list(
             p.started_at.strftime("%Y-%m-%d %H:%M:%S"),
             took,
         )
-    out.print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, wrapped to its width; piped, each row on one line (what a script reads)."""
+    if out.is_terminal:
+        out.print(table)
+    else:
+        natural = table.__rich_measure__(out, out.options.update(max_width=100_000)).maximum
+        Console(highlight=False, emoji=False, width=max(out.width, natural)).print(table)
 
 
 @plays_app.command("show")
@@ -343,6 +425,85 @@ def plays_show(
     if state is None:
         raise NotFound(f"no play {play_id}")
     sys.stdout.write(dumps(state.public()) + "\n")
+
+
+@plays_app.command("cancel")
+def plays_cancel(
+    play_id: PlayIdArg,
+    company: Annotated[
+        str, typer.Option("--company", help="The play's company (required).", callback=id_option("--company"))
+    ],
+    db: ReadDbOpt = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (or $FLOW8_CONFIG).")] = None,
+) -> None:
+    """Cancel a running play (exit 1 if there is none or it has finished).
+
+    The local db's play is cancelled at once; with $MONGODB_URI and no --db, a CancelPlay goes to the workers."""
+    if db is None and os.environ.get("MONGODB_URI"):
+        cli_streams.cancel_on_kafka(play_id, company, config)
+        return
+    path = db or DEFAULT_DB
+    state = _run_async(_cancel_local(path, play_id, company))
+    out.print(Text.assemble("play ", plain(play_id), " ", (state.status.value, "bold magenta")))
+
+
+async def _cancel_local(db: Path, play_id: str, company: str) -> PlayState:
+    from flow8_streams.errors import CompanyMismatch
+    from flow8_streams.runtimes.local import LocalRuntime
+    from flow8_streams.settings import load_settings
+
+    store = _existing_store(db)
+    try:
+        with _driving(db, play_id):
+            recorded = store.plays.get_sync(play_id)
+            if recorded is None:
+                raise NotFound(f"no play {play_id} in {db}")
+            if recorded.company_id != company:
+                raise CompanyMismatch.of("cancel", play_id, company)
+            if recorded.finished:
+                raise NotFound(f"play {play_id} has already finished: {recorded.status.value}")
+            settings = load_settings()
+            registry = ModuleRegistry.default([])
+            async with LocalRuntime(store, registry, limits=settings.limits, module_threads=1) as runtime:
+                await runtime.cancel(play_id, company, reason="cancelled with flow8 plays cancel")
+                return await runtime.wait(play_id)
+    finally:
+        store.close()
+
+
+@plays_app.command("resume")
+def plays_resume(
+    play_id: PlayIdArg,
+    db: ReadDbOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only the final play as JSON.")] = False,
+    modules: ModulesOpt = None,
+    channels: Annotated[
+        bool, typer.Option("--channels", help="Run channel flowlets on channel worker processes, as flow8 run does.")
+    ] = False,
+) -> None:
+    """Resume an unfinished play of the local database to its end; print it as flow8 run does.
+
+    Exit 0 if it succeeded, 1 if it did not or had already finished."""
+    if db is None and os.environ.get("MONGODB_URI"):
+        raise InvalidInput(
+            "plays resume drives a play of the local database (--db); on Kafka + MongoDB the workers resume "
+            "unfinished plays themselves"
+        )
+    db = db or DEFAULT_DB
+    store = _existing_store(db)
+    try:
+        recorded = store.plays.get_sync(play_id)
+    finally:
+        store.close()
+    if recorded is None:
+        raise NotFound(f"no play {play_id} in {db}")
+    if recorded.finished:
+        raise NotFound(f"play {play_id} has already finished: {recorded.status.value} (flow8 plays show {play_id})")
+    registry = _registry(modules)
+    flow = recorded.flow.check(registry.names())  # a module it needs and --modules did not give: exit 2
+    live = not json_out and out.is_terminal
+    pool_sources = _sources(modules) if channels else None
+    _drive_and_print(db, registry, flow, play_id, recorded.company_id, recorded.input, live, pool_sources, json_out)
 
 
 @app.command()
@@ -367,7 +528,16 @@ def events(
         for e in history:
             sys.stdout.write(dumps(e.model_dump(mode="json"), indent=False) + "\n")
     else:
-        table = Table("seq", "at", "type", "flowlet", "attempt", "detail")
+        table = Table(  # names whole, never cut to "…"
+            Column("seq", no_wrap=True),
+            Column("at", no_wrap=True),
+            Column("type", no_wrap=True),
+            Column("flowlet", overflow="fold", ratio=1),
+            Column("attempt", no_wrap=True),
+            Column("detail", overflow="fold", ratio=2),
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
         for e in history:
             p = e.payload
             detail = getattr(p, "error", None) or getattr(p, "reason", None) or ""
@@ -379,7 +549,7 @@ def events(
                 str(getattr(p, "attempt", "")),
                 plain(str(detail)),
             )
-        out.print(table)
+        _print_table(table)
     if verify:
         problems = verify_chain(history)
         try:

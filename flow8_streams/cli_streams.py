@@ -201,6 +201,35 @@ def produce(
     err.print(f"sent {len(commands)} command(s) to {settings.topics.commands}")
 
 
+def cancel_on_kafka(play_id: str, company: str, config: Path | None) -> None:
+    """``flow8 plays cancel`` on the streams runtime: a CancelPlay to the commands topic for a play
+    the MongoDB projection holds as running for ``company`` (NotFound, exit 1, otherwise)."""
+    from flow8_streams.domain.messages import CancelPlay
+    from flow8_streams.runtimes.streams.client import CommandProducer
+    from flow8_streams.stores.mongo import MongoStore
+
+    settings = _settings(config, None)
+
+    async def cancel() -> None:
+        store = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        try:
+            state = await store.plays.get(company, play_id)
+        finally:
+            await store.close()
+        if state is None:
+            raise NotFound(f"company {company!r} has no play {play_id} in MongoDB")
+        if state.finished:
+            raise NotFound(f"play {play_id} has already finished: {state.status.value}")
+        async with CommandProducer(settings) as producer:
+            await producer.send(
+                CancelPlay(company_id=company, play_id=play_id, reason="cancelled with flow8 plays cancel")
+            )
+            await producer.flush()
+
+    _run(cancel())
+    out.print(f"sent CancelPlay for play {escape(play_id)} to {escape(settings.topics.commands)}")
+
+
 def _read_lines(file: Path, max_line_bytes: int) -> list[str]:
     """The lines of a JSONL file, each at most ``max_line_bytes`` (one Kafka message) and valid UTF-8."""
     lines: list[str] = []
@@ -234,6 +263,14 @@ def results_tail(
     company: Annotated[
         str | None, typer.Option("--company", help="Only this company's results.", callback=id_option("--company"))
     ] = None,
+    play_id: Annotated[
+        str | None,
+        typer.Option(
+            "--play-id",
+            help="Only this play's result, looked for from the oldest, then stop (exit 1 if --timeout passes first).",
+            callback=id_option("--play-id"),
+        ),
+    ] = None,
     group: Annotated[
         str | None, typer.Option("--group", help="Consume as this consumer group (commits offsets).")
     ] = None,
@@ -249,16 +286,21 @@ def results_tail(
     async def tail() -> int:
         seen = 0
         async for result, _ in tail_results(
-            settings, from_beginning=from_beginning, group_id=group, idle_timeout=timeout
+            settings, from_beginning=from_beginning or play_id is not None, group_id=group, idle_timeout=timeout
         ):
             if company is not None and result.company_id != company:
+                continue
+            if play_id is not None and result.play_id != play_id:
                 continue
             sys.stdout.write(result.model_dump_json() + "\n")
             sys.stdout.flush()
             seen += 1
-            if count is not None and seen >= count:
+            if play_id is not None or (count is not None and seen >= count):
                 break
         return seen
 
+    seen = 0
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        _run(tail())
+        seen = _run(tail())
+    if play_id is not None and seen == 0:
+        raise NotFound(f"no result for play {play_id}" + (f" within {timeout:g}s" if timeout is not None else ""))

@@ -52,8 +52,13 @@ def _status(status: FlowletStatus) -> Text:
 def flowlet_table(state: PlayState, *, live: bool) -> Table:
     now = datetime.now(UTC)
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-    for col in ("flowlet", "module", "status", "attempts", "time", "detail"):
-        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60 if col == "detail" else None)
+    # names wrap whole, never cut short; the short columns keep their width
+    table.add_column("flowlet", overflow="fold", ratio=3)
+    table.add_column("module", overflow="fold", ratio=2)
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("attempts", no_wrap=True, min_width=8)
+    table.add_column("time", no_wrap=True, min_width=6)
+    table.add_column("detail", overflow="fold", ratio=3, max_width=60)
     rows = list(state.flowlets.items())
     if live and len(rows) > MAX_ROWS:
         # Many flowlets: show what is moving or went wrong, not a wall of green.

@@ -19,7 +19,16 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,11 +43,15 @@ PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$")
 
 
 class FlowCache(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
+
     ttl_seconds: float = Field(default=300, gt=0)
     max_entries: int = Field(default=10_000, gt=0)
 
 
 class ModuleCache(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
+
     ttl_seconds: float = Field(default=3600, gt=0)
     max_entries: int = Field(default=1000, gt=0)
 
@@ -46,12 +59,16 @@ class ModuleCache(BaseModel):
 class Caches(BaseModel):
     """Per-instance caches (the seed's ``cache:`` block)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     flows: FlowCache = FlowCache()
     modules: ModuleCache = ModuleCache()
 
 
 class Execution(BaseModel):
     """The seed's ``execution:`` block."""
+
+    model_config = ConfigDict(extra="forbid")
 
     default_timeout_seconds: int = Field(default=300, gt=0, le=3600)
     max_timeout_seconds: int = Field(default=3600, gt=0, le=3600)
@@ -64,6 +81,8 @@ class Execution(BaseModel):
 
 
 class Topics(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
+
     prefix: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=12, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
@@ -361,9 +380,11 @@ def load_settings(config: Path | None = None, **flags: Any) -> Settings:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: "
+            + ("unknown setting" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, "))
             for e in exc.errors(include_url=False)
         )
-        raise InvalidInput(f"invalid settings: {problems}") from None
+        where = f" (settings file {path}, environment, flags)" if path is not None else ""
+        raise InvalidInput(f"invalid settings{where}: {problems}") from None
     finally:
         _CONFIG_FILE.pop("path", None)
