@@ -29,7 +29,7 @@ from flow8_streams.cli_options import id_option, limits
 from flow8_streams.domain.events import verify_chain
 from flow8_streams.domain.state import PlayState, PlayStatus
 from flow8_streams.engine import EngineError, fold
-from flow8_streams.errors import Flow8Error, InvalidInput, NotFound
+from flow8_streams.errors import CompanyMismatch, Flow8Error, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.live import plain
 from flow8_streams.modules.registry import ModuleRegistry
@@ -279,7 +279,7 @@ async def _run_play(
     try:
         recorded = store.plays.get_sync(play_id)
         if recorded is not None and recorded.company_id != company:
-            raise InvalidInput(f"play {play_id} belongs to company {recorded.company_id!r}, not {company!r}")
+            raise CompanyMismatch.of("flow8 run", play_id, company)
         if recorded is not None and recorded.finished:
             return recorded  # idempotent: a play the db holds is printed, not run again
         if channel_sources is None:

@@ -151,7 +151,8 @@ def test_rerun_with_the_same_play_id_prints_the_play_without_running_it(tmp_path
 
 def test_rerun_under_another_company_is_refused(recorded: Recorded, tmp_path: Path) -> None:
     result = run_example(tmp_path, recorded.db, "--play-id", "play-1", "--company", "intruder")
-    assert_clean_error(result, 2, "play-1", "'acme'")
+    assert_clean_error(result, 2, "play-1", "'intruder'", "does not own that play")
+    assert "acme" not in result.err, "the refusal must not name the play's owner"
 
 
 def test_a_failing_play_exits_1(tmp_path: Path) -> None:
