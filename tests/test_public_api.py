@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import secrets
 import subprocess
 import sys
 import uuid
@@ -16,17 +17,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 import flow8_streams
 from flow8_streams import errors
 from flow8_streams.client import Producer, kafka_settings, results
 from flow8_streams.domain.results import PlayResult
-from flow8_streams.errors import InvalidCommand, InvalidInput, LimitExceeded
+from flow8_streams.errors import InvalidCommand, InvalidInput, LimitExceeded, StoreUnavailable
+from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.runtimes.streams.client import tail_results
 from flow8_streams.settings import load_settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import WorkerGroup
+from tests.security.test_kafka_scram import scram_login
+from tests.services import require_service
 from tests.streams.support import fl, make_flow, running_group
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +133,15 @@ async def test_results_refuse_a_bad_company_or_play_id() -> None:
         await anext(results("127.0.0.1:1", company="ac me"))
     with pytest.raises(InvalidCommand, match="play_id: String should match pattern"):
         await anext(results("127.0.0.1:1", company="acme", play_id="a/b"))
+
+
+async def test_a_broker_that_does_not_answer_is_a_store_unavailable_error() -> None:
+    closed = "127.0.0.1:1"  # nothing listens on port 1
+    with pytest.raises(StoreUnavailable, match=f"cannot reach Kafka at {closed}"):
+        async with Producer(closed):
+            pass
+    with pytest.raises(StoreUnavailable, match=f"cannot reach Kafka at {closed}"):
+        await anext(results(closed, company="acme"))
 
 
 def test_settings_and_kafka_options_are_not_mixed() -> None:
@@ -313,3 +327,46 @@ async def test_cancel_play_cancels_a_running_play(group: WorkerGroup) -> None:
         await stream.aclose()
     assert (result.play_id, result.status) == (play_id, "cancelled")
     assert result.error is not None and "not needed" in result.error
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+async def test_the_client_logs_in_with_the_sasl_options_it_is_given() -> None:
+    bootstrap = require_service("KAFKA_SASL_BOOTSTRAP_SERVERS")
+    login = scram_login()  # not from the environment: the options alone must log in
+    assert (login["KAFKA_SECURITY_PROTOCOL"], login["KAFKA_SASL_MECHANISM"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-256")
+    user, password = login["KAFKA_SASL_USERNAME"], login["KAFKA_SASL_PASSWORD"]
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+
+    def producer(password: str) -> Producer:
+        return Producer(
+            bootstrap,
+            topic_prefix=prefix,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-256",
+            sasl_username=user,
+            sasl_password=password,
+        )
+
+    settings = producer(password).settings
+    await ensure_topics(settings)
+    try:
+        async with asyncio.timeout(60):
+            async with producer(password) as logged_in:
+                play_id = await logged_in.start_play("acme", "greet")
+                await logged_in.flush()  # raises unless the broker took it
+            wrong = f"wrong-{secrets.token_hex(8)}"
+            with pytest.raises(StoreUnavailable) as refused:
+                async with producer(wrong):
+                    pass
+        message = str(refused.value)
+        assert f"as {user!r} (SASL_PLAINTEXT, SCRAM-SHA-256)" in message, message
+        assert wrong not in message and password not in message
+        assert uuid.UUID(play_id).version == 4
+    finally:
+        admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+        await admin.start()
+        try:
+            await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(f"{prefix}.")])
+        finally:
+            await admin.close()
