@@ -73,12 +73,9 @@ def kafka_settings(
         "kafka_ssl_cafile": ssl_cafile,
     }
     if isinstance(servers, Settings):
-        given = [name for name, value in options.items() if value is not None]
-        if given or topic_prefix is not None:
-            raise InvalidInput(
-                f"give either a Settings or Kafka options, not both ({', '.join(given) or 'topic_prefix'} given "
-                "with a Settings)"
-            )
+        given = [name for name, value in {**options, "topic_prefix": topic_prefix}.items() if value is not None]
+        if given:
+            raise InvalidInput(f"give either a Settings or Kafka options, not both ({', '.join(given)} given)")
         return servers
     if topic_prefix is not None:
         options["topics"] = {"prefix": topic_prefix}
