@@ -65,9 +65,9 @@ HEAVY = ("faust", "aiokafka", "pymongo", "mode")
 
 def loaded_after(statement: str) -> list[str]:
     """The heavy libraries a fresh interpreter has loaded after ``statement``."""
-    probe = f"import sys; {statement}; print([m for m in {HEAVY!r} if m in sys.modules])"
+    probe = f"import json, sys; {statement}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
-    return list(json.loads(done.stdout.replace("'", '"')))
+    return list(json.loads(done.stdout))
 
 
 def test_all_is_the_curated_list_and_every_name_imports() -> None:
