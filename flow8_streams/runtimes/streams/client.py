@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -40,6 +41,12 @@ class CommandProducer:
         sent_at = time.time()
         await self._producer.send(self.settings.topics.commands, codec.encode(command), key=command.company_id.encode())
         return sent_at
+
+    async def enqueue(self, command: StartPlay | CancelPlay) -> asyncio.Future[Any]:
+        """Queue one command; the future is done when the broker has it (or failed to take it)."""
+        return await self._producer.send(  # type: ignore[no-any-return]
+            self.settings.topics.commands, codec.encode(command), key=command.company_id.encode()
+        )
 
     async def send_raw(self, key: bytes | None, value: bytes) -> None:
         await self._producer.send(self.settings.topics.commands, value, key=key)
