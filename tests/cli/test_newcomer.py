@@ -101,6 +101,14 @@ def test_a_typo_in_a_nested_settings_block_is_an_error_naming_it(tmp_path: Path)
 # ---------------------------------------------------------------- Ctrl-C, resume, cancel
 
 
+def _foreground() -> None:
+    """SIGINT as a user's terminal delivers it to a foreground process: default, not blocked.
+    A test run may pass it on ignored (started in the background of a shell) or blocked, and a
+    Python started so never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _slow_flow(path: Path, seconds: float) -> Path:
     path.write_text(
         json.dumps(
@@ -139,7 +147,10 @@ def _interrupted_run(
     """A ``flow8 run`` of a slow flow, stopped with SIGINT while its slow flowlet runs."""
     db = tmp_path / "flow8.db"
     flow = _slow_flow(tmp_path / "slow.json", seconds)
-    running = spawn("run", flow, "--db", db, "--play-id", play_id, "--company", "acme", cwd=tmp_path, env=_env())
+    running = spawn(
+        "run", flow, "--db", db, "--play-id", play_id, "--company", "acme", cwd=tmp_path, env=_env(),
+        preexec_fn=_foreground,
+    )  # fmt: skip
     _wait_until_running(db, play_id, running)
     if while_running is not None:
         while_running(db)
@@ -200,6 +211,7 @@ def test_ctrl_c_on_a_terminal_ends_the_live_view_with_the_same_one_line(tmp_path
     proc = subprocess.Popen(
         [FLOW8, "run", flow, "--db", db, "--play-id", "p-tty"],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
+        preexec_fn=_foreground,
     )  # fmt: skip
     os.close(terminal)
     shown = bytearray()
