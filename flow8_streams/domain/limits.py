@@ -37,7 +37,10 @@ class Limits(BaseModel):
     )
     max_depth: int = Field(default=64, ge=2, le=512, description="Nesting of JSON/YAML objects and lists.")
     max_message_bytes: int = Field(
-        default=1 * MiB, ge=1 * KiB, le=64 * MiB, description="One message from Kafka, a channel port or HTTP."
+        default=1 * MiB,
+        ge=1 * KiB,
+        le=64 * MiB,
+        description="One message from Kafka, one line on a channel port or of a produce file.",
     )
     max_yaml_aliases: int = Field(
         default=100, ge=0, le=10_000, description="YAML aliases (*name) in one document; 0 refuses any."
