@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from flow8_streams.domain.results import PlayResult
     from flow8_streams.domain.state import PlayState
     from flow8_streams.errors import (
+        BadMessage,
         CompanyMismatch,
+        EngineError,
         Flow8Error,
         InvalidCommand,
         InvalidFlow,
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
         ModuleFailed,
         NotFound,
         StoreUnavailable,
+        TemplateError,
         UnknownModule,
     )
     from flow8_streams.modules.context import ModuleContext
@@ -37,6 +40,9 @@ __version__ = "0.1.0"
 
 _ERRORS = "flow8_streams.errors"
 _HOME = {
+    "BadMessage": _ERRORS,
+    "EngineError": _ERRORS,
+    "TemplateError": _ERRORS,
     "CancelPlay": "flow8_streams.domain.messages",
     "CompanyMismatch": _ERRORS,
     "Flow8Error": _ERRORS,
@@ -61,8 +67,10 @@ _HOME = {
 }
 
 __all__ = [
+    "BadMessage",
     "CancelPlay",
     "CompanyMismatch",
+    "EngineError",
     "Flow8Error",
     "FlowDefinition",
     "FlowletDefinition",
@@ -81,6 +89,7 @@ __all__ = [
     "RetryPolicy",
     "StartPlay",
     "StoreUnavailable",
+    "TemplateError",
     "UnknownModule",
     "__version__",
 ]

@@ -1,7 +1,9 @@
 """One exception tree for the whole project.
 
 Library errors (sqlite3, pymongo, aiokafka) are mapped to these at the adapter
-boundary; the CLI turns any ``Flow8Error`` into one clear paragraph and an exit code.
+boundary. Which exit code (``flow8_streams.cli.errors``) or HTTP status each class means is
+decided where it is shown, in one table per face; the classes carry only a message and a
+``reason`` tag.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ class Flow8Error(Exception):
     dead-lettered message and the ``reason`` label of its metric.
     """
 
-    exit_code = 1
     reason = "rejected"
 
 
 class InvalidInput(Flow8Error):
     """Something a user gave us is wrong: exit code 2 on the CLI, a 4xx over HTTP."""
-
-    exit_code = 2
 
 
 class InvalidFlow(InvalidInput):
@@ -53,6 +52,29 @@ class LimitExceeded(InvalidInput):
     """An input is over one of the deployment's limits (``flow8_streams.domain.limits``)."""
 
     reason = "limit_exceeded"
+
+
+class BadMessage(InvalidInput, ValueError):
+    """A Kafka message that cannot be decoded; ``reason`` is a short machine-friendly tag (the
+    dead-letter header), ``detail`` says what is wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class TemplateError(InvalidInput, ValueError):
+    """A ``${...}`` reference of a flowlet's input is malformed or does not resolve."""
+
+    reason = "bad_template"
+
+
+class EngineError(Flow8Error, ValueError):
+    """A message or event that cannot apply to a play's state: a history cut, reordered or
+    written by someone else, or a host bug; never a user's input."""
+
+    reason = "inconsistent_history"
 
 
 class UnknownModule(InvalidInput):

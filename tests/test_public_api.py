@@ -58,6 +58,9 @@ CURATED = {
     "UnknownModule",
     "NotFound",
     "StoreUnavailable",
+    "BadMessage",
+    "TemplateError",
+    "EngineError",
     "__version__",
 }
 HEAVY = ("faust", "aiokafka", "pymongo", "mode")

@@ -13,13 +13,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flow8_streams.errors import TemplateError as TemplateError  # re-exported: templating.TemplateError
+
 _REF = re.compile(r"\$\{([^}]*)\}")
 _INDEX = re.compile(r"-?[0-9]+")  # ASCII only: int() rejects "--1" and takes "²" as a digit
 _MISSING = object()
-
-
-class TemplateError(ValueError):
-    """A reference is malformed or does not resolve."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,13 +38,9 @@ from flow8_streams.domain.state import (
     PlayState,
     PlayStatus,
 )
-from flow8_streams.errors import CompanyMismatch
+from flow8_streams.errors import CompanyMismatch, EngineError
 
 OUTPUT_TOO_LARGE = "output_too_large"
-
-
-class EngineError(ValueError):
-    """A message that cannot apply to this state (a host bug, not a user error)."""
 
 
 class _Emitter:

@@ -17,9 +17,13 @@ as FlowletDispatched) before the result. Without a pool such flowlets run in pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flow8_streams.channels.placement import runs_on_channel, without_pending
@@ -38,6 +42,7 @@ from flow8_streams.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from flow8_streams.channels import ChannelPool
+    from flow8_streams.settings import Settings
 
 log = logging.getLogger("flow8.local")
 Listener = Callable[[Sequence[ev.Event]], None]
@@ -81,6 +86,56 @@ class LocalRuntime:
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        db: str | os.PathLike[str],
+        *,
+        modules: Sequence[str] = (),
+        registry: ModuleRegistry | None = None,
+        channels: bool = False,
+        settings: Settings | None = None,
+    ) -> AsyncIterator[LocalRuntime]:
+        """The embedded runtime on the SQLite file ``db`` (made if absent), started; closed with
+        its store (and channel pool) at the end of the ``async with``.
+
+        ``modules``: Python files or packages whose ``MODULES`` add to the built-in modules (or
+        ``registry`` itself). ``channels``: run channel flowlets on a pool of channel worker
+        processes per the settings (``CHANNEL_PORT_RANGE``...). ``settings``: the limits, module
+        threads and KV dedup window (default: ``load_settings()``, the environment and
+        ``$FLOW8_CONFIG``)."""
+        if settings is None:
+            from flow8_streams.settings import load_settings
+
+            settings = load_settings()
+        path = Path(db)
+        registry = registry if registry is not None else ModuleRegistry.default(list(modules))
+        store = SqliteStore(path, kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds)
+        try:
+            pool = None
+            if channels:
+                from flow8_streams.channels import ChannelPool
+                from flow8_streams.channels.tokens import TOKEN_KEY_NAME, new_key, settings_key
+
+                # the db's key unless the settings give one: a resumed play's tokens stay valid
+                token_key = settings_key(settings) or store.secret(TOKEN_KEY_NAME, new_key)
+                pool = ChannelPool.from_settings(
+                    settings, module_sources=list(modules), kv_db=path, token_key=token_key
+                )
+                await pool.start()  # a port in use: InvalidInput naming it
+            try:
+                runtime = cls(
+                    store, registry, channels=pool, limits=settings.limits, module_threads=settings.module_threads
+                )
+                async with runtime:
+                    yield runtime
+            finally:
+                if pool is not None:
+                    await pool.close()
+        finally:
+            store.close()
 
     async def __aenter__(self) -> LocalRuntime:
         if self.threads.closed:  # started again after a close
@@ -342,3 +397,28 @@ class LocalRuntime:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]
         self._inbox.put_nowait(without_pending(result, module_ref, "flow8 run --channels"))
+
+
+@contextlib.contextmanager
+def play_lock(db: str | os.PathLike[str], play_id: str) -> Iterator[None]:
+    """Held while this process drives ``play_id`` of ``db``: one process at a time writes a play's
+    events (another would fork its history).
+
+    A byte-range lock (``lockf``) of ``DB.lock`` at an offset of the play id's hash: the kernel
+    drops it when the process ends, however it ends. Held by another process: ``Flow8Error``."""
+    import fcntl
+
+    path = Path(db)
+    offset = int.from_bytes(hashlib.sha256(play_id.encode()).digest()[:7])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            raise Flow8Error(
+                f"play {play_id} is being run by another flow8 process on {path}; stop that one first (Ctrl-C)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock

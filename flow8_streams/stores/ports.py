@@ -61,3 +61,19 @@ class FlowCatalog(Protocol):
 
     async def get(self, company_id: str, name: str, version: int | None = None) -> FlowDefinition | None:
         """A version of a flow; the latest when ``version`` is None."""
+
+
+class Stores(Protocol):
+    """One deployment's stores: the SQLite file of the embedded runtime, or MongoDB."""
+
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def plays(self) -> PlayProjection: ...
+
+    @property
+    def kv(self) -> KVStore: ...
+
+    @property
+    def flows(self) -> FlowCatalog: ...

@@ -17,6 +17,7 @@ import pytest
 
 from flow8_streams.channels import ChannelPool, ChannelSettingsInvalid, PortInUse
 from flow8_streams.channels.ports import parse_port_range, port_is_free
+from flow8_streams.cli.errors import exit_code
 from flow8_streams.errors import InvalidInput
 from flow8_streams.settings import load_settings
 
@@ -180,7 +181,7 @@ async def test_pool_start_fails_on_a_port_in_use_naming_it(listening: socket.soc
             await pool.start()
     finally:
         await pool.close()
-    assert isinstance(caught.value, InvalidInput) and caught.value.exit_code == 2
+    assert isinstance(caught.value, InvalidInput) and exit_code(caught.value) == 2
     assert f"channel port {ports[2]} on 127.0.0.1 already in use" in str(caught.value)
     assert "CHANNEL_PORT_RANGE probably overlaps" in str(caught.value)
     assert all(port_is_free(p) for p in ports if p != ports[2])

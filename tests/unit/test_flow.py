@@ -50,7 +50,9 @@ def test_reference_to_transitive_ancestor_is_allowed() -> None:
 
 def test_invalid_flow_is_an_input_error() -> None:
     assert issubclass(InvalidFlow, InvalidInput)
-    assert InvalidFlow.exit_code == 2
+    from flow8_streams.cli.errors import exit_code
+
+    assert exit_code(InvalidFlow("f", ["bad"])) == 2
 
 
 # ------------------------------------------------------------------ graph errors, each naming the flowlet

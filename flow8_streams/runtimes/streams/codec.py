@@ -13,21 +13,13 @@ from flow8_streams.domain.limits import DEFAULT_LIMITS, Limits
 from flow8_streams.domain.messages import Command, Internal, StartPlay, Task
 from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayState
+from flow8_streams.errors import BadMessage as BadMessage  # re-exported: codec.BadMessage
 from flow8_streams.errors import InvalidInput
 
 command_adapter: TypeAdapter[Any] = TypeAdapter(Command)
 internal_adapter: TypeAdapter[Any] = TypeAdapter(Internal)
 task_adapter: TypeAdapter[Any] = TypeAdapter(Task)
 JSON_OPTIONS = orjson.OPT_UTC_Z
-
-
-class BadMessage(ValueError):
-    """A message that cannot be decoded; ``reason`` is a short machine-friendly tag."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 def _decode(adapter: TypeAdapter[Any], raw: bytes | None, what: str, limits: Limits) -> Any:

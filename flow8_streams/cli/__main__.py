@@ -1,0 +1,3 @@
+from flow8_streams.cli.main import main
+
+main()
