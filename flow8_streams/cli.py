@@ -135,7 +135,10 @@ async def _reader(db: Path | None) -> AsyncIterator[Any]:
     never from the command line, where the process list shows it.
     """
     if db is None and os.environ.get("MONGODB_URI"):
+        from flow8_streams.extras import require_streams
         from flow8_streams.settings import load_settings
+
+        require_streams("reading the streams runtime's MongoDB ($MONGODB_URI is set, --db is not)")
         from flow8_streams.stores.mongo import MongoStore
 
         settings = load_settings()
