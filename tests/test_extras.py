@@ -8,6 +8,7 @@ way to make a module unimportable)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pkgutil
@@ -15,14 +16,22 @@ import secrets
 import subprocess
 import sys
 import tomllib
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import flow8_streams
+from flow8_streams.client import kafka_settings
 from flow8_streams.extras import STREAMS_INSTALL, STREAMS_STACK
+from flow8_streams.runtimes.streams.admin import ensure_topics
+from flow8_streams.runtimes.streams.codec import decode_command
+from tests.services import require_service
 from tests.wheel import build_wheel, fresh_venv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,16 +171,33 @@ def test_a_channel_worker_asked_for_a_mongodb_kv_reports_the_missing_extra(tmp_p
 # -- the wheel, installed without extras --
 
 
+@dataclass(frozen=True)
+class BaseInstall:
+    python: Path
+    work: Path  # outside the repository: only the installed wheel can be found
+
+    @property
+    def flow8(self) -> Path:
+        return self.python.parent / "flow8"
+
+    def run(self, *args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*map(str, args)], cwd=self.work, env=_env(**env), capture_output=True, text=True, timeout=120
+        )
+
+
+@pytest.fixture(scope="module")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> BaseInstall:
+    """``pip install flow8-streams`` of the built wheel, no extra, in a fresh venv."""
+    tmp = tmp_path_factory.mktemp("base-install")
+    python = fresh_venv(tmp / "venv", build_wheel(tmp / "dist"))
+    (tmp / "user").mkdir()
+    return BaseInstall(python, tmp / "user")
+
+
 @pytest.mark.slow
-def test_the_wheel_without_extras_runs_the_embedded_default_and_refuses_the_worker(tmp_path: Path) -> None:
-    python = fresh_venv(tmp_path / "venv", build_wheel(tmp_path / "dist"))
-    flow8 = python.parent / "flow8"
-    work = tmp_path / "user"
-    work.mkdir()  # outside the repository: only the installed wheel can be found
-
-    def run(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*map(str, args)], cwd=work, env=_env(**env), capture_output=True, text=True, timeout=120)
-
+def test_the_wheel_without_extras_runs_the_embedded_default_and_refuses_the_worker(base_install: BaseInstall) -> None:
+    python, flow8, run = base_install.python, base_install.flow8, base_install.run
     probe = "import importlib.util, json, flow8_streams.client; print(json.dumps(%r))"
     modules = sorted(STREAMS_STACK.values())
     found = run(python, "-c", probe.replace("%r", f"[m for m in {modules!r} if importlib.util.find_spec(m)]"))
@@ -179,7 +205,7 @@ def test_the_wheel_without_extras_runs_the_embedded_default_and_refuses_the_work
     assert json.loads(found.stdout) == []  # faust, pymongo, ...: none installed
 
     played = run(
-        flow8, "run", FLOW, "--modules", MODULES, "--db", work / "flow8.db", "--json",
+        flow8, "run", FLOW, "--modules", MODULES, "--db", base_install.work / "flow8.db", "--json",
         "--input", json.dumps({"documents": [str(REPO / "README.md"), str(REPO / "examples")]}),
     )  # fmt: skip
     assert played.returncode == 0, played.stdout + played.stderr
@@ -187,3 +213,47 @@ def test_the_wheel_without_extras_runs_the_embedded_default_and_refuses_the_work
 
     assert_refused(run(flow8, "worker"), "flow8 worker")
     assert_refused(run(flow8, "plays", "list", MONGODB_URI=MONGODB_URI), READING_MONGODB)
+
+
+UPSTREAM = """
+import asyncio, sys
+from flow8_streams.client import Producer
+
+async def main() -> None:
+    async with Producer(sys.argv[1], topic_prefix=sys.argv[2]) as producer:
+        print(await producer.start_play("acme", "process-documents", {"documents": ["a", "b"]}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+async def test_the_client_of_an_install_without_extras_sends_a_play_to_kafka(base_install: BaseInstall) -> None:
+    servers = require_service("KAFKA_BOOTSTRAP_SERVERS")
+    settings = kafka_settings(servers, topic_prefix=f"t{uuid.uuid4().hex[:10]}")
+    await ensure_topics(settings)
+    consumer = AIOKafkaConsumer(
+        settings.topics.commands, **settings.kafka_client_options(), auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        sent = await asyncio.to_thread(
+            base_install.run, base_install.python, "-c", UPSTREAM, servers, settings.topics.prefix
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        play_id = sent.stdout.strip()
+        async with asyncio.timeout(60):
+            record = await consumer.getone()
+        command = decode_command(record.value)
+        assert (command.play_id, command.company_id, command.flow) == (play_id, "acme", "process-documents")
+    finally:
+        await consumer.stop()
+        admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+        await admin.start()
+        try:
+            await admin.delete_topics(
+                [t for t in await admin.list_topics() if t.startswith(f"{settings.topics.prefix}.")]
+            )
+        finally:
+            await admin.close()
