@@ -32,7 +32,8 @@ from flow8_streams.extras import STREAMS_INSTALL, STREAMS_STACK
 from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.runtimes.streams.codec import decode_command
 from tests.services import require_service
-from tests.wheel import build_wheel, fresh_venv
+from tests.test_install import RUNTIME_LOCK
+from tests.wheel import build_wheel, fresh_venv, pip_install
 
 REPO = Path(__file__).resolve().parent.parent
 FLOW = REPO / "examples" / "process-documents.json"
@@ -257,3 +258,20 @@ async def test_the_client_of_an_install_without_extras_sends_a_play_to_kafka(bas
             )
         finally:
             await admin.close()
+
+
+@pytest.mark.slow
+def test_the_images_install_from_the_runtime_lock_has_the_workers_stack(tmp_path: Path) -> None:
+    # compose/Dockerfile's two pip installs, in a fresh venv
+    python = fresh_venv(tmp_path / "venv")
+    pip_install(python, "--require-hashes", "-r", RUNTIME_LOCK)
+    pip_install(python, "--no-deps", build_wheel(tmp_path / "dist"))
+    done = subprocess.run(
+        [python, "-c", "from flow8_streams.extras import missing_streams; print(missing_streams())"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+    worker = subprocess.run([python.parent / "flow8", "worker", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert worker.returncode == 0, worker.stderr

@@ -29,10 +29,13 @@ def fresh_venv(env_dir: Path, *requirements: str | Path) -> Path:
     constraints = env_dir / "constraints.txt"
     constraints.write_text("".join(f"{name}=={pin.version}\n" for name, pin in read_lock(FULL_LOCK).items()))
     python = env_dir / "bin" / "python"
+    if requirements:
+        pip_install(python, "-c", constraints, *requirements)
+    return python
+
+
+def pip_install(python: Path, *args: str | Path) -> None:
     done = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", constraints, *requirements],
-        capture_output=True,
-        text=True,
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return python
