@@ -117,6 +117,9 @@ async def bench_streams(
 ) -> BenchResult:
     """Start ``workers`` real ``flow8 worker`` processes on topics and a database of
     their own, then time plays from the StartPlay's produce to its consumed result."""
+    from flow8_streams.extras import require_streams
+
+    require_streams("flow8 bench --runtime streams")
     from flow8_streams.runtimes.streams.client import CommandProducer, tail_results
     from flow8_streams.runtimes.streams.launcher import WorkerGroup
     from flow8_streams.stores.mongo import MongoStore

@@ -1,7 +1,8 @@
 """pyproject.toml and the lock files agree, so what a fresh machine installs is what CI tested.
 
 requirements/lock.txt (runtime + every extra) is what scripts/test installs; requirements/runtime.txt
-(runtime only) is what compose/Dockerfile installs; scripts/lock makes both. No services needed.
+(runtime + the streams extra: the worker) is what compose/Dockerfile installs; scripts/lock makes both.
+No services needed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def declared() -> dict[str, list[Requirement]]:
 
 
 def runtime() -> list[Requirement]:
-    return declared()["dependencies"]
+    """What the worker image runs: the base dependencies and the streams extra."""
+    return declared()["dependencies"] + declared()["extra 'streams'"]
 
 
 def everything() -> list[Requirement]:

@@ -11,7 +11,6 @@ import secrets
 import subprocess
 import sys
 import uuid
-import venv
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.conformance.streams_harness import WorkerGroup
 from tests.security.test_kafka_scram import scram_login
 from tests.services import require_service
 from tests.streams.support import fl, make_flow, running_group
+from tests.wheel import build_wheel, fresh_venv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -207,16 +207,9 @@ async def upstream(producer: Producer) -> int:
 
 @pytest.mark.slow
 def test_the_built_wheel_passes_mypy_strict_in_a_fresh_venv(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", dist, REPO], check=True, capture_output=True)
-    (wheel,) = dist.glob("flow8_streams-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     assert "flow8_streams/py.typed" in zipfile.ZipFile(wheel).namelist()
-
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", wheel, "mypy"], check=True, capture_output=True)
+    python = fresh_venv(tmp_path / "venv", wheel, "mypy")
     work = tmp_path / "user"
     work.mkdir()  # outside the repository: only the installed wheel can be found
     (work / "typed_use.py").write_text(TYPED_USE)

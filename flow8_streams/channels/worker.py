@@ -518,6 +518,9 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
         elif args.kv_mongodb_database:
             if not args.kv_mongodb_uri:
                 raise Flow8Error("--kv-mongodb-database needs --kv-mongodb-uri or $MONGODB_URI")
+            from flow8_streams.extras import require_streams
+
+            require_streams("--kv-mongodb-database")
             from flow8_streams.stores.mongo import MongoStore
 
             mongo = MongoStore(

@@ -125,6 +125,9 @@ async def reader(db: Path | None) -> AsyncIterator[Stores]:
 
     settings = load_settings()
     if uses_mongodb(db):
+        from flow8_streams.extras import require_streams
+
+        require_streams("reading the streams runtime's MongoDB ($MONGODB_URI is set, --db is not)")
         from flow8_streams.stores.mongo import MongoStore
 
         mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)

@@ -20,6 +20,7 @@ from flow8_streams.cli.common import CompanyOpt, err, out, run_async
 from flow8_streams.cli.options import check_id, id_option, name_option, servers_option
 from flow8_streams.domain.messages import StartPlay
 from flow8_streams.errors import InvalidInput, NotFound
+from flow8_streams.extras import require_streams
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.settings import Settings, load_settings
 
@@ -79,6 +80,8 @@ def worker(
 ) -> None:
     """Run a streams worker: orchestrator, executor and projector agents (faust, uvloop), and its channels."""
     from flow8_streams.modules.registry import ModuleRegistry
+
+    require_streams("flow8 worker")
     from flow8_streams.runtimes.streams.worker import run_worker
 
     settings = _settings(config, kafka, topic_prefix, server_port=server_port, worker_id=worker_id, group_id=group_id)
@@ -101,6 +104,8 @@ def flows_put(
 ) -> None:
     """Store a flow version in the catalog (validated first)."""
     from flow8_streams.modules.registry import ModuleRegistry
+
+    require_streams("flow8 flows put")
     from flow8_streams.stores.mongo import MongoStore
 
     sources = [s for item in modules or [] for s in item.split(",") if s]
@@ -127,6 +132,7 @@ def flows_get(
     config: ConfigOpt = None,
 ) -> None:
     """Print a flow definition from the catalog as JSON."""
+    require_streams("flow8 flows get")
     from flow8_streams.stores.mongo import MongoStore
 
     settings = _settings(config, None)
@@ -195,6 +201,8 @@ def cancel_on_kafka(play_id: str, company: str, config: Path | None) -> None:
     the MongoDB projection holds as running for ``company`` (NotFound, exit 1, otherwise)."""
     from flow8_streams.domain.messages import CancelPlay
     from flow8_streams.runtimes.streams.client import CommandProducer
+
+    require_streams("flow8 plays cancel with $MONGODB_URI")
     from flow8_streams.stores.mongo import MongoStore
 
     settings = _settings(config, None)

@@ -1,0 +1,44 @@
+"""The optional parts of an install: what ``pip install 'flow8-streams[streams]'`` adds.
+
+The base install runs the embedded runtime, the CLI and the Kafka client; the streams runtime's
+worker and the MongoDB store need the ``streams`` extra. Code that imports that stack calls
+``require_streams`` first, so a base install refuses with the command to run, not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from flow8_streams.errors import InvalidInput
+
+STREAMS_INSTALL = "pip install 'flow8-streams[streams]'"
+# The top-level module each distribution of the ``streams`` extra provides, by distribution
+# name; tests/test_extras.py checks it against pyproject's extra.
+STREAMS_STACK = {
+    "faust-streaming": "faust",
+    "pymongo": "pymongo",
+    "prometheus-client": "prometheus_client",
+    "cachetools": "cachetools",
+    "tenacity": "tenacity",
+}
+
+
+class MissingExtra(InvalidInput):
+    """A command needs packages of an extra this install lacks (exit code 2)."""
+
+    reason = "missing_extra"
+
+
+def missing_streams() -> list[str]:
+    """The distributions of the ``streams`` extra whose module cannot be found, none imported."""
+    return [dist for dist, module in STREAMS_STACK.items() if importlib.util.find_spec(module) is None]
+
+
+def require_streams(what: str) -> None:
+    """Refuse ``what`` (a command or feature, as a user names it) unless the streams stack is installed."""
+    missing = missing_streams()
+    if missing:
+        raise MissingExtra(
+            f"{what} needs the streams runtime's packages, which this install lacks ({', '.join(missing)}); "
+            f"install them with: {STREAMS_INSTALL}"
+        )
