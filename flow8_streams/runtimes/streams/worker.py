@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 
+from flow8_streams import logs
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams.admin import ensure_topics
@@ -85,6 +86,7 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
 
     if channel_sources is not None:
         check_channel_ports(settings)
+    os.environ[logs.ENV] = settings.log_format  # the channel workers it starts log the same way
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     token_key = asyncio.run(prepare(settings))
     flow8 = build(settings, registry, channel_sources, token_key)
@@ -95,9 +97,15 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     class Worker(faust.Worker):
         def _setup_logging(self) -> None:
             super()._setup_logging()
-            # mode leaves the root logger at DEBUG and filters in the handler: every
-            # debug call of aiokafka and faust would still build a record (7% of CPU).
-            logging.getLogger().setLevel(level)
+            # flow8's handler in place of mode's, and the root logger at the level: mode leaves
+            # it at DEBUG and filters in the handler, so every debug call of aiokafka and faust
+            # would still build a record (7% of CPU).
+            logs.configure(
+                settings.log_format,
+                level,
+                uris=[settings.mongodb_uri, settings.kafka_bootstrap_servers],
+                replace=True,
+            )
 
     worker = Worker(
         flow8.app,  # type: ignore[attr-defined]
