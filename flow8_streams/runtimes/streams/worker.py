@@ -106,6 +106,7 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
                 uris=[settings.mongodb_uri, settings.kafka_bootstrap_servers],
                 replace=True,
             )
+            self.spinner = None  # its handler is gone, and its cursor codes are no log line
 
     worker = Worker(
         flow8.app,  # type: ignore[attr-defined]
