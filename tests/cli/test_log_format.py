@@ -232,9 +232,15 @@ async def _until_logged(workdir: Path, fragment: str, timeout: float = 30) -> st
 @pytest.mark.kafka
 @pytest.mark.mongo
 @pytest.mark.slow
-def test_a_worker_in_json_mode_logs_json_lines_with_the_play_context(files: Path) -> None:
+@pytest.mark.parametrize("chosen_by", ["environment", "settings file"])
+def test_a_worker_in_json_mode_logs_json_lines_with_the_play_context(files: Path, chosen_by: str) -> None:
     workdir = files / "workers"
-    env = {"FLOW8_LOG_FORMAT": "json", "FLOW8_MODULES": str(files / "mods.py")}
+    env = {"FLOW8_MODULES": str(files / "mods.py"), "FLOW8_LOG_LEVEL": "info"}  # faust's start-up lines too
+    if chosen_by == "environment":
+        env["FLOW8_LOG_FORMAT"] = "json"
+    else:
+        (files / "settings.yaml").write_text("log_format: json\n")
+        env["FLOW8_CONFIG"] = str(files / "settings.yaml")
     flow = FlowDefinition.model_validate(FLOW).check({"talk", "fails_loudly"})
     play_id = f"p-{uuid.uuid4().hex[:12]}"
 
@@ -256,6 +262,7 @@ def test_a_worker_in_json_mode_logs_json_lines_with_the_play_context(files: Path
     records = json_lines(text)  # every line the worker wrote, faust's and aiokafka's too
     for record in records:
         assert_record_shape(record)
+    assert {"faust", "aiokafka"} & {r["logger"].split(".")[0] for r in records}, records
     hello = one(records, "talk says hello from first")
     assert (hello["company_id"], hello["play_id"], hello["flowlet"]) == ("acme", play_id, "first")
     caught = one(records, "caught it")

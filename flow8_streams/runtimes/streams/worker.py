@@ -87,12 +87,14 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     if channel_sources is not None:
         check_channel_ports(settings)
     os.environ[logs.ENV] = settings.log_format  # the channel workers it starts log the same way
+    level = settings.log_level.upper()
+    uris = [settings.mongodb_uri, settings.kafka_bootstrap_servers]
+    logs.configure(settings.log_format, level, uris=uris)  # from the first line on, faust's setup aside
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     token_key = asyncio.run(prepare(settings))
     flow8 = build(settings, registry, channel_sources, token_key)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    level = settings.log_level.upper()
 
     class Worker(faust.Worker):
         def _setup_logging(self) -> None:
@@ -100,12 +102,7 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
             # flow8's handler in place of mode's, and the root logger at the level: mode leaves
             # it at DEBUG and filters in the handler, so every debug call of aiokafka and faust
             # would still build a record (7% of CPU).
-            logs.configure(
-                settings.log_format,
-                level,
-                uris=[settings.mongodb_uri, settings.kafka_bootstrap_servers],
-                replace=True,
-            )
+            logs.configure(settings.log_format, level, uris=uris, replace=True)
             self.spinner = None  # its handler is gone, and its cursor codes are no log line
 
     worker = Worker(
