@@ -13,12 +13,12 @@ processes flow8 starts: channel workers, bench workers).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from types import MappingProxyType
 
 from pythonjsonlogger.json import JsonFormatter
@@ -35,7 +35,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(flow8_context)s: %(message)s"
 HANDLER_NAME = "flow8"
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
-_context: ContextVar[Mapping[str, str]] = ContextVar("flow8_log_context", default=_EMPTY)
+_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("flow8_log_context", default=_EMPTY)
 
 
 @contextmanager
@@ -56,6 +56,17 @@ def bind(*, company_id: str | None = None, play_id: str | None = None, flowlet: 
     partway, e.g. after decoding a message); the scope's end drops it."""
     given = {"company_id": company_id, "play_id": play_id, "flowlet": flowlet}
     _context.set(MappingProxyType({**_context.get(), **{k: v for k, v in given.items() if v is not None}}))
+
+
+def context_for(
+    *, company_id: str | None = None, play_id: str | None = None, flowlet: str | None = None
+) -> contextvars.Context:
+    """A copy of the current context whose play context is exactly the given fields: a task or
+    callback run in it logs for that play only, whichever play's code started it."""
+    given = {"company_id": company_id, "play_id": play_id, "flowlet": flowlet}
+    context = contextvars.copy_context()
+    context.run(_context.set, MappingProxyType({k: v for k, v in given.items() if v is not None}))
+    return context
 
 
 def current_context() -> Mapping[str, str]:
@@ -183,6 +194,7 @@ __all__ = [
     "check_format",
     "configure",
     "configure_cli",
+    "context_for",
     "current_context",
     "format_from_env",
     "level_from_env",

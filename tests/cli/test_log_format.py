@@ -45,7 +45,11 @@ def far_away(ctx):
     return {}
 far_away.flow8_channel = True
 
-MODULES = {"talk": talk, "fails_loudly": fails_loudly, "far_away": far_away}
+def dies(ctx):
+    os._exit(3)  # its channel worker is gone: the pool says so, about this flowlet
+dies.flow8_channel = True
+
+MODULES = {"talk": talk, "fails_loudly": fails_loudly, "far_away": far_away, "dies": dies}
 """
 
 FLOW = {
@@ -71,6 +75,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "flow.json").write_text(json.dumps(FLOW))
     channel_flow = {**FLOW, "name": "far", "flowlets": [{"name": "away", "module_ref": "far_away", "depends_on": []}]}
     (tmp_path / "far.json").write_text(json.dumps(channel_flow))
+    two = [{"name": "away", "module_ref": "far_away", "depends_on": []}, {"name": "gone", "module_ref": "dies"}]
+    (tmp_path / "two.json").write_text(json.dumps({**FLOW, "name": "two", "flowlets": two}))
     return tmp_path
 
 
@@ -211,6 +217,39 @@ def test_channel_workers_log_in_the_format_of_the_run(files: Path) -> None:
     assert result.code == 0, result
     far = one(json_lines(result.err), "far_away runs on a channel")  # written by the channel's process
     assert (far["company_id"], far["play_id"], far["flowlet"]) == ("acme", play_id, "away")
+
+
+def test_the_pool_logs_about_a_task_in_that_tasks_context_not_in_the_one_that_freed_its_channel(
+    files: Path,
+) -> None:
+    """One channel: 'gone' waits for 'away' and is started when 'away' ends, from the code that
+    finished 'away'; the pool's line about losing 'gone' names 'gone', in the text and the fields."""
+    ports = free_port_block(2)
+    env = _env(CHANNEL_PORT_RANGE=f"{ports[0]}-{ports[-1]}", CHANNEL_POOL_SIZE="1", CHANNEL_POOL_WARM="1")
+    play_id = f"p-{uuid.uuid4().hex[:12]}"
+    result = run(
+        "--log-format",
+        "json",
+        "run",
+        "two.json",
+        "--channels",
+        "--modules",
+        "mods.py",
+        "--company",
+        "acme",
+        "--play-id",
+        play_id,
+        "--json",
+        cwd=files,
+        env=_env(FLOW8_LOG_LEVEL="info", **{k: env[k] for k in env if k.startswith("CHANNEL_")}),
+    )
+    assert result.code == 1, result  # 'gone' failed: channel_lost
+    records = json_lines(result.err)
+    lost = one(records, "lost while running")
+    assert f"{play_id}/gone" in lost["message"]
+    assert (lost["company_id"], lost["play_id"], lost["flowlet"]) == ("acme", play_id, "gone")
+    pool_lines = [r for r in records if r["message"].startswith("channels: ")]  # the pool's own: no play
+    assert pool_lines and all("play_id" not in r for r in pool_lines), records
 
 
 # ---------------------------------------------------------------- a streams worker
