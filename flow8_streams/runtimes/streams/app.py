@@ -704,7 +704,7 @@ class Flow8App:
                     self.channel_watch.beat(incoming)
                 return None
         play_id = incoming.play_id
-        bind(company_id=incoming.company_id, play_id=play_id)
+        bind(company_id=incoming.company_id, play_id=play_id, flowlet=getattr(incoming, "flowlet", None))
         raw = self.plays.get(play_id)
         state: PlayState | None = None
         if raw is not None:
