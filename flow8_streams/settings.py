@@ -248,6 +248,9 @@ class Settings(BaseSettings):
         "replaced, up to as many again.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines: text, or one JSON object per line (flow8 --log-format)."
+    )
 
     @field_validator("channel_port_range")
     @classmethod

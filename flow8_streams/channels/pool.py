@@ -19,6 +19,7 @@ restarted on the same port, where it serves again.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import shutil
@@ -55,6 +56,7 @@ from flow8_streams.channels.slot import ChannelSlot, DispatchHook, Job, MongoKV,
 from flow8_streams.channels.tokens import new_key
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
+from flow8_streams.logs import context_for
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -356,8 +358,9 @@ class ChannelPool:
         t = job.task
         return t.play_id == play_id and t.flowlet == flowlet and (attempt is None or t.attempt == attempt)
 
-    def _spawn_background(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
+    def _spawn_background(self, coro: Any, name: str, context: contextvars.Context | None = None) -> asyncio.Task[Any]:
+        # its own play context (none by default), never that of the code that happened to start it
+        task = asyncio.create_task(coro, name=name, context=context if context is not None else context_for())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -389,10 +392,12 @@ class ChannelPool:
             if job.future.done():
                 continue
             slot.take(job)
+            t = job.task
+            context = context_for(company_id=t.company_id, play_id=t.play_id, flowlet=t.flowlet)
             job.runner = self._spawn_background(
-                self._run(slot, job), f"channel-{slot.port}:{job.task.play_id}/{job.task.flowlet}"
+                self._run(slot, job), f"channel-{slot.port}:{t.play_id}/{t.flowlet}", context
             )
-            job.runner.add_done_callback(partial(self._runner_done, slot, job))
+            job.runner.add_done_callback(partial(self._runner_done, slot, job), context=context)
         self._grow()
         self._gauges()
 

@@ -76,6 +76,8 @@ from flow8_streams.channels.protocol import (
 from flow8_streams.channels.tokens import completion_token, fingerprint, run_mac_ok, same_token
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
+from flow8_streams.logs import configure as configure_logs
+from flow8_streams.logs import format_from_env, log_context
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
@@ -281,7 +283,9 @@ class ChannelWorker:
                 assert self.task is not None
                 busy_with = f"{self.task.play_id}/{self.task.flowlet}"
                 return ErrorReply(error=f"channel {self.port} is busy with {busy_with}; one task at a time")
-            self._runner = asyncio.create_task(self._run(body.task, writer), name=f"channel-{self.port}")
+            task = body.task
+            with log_context(company_id=task.company_id, play_id=task.play_id, flowlet=task.flowlet):
+                self._runner = asyncio.create_task(self._run(task, writer), name=f"channel-{self.port}")
             return self._runner
         if isinstance(msg, Complete):
             return self._complete(msg)
@@ -599,9 +603,11 @@ async def _serve(args: argparse.Namespace, report: Report) -> int:
 def main(argv: list[str] | None = None) -> None:
     report = _take_stdout()
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logs(format_from_env(), args.log_level)  # the format of the flow8 that started it
+    except Flow8Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(asyncio.run(_serve(args, report)))
 
 

@@ -31,8 +31,14 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", metavar="text|json", help="Log lines on stderr (or $FLOW8_LOG_FORMAT; text)."),
+    ] = None,
 ) -> None:
-    pass
+    from flow8_streams.logs import configure_cli
+
+    configure_cli(log_format)  # a bad value: InvalidInput naming it (exit 2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ import orjson
 
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error, ModuleFailed, StoreUnavailable
+from flow8_streams.logs import log_context
 from flow8_streams.modules.context import KV, ModuleContext, SyncKV
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
@@ -66,6 +67,36 @@ async def execute(
     module_ref: str,
     task_input: Any,
     completion_token: str | None = None,
+) -> FlowletResult:
+    with log_context(company_id=company_id, play_id=play_id, flowlet=flowlet):
+        return await _execute(
+            registry,
+            kv,
+            clock,
+            threads=threads,
+            play_id=play_id,
+            company_id=company_id,
+            flowlet=flowlet,
+            attempt=attempt,
+            module_ref=module_ref,
+            task_input=task_input,
+            completion_token=completion_token,
+        )
+
+
+async def _execute(
+    registry: ModuleRegistry,
+    kv: KVStore,
+    clock: Callable[[], datetime],
+    *,
+    threads: ModuleThreads,
+    play_id: str,
+    company_id: str,
+    flowlet: str,
+    attempt: int,
+    module_ref: str,
+    task_input: Any,
+    completion_token: str | None,
 ) -> FlowletResult:
     started = clock()
     ok, output, error, retryable = True, None, None, True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import queue
 import threading
@@ -61,7 +62,9 @@ class ModuleThreads:
         """``fn(arg)`` on a thread. Cancelled, the call returns at once; a module already
         running goes on and is stuck until it returns (``what`` names it in the log)."""
         job: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._submit((job, fn, arg), what)
+        # the module runs in the caller's context: its log records carry the play it works for
+        context = contextvars.copy_context()
+        self._submit((job, lambda module_ctx: context.run(fn, module_ctx), arg), what)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:

@@ -35,6 +35,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.engine.core import json_size
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, NotFound
+from flow8_streams.logs import log_context
 from flow8_streams.modules.executor import execute
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import DEFAULT_SIZE, ModuleThreads
@@ -280,7 +281,8 @@ class LocalRuntime:
                 events, after = step(state, msg, now, self.limits)
             except Flow8Error as exc:  # a message for another company's play: refused, the others go on
                 self._count_refusal(exc.reason)
-                log.warning("refused %s for play %s: %s", msg.type, play_id, exc)
+                with log_context(company_id=msg.company_id, play_id=play_id):
+                    log.warning("refused %s for play %s: %s", msg.type, play_id, exc)
                 continue
             if not events:
                 if isinstance(msg, Tick) and state is not None and not state.finished:
@@ -348,7 +350,8 @@ class LocalRuntime:
             coro = self._execute_on_channel(key, self.channels, task)
         else:
             coro = self._execute(key, task.company_id, task.attempt, task.module_ref, task.input)
-        self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{task.play_id}/{task.flowlet}")
+        with log_context(company_id=task.company_id, play_id=task.play_id, flowlet=task.flowlet):
+            self._tasks[key] = asyncio.create_task(coro, name=f"flow8:{task.play_id}/{task.flowlet}")
 
     def _on_channel(self, module_ref: str, defer_after_ms: int | None) -> bool:
         return runs_on_channel(self.registry, module_ref, defer_after_ms)

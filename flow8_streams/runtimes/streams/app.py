@@ -64,6 +64,7 @@ from flow8_streams.domain.messages import (
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, StoreUnavailable
+from flow8_streams.logs import bind, log_context
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
@@ -665,22 +666,26 @@ class Flow8App:
     async def _orchestrator(self, stream: faust.StreamT[bytes]) -> None:
         self._waiting = getattr(stream.channel, "queue", None)
         async for event in stream.events():
-            try:
-                decision = await self._decision(event)
-            except codec.BadMessage as exc:
-                await self._dead_letter(event, exc.reason, exc.detail)
-                continue
-            except Flow8Error as exc:  # refused: another company's play, a limit, an unknown flow
-                await self._dead_letter(event, exc.reason, str(exc))
-                continue
-            except Exception as exc:  # whatever the engine could not take: the partition goes on
-                log.exception(
-                    "deciding on %s[%d]@%d failed", event.message.topic, event.message.partition, event.message.offset
-                )
-                await self._dead_letter(event, "decide_failed", f"{type(exc).__name__}: {str(exc)[:1000]}")
-                continue
-            if decision is not None:
-                await self._commit(decision)
+            with log_context():  # one message's scope: _decision binds its play once decoded
+                try:
+                    decision = await self._decision(event)
+                except codec.BadMessage as exc:
+                    await self._dead_letter(event, exc.reason, exc.detail)
+                    continue
+                except Flow8Error as exc:  # refused: another company's play, a limit, an unknown flow
+                    await self._dead_letter(event, exc.reason, str(exc))
+                    continue
+                except Exception as exc:  # whatever the engine could not take: the partition goes on
+                    log.exception(
+                        "deciding on %s[%d]@%d failed",
+                        event.message.topic,
+                        event.message.partition,
+                        event.message.offset,
+                    )
+                    await self._dead_letter(event, "decide_failed", f"{type(exc).__name__}: {str(exc)[:1000]}")
+                    continue
+                if decision is not None:
+                    await self._commit(decision)
 
     async def _decision(self, event: EventT[bytes]) -> Decision | None:
         """What ``event`` decides, checked to fit before anything is written; None when
@@ -699,6 +704,7 @@ class Flow8App:
                     self.channel_watch.beat(incoming)
                 return None
         play_id = incoming.play_id
+        bind(company_id=incoming.company_id, play_id=play_id, flowlet=getattr(incoming, "flowlet", None))
         raw = self.plays.get(play_id)
         state: PlayState | None = None
         if raw is not None:
@@ -1025,7 +1031,8 @@ class Flow8App:
             self.metrics.projection_batch.observe(len(batch))
             by_partition: defaultdict[int, set[str]] = defaultdict(set)
             for gap in result.gaps:
-                log.warning("projection of %s is behind the log: %s; reading its events again", gap.play_id, gap)
+                with log_context(play_id=gap.play_id):
+                    log.warning("projection of %s is behind the log: %s; reading its events again", gap.play_id, gap)
                 by_partition[partition_of[gap.play_id]].add(gap.play_id)
             for partition, play_ids in by_partition.items():
                 task = asyncio.create_task(self._repair(partition, play_ids), name=f"flow8-repair-{partition}")

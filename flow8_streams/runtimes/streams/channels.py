@@ -45,6 +45,7 @@ from flow8_streams.domain.messages import ChannelHeartbeat, FlowletDispatch, Flo
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight
 from flow8_streams.errors import CompanyMismatch, Flow8Error
+from flow8_streams.logs import log_context
 from flow8_streams.runtimes.streams import codec
 
 if TYPE_CHECKING:
@@ -176,9 +177,12 @@ class ChannelExecutor:
         key = (task.play_id, task.flowlet, task.attempt)
         if key in self.held:
             return  # a redelivered task message: the attempt is already ours
-        runner = asyncio.create_task(self._run(task, partition), name=f"flow8-channel:{task.play_id}/{task.flowlet}")
-        self.held[key] = Held(task, partition, runner)
-        runner.add_done_callback(lambda done: self._release(key, done))
+        with log_context(company_id=task.company_id, play_id=task.play_id, flowlet=task.flowlet):
+            runner = asyncio.create_task(
+                self._run(task, partition), name=f"flow8-channel:{task.play_id}/{task.flowlet}"
+            )
+            self.held[key] = Held(task, partition, runner)
+            runner.add_done_callback(lambda done: self._release(key, done))
 
     def cancel(self, play_id: str, flowlet: str, attempt: int) -> None:
         """The engine timed the attempt out or cancelled it: stop it (killing its channel

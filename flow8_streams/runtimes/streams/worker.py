@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 
+from flow8_streams import logs
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams.admin import ensure_topics
@@ -85,19 +86,24 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
 
     if channel_sources is not None:
         check_channel_ports(settings)
+    os.environ[logs.ENV] = settings.log_format  # the channel workers it starts log the same way
+    level = settings.log_level.upper()
+    uris = [settings.mongodb_uri, settings.kafka_bootstrap_servers]
+    logs.configure(settings.log_format, level, uris=uris)  # from the first line on, faust's setup aside
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     token_key = asyncio.run(prepare(settings))
     flow8 = build(settings, registry, channel_sources, token_key)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    level = settings.log_level.upper()
 
     class Worker(faust.Worker):
         def _setup_logging(self) -> None:
             super()._setup_logging()
-            # mode leaves the root logger at DEBUG and filters in the handler: every
-            # debug call of aiokafka and faust would still build a record (7% of CPU).
-            logging.getLogger().setLevel(level)
+            # flow8's handler in place of mode's, and the root logger at the level: mode leaves
+            # it at DEBUG and filters in the handler, so every debug call of aiokafka and faust
+            # would still build a record (7% of CPU).
+            logs.configure(settings.log_format, level, uris=uris, replace=True)
+            self.spinner = None  # its handler is gone, and its cursor codes are no log line
 
     worker = Worker(
         flow8.app,  # type: ignore[attr-defined]
