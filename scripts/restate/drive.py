@@ -4,6 +4,9 @@ Measured as ``flow8 bench`` measures flow8 (flow8_streams/bench.py): C callers e
 play and wait for its result before the next; latency is from request to result; a warm-up
 of ``--warmup`` plays at min(C, warm-up) runs first and is not counted. Prints one JSON line
 with the keys of ``flow8 bench --json``. Every play carries its own idempotency key.
+The client is aiohttp: the CPU a driver spends is taken from the server it measures on a small
+machine, and httpx spent about 12 times aiohttp's per play (6.5 ms against 0.5 ms at
+concurrency 50).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import time
 import uuid
 
-import httpx
+import aiohttp
 
 RESULT_TIMEOUT_S = 120
 
@@ -29,7 +32,7 @@ def percentile(latencies_ms: list[float], p: int) -> float:
     return statistics.quantiles(latencies_ms, n=100, method="inclusive")[p - 1]
 
 
-async def drive(client: httpx.AsyncClient, url: str, plays: int, concurrency: int) -> dict[str, float | int]:
+async def drive(client: aiohttp.ClientSession, url: str, plays: int, concurrency: int) -> dict[str, float | int]:
     run_id = uuid.uuid4().hex[:8]
     latencies: list[float] = []
     failed = 0
@@ -42,9 +45,12 @@ async def drive(client: httpx.AsyncClient, url: str, plays: int, concurrency: in
             next_index += 1
             t0 = time.perf_counter()
             try:
-                response = await client.post(url, json={"i": index}, headers={"idempotency-key": f"b-{run_id}-{index}"})
-                ok = response.status_code == 200
-            except httpx.HTTPError:
+                async with client.post(
+                    url, json={"i": index}, headers={"idempotency-key": f"b-{run_id}-{index}"}
+                ) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
                 ok = False
             latencies.append((time.perf_counter() - t0) * 1000)
             if not ok:
@@ -67,8 +73,9 @@ async def drive(client: httpx.AsyncClient, url: str, plays: int, concurrency: in
 
 async def main_async(args: argparse.Namespace) -> int:
     url = f"{args.ingress.rstrip('/')}/Diamond/run"
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=RESULT_TIMEOUT_S) as client:
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    timeout = aiohttp.ClientTimeout(total=RESULT_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         warm = await drive(client, url, args.warmup, min(args.concurrency, args.warmup))
         if warm["failed"]:
             print(f"drive: {warm['failed']} of {args.warmup} warm-up plays failed at {url}", file=sys.stderr)
