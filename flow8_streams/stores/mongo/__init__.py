@@ -1,17 +1,17 @@
 """The MongoDB adapter of the four store ports, over pymongo's ``AsyncMongoClient``.
 
-Collections (one database): ``plays`` (the projection), ``play_ids`` (a client's own play
+Collections (one database): ``plays`` and ``plays_live`` (the projection: finished plays,
+and the plays in flight), ``play_ids`` (a client's own play
 ids and the company that claimed each), ``events`` (an optional copy of the log), ``kv``,
 ``flows`` (versioned definitions) and ``modules`` (the catalog; only its index is made here).
 ``open()`` creates the indexes; reads work without it.
 
 Nothing needs a multi-document transaction, so this runs on a sharded cluster and on
-FerretDB alike. Every write that must not go backwards is guarded inside a single
-document:
+FerretDB alike. No write that must not go backwards is an update:
 
-- plays: ``seq`` guards each write, in two updates that work on MongoDB and FerretDB:
-  ``{_id, company_id}`` ``$setOnInsert`` (upsert), then ``{_id, company_id, seq < n}``
-  ``$set`` (no upsert). A redelivered or older state matches nothing.
+- plays: every projection write is an insert (``plays`` for a finished play, a new
+  version in ``plays_live`` for one in flight; see ``stores.mongo.plays``); readers take a
+  play's highest version, so a late or redelivered write never moves it back.
 - kv: every write inserts the key's next version (``kv_versions``, unique ``_id`` per
   version and unique op), so writers that collide lose an insert, not an update; an
   increment's op id is recorded with its version, so a redelivered op returns its first
@@ -26,12 +26,10 @@ FerretDB (1.24, SQLite backend) is NOT safe for concurrent writers of one docume
 its updates (``update``, ``findAndModify``, even ``$inc``) read, modify and write back
 without a transaction, so concurrent updates from several connections are lost (measured:
 200 concurrent ``$inc`` -> 18; a ``seq``-guarded ``$set`` let seq 2 overwrite seq 7).
-Only inserts (unique ``_id``/index) and deletes are atomic there. KV writes are therefore
-inserts (correct between processes on both servers). Play projections serialize their
-writes of one play batch in-process (asyncio locks), which makes one store correct on
-FerretDB; between processes (two projectors during a hand-over) it holds on MongoDB only.
-Concurrent first upserts of one ``_id`` fail with E11000 on FerretDB (MongoDB retries
-them): such an upsert is tried once more.
+Only inserts (unique ``_id``/index) and deletes are atomic there. KV writes and play
+projections are therefore inserts (correct between processes on both servers). And
+FerretDB serves no query from an index (see ``stores.mongo.plays``): what must not grow
+with a collection is an insert.
 
 FerretDB also shaped these choices; each is valid MongoDB too:
 
@@ -42,11 +40,10 @@ FerretDB also shaped these choices; each is valid MongoDB too:
 - dates are BSON dates (milliseconds): ``created_at`` sorts ``plays.list``, so plays started
   within the same millisecond come in no particular order.
 - a ``bulk_write`` whose op fails answers with a malformed reply (pymongo ``KeyError:
-  'nModified'``) and stops at that op, ordered or not: such a batch is redone play by play.
-- an ``update`` command holds one SQLite connection per upsert that inserts until the whole
-  command ends, out of a pool of 100: one bulk of 100 new plays, or two concurrent ones of
-  60, wait for a connection forever and wedge the whole server (no command of any database
-  answers again). Plays are written ``PLAYS_PER_BULK`` at a time.
+  'nModified'``) and stops at that op, ordered or not; an ``update`` command holds one
+  SQLite connection per upsert that inserts until the whole command ends, out of a pool of
+  100, and wedges the server past that: the projection makes neither (unordered
+  ``insert_many`` only).
 """
 
 from flow8_streams.stores.mongo.common import INDEXES, PLAY_IDS

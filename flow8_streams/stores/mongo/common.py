@@ -16,6 +16,7 @@ from flow8_streams.redact import redact_uri
 Doc = dict[str, Any]
 
 PLAYS, EVENTS, KV, KV_VERSIONS, FLOWS, MODULES = "plays", "events", "kv", "kv_versions", "flows", "modules"
+PLAYS_LIVE = "plays_live"  # the plays in flight, as versions (see stores.mongo.plays)
 PLAY_IDS = "play_ids"  # a client's own play id -> the company that claimed it (see MongoPlays.claim)
 
 INDEXES: dict[str, list[IndexModel]] = {
@@ -35,6 +36,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("company_id", ASCENDING), ("created_at", DESCENDING)], name="company_created"),
     ],
+    PLAYS_LIVE: [
+        IndexModel([("play_id", ASCENDING), ("seq", DESCENDING)], name="play_seq"),
+        IndexModel([("company_id", ASCENDING), ("status", ASCENDING)], name="company_status"),
+    ],
     EVENTS: [IndexModel([("play_id", ASCENDING), ("seq", ASCENDING)], name="play_seq")],
     KV_VERSIONS: [
         IndexModel([("op", ASCENDING)], name="op", unique=True),
@@ -44,7 +49,6 @@ INDEXES: dict[str, list[IndexModel]] = {
 }
 
 _INT64 = (-(2**63), 2**63 - 1)
-PLAYS_PER_BULK = 20  # FerretDB wedges on big update commands (see the module's docstring)
 
 
 def _now() -> datetime:

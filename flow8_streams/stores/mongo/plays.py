@@ -1,92 +1,111 @@
-"""The ``PlayProjection`` port on MongoDB (``plays``) and play-id claims (``play_ids``)."""
+"""The ``PlayProjection`` port on MongoDB and play-id claims (``play_ids``).
+
+Two collections hold the projection, so that what the projector writes stays small:
+
+- ``plays``: one document per FINISHED play, ``_id`` the play id, written once, by an
+  insert. A finished play never changes, so a duplicate key is a stale write: skipped.
+- ``plays_live``: the plays in flight, as versions: ``_id`` ``"<play id>#<seq>"``, one
+  insert per play and batch; the highest ``seq`` of a play is its state. The projector
+  deletes the versions a newer one replaced. A play's end leaves a small tombstone
+  version (its final seq, no state) for ``TOMBSTONE_SECONDS``, so that a redelivered or
+  late event of a finished play is seen as old without reading ``plays``.
+
+Every write is an insert: an old projector's late write adds a LOWER version, which
+no reader takes (readers take the highest), so a play never moves back, between
+processes too, on FerretDB as on MongoDB (FerretDB's updates are not atomic between
+connections). And it keeps up on FerretDB 1.24 (SQLite), which serves no query from an
+index: its ``_id`` pushdown (``_ferretdb_sjson->'$._id' = ?``) does not match the
+expression of its unique ``_id`` index (``_ferretdb_sjson->"_id"``), so SQLite scans,
+and any other filter is matched in Go, document by document. Measured at 1,000 and
+5,000 plays (``scripts/bench_projection.py``): an ``update_one({_id})`` 63 and 289 ms,
+``update_one({_id, seq: {$lt}})`` 786 ms and 4.2 s, while an insert is about 2 ms at any
+size (the unique index checks it). The projector's reads and deletes scan
+``plays_live`` only, whose size is the plays in flight plus recent tombstones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pymongo import DESCENDING, UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo import DESCENDING
+from pymongo.errors import BulkWriteError
 
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.messages import GENERATED_PREFIX
 from flow8_streams.domain.state import PlayState
-from flow8_streams.engine import EngineError, fold
+from flow8_streams.engine.projection import ApplyResult, Batch, Gap, Stored, latest, project
 from flow8_streams.errors import InvalidInput
-from flow8_streams.stores.mongo.common import (
-    PLAY_IDS,
-    PLAYS,
-    PLAYS_PER_BULK,
-    Doc,
-    _now,
-    _pack,
-    _unpack,
-)
+from flow8_streams.stores.mongo.common import PLAY_IDS, PLAYS, PLAYS_LIVE, Doc, _now, _pack, _unpack
 
 if TYPE_CHECKING:
     from flow8_streams.stores.mongo.store import MongoStore
 
-# ------------------------------------------------------------ play projection
+__all__ = ["TOMBSTONE_SECONDS", "ApplyResult", "Gap", "MongoPlays"]
+
+TOMBSTONE_SECONDS = 120.0  # how long a finished play's tombstone stays in plays_live
+PRUNE_EVERY_SECONDS = 5.0  # at most one prune of old tombstones per this many seconds
+TAKEN = "the play id belongs to another company"
+_LIVE_FIELDS = {
+    "play_id": 1,
+    "company_id": 1,
+    "seq": 1,
+    "status": 1,
+    "final": 1,
+    "state": 1,
+    "state_json": 1,
+    "created_at": 1,
+    "updated_at": 1,
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Events of a play are missing: ``expected_seq`` up to ``got_seq - 1``."""
-
-    play_id: str
-    company_id: str
-    expected_seq: int
-    got_seq: int
+def _version_id(play_id: str, seq: int) -> str:
+    return f"{play_id}#{seq:010d}"
 
 
-@dataclass(slots=True)
-class ApplyResult:
-    """What ``plays.apply`` did with a batch of events."""
-
-    applied: int = 0  # events folded into a written play
-    skipped: int = 0  # events the projection had already (redelivered)
-    plays: int = 0  # plays written
-    gaps: list[Gap] = field(default_factory=list)  # plays waiting for missing events
-    rejected: dict[str, str] = field(default_factory=dict)  # play_id -> why its events were not applied
-
-
-def _play_updates(state: PlayState, now: datetime) -> tuple[tuple[Doc, Doc], tuple[Doc, Doc]]:
-    """The two guarded updates (filter, update) that upsert a play without moving it backwards:
-    the first (an upsert) creates it at seq 0, the second (no upsert) writes it if newer."""
-    key = {"_id": state.play_id, "company_id": state.company_id}
-    insert = {
-        "$setOnInsert": {
-            "flow": state.flow.name,
-            "flow_id": state.flow.name,  # the events' flow_id
-            "flow_version": state.flow.version,
-            "created_at": state.started_at,
-            "seq": 0,
-        }
+def _document(state: PlayState, now: datetime) -> Doc:
+    """A play's document, as ``plays`` holds it (``_id`` the play id)."""
+    return {
+        "_id": state.play_id,
+        "company_id": state.company_id,
+        "flow": state.flow.name,
+        "flow_id": state.flow.name,  # the events' flow_id
+        "flow_version": state.flow.version,
+        "created_at": state.started_at,
+        "seq": state.seq,
+        "status": state.status.value,
+        "updated_at": now,
+        **_pack("state", state.model_dump(mode="json")),
     }
-    update = {
-        "$set": {
-            "status": state.status.value,
-            "seq": state.seq,
-            "updated_at": now,
-            **_pack("state", state.model_dump(mode="json")),
-        }
+
+
+def _version(state: PlayState, now: datetime) -> Doc:
+    """A running play's version in ``plays_live``."""
+    return {**_document(state, now), "_id": _version_id(state.play_id, state.seq), "play_id": state.play_id}
+
+
+def _tombstone(state: PlayState, now: datetime) -> Doc:
+    """What ``plays_live`` keeps of a finished play for a while: its final seq, no state."""
+    return {
+        "_id": _version_id(state.play_id, state.seq),
+        "play_id": state.play_id,
+        "company_id": state.company_id,
+        "seq": state.seq,
+        "status": state.status.value,
+        "created_at": state.started_at,
+        "updated_at": now,
+        "final": True,
+        "state": None,
+        "state_json": None,
     }
-    return (key, insert), ({**key, "seq": {"$lt": state.seq}}, update)
 
 
-async def _upsert(coll: AsyncCollection[Doc], query: Doc, update: Doc) -> None:
-    """An upsert that a concurrent first write of the same ``_id`` made fail once (MongoDB
-    retries that itself; FerretDB does not) is tried again: now it matches. A duplicate
-    key the second time means the ``_id`` belongs to a document the query does not match."""
-    try:
-        await coll.update_one(query, update, upsert=True)
-    except DuplicateKeyError:
-        await coll.update_one(query, update, upsert=True)
+def _aware(at: datetime) -> datetime:
+    """A date read back by a client that may not be ``tz_aware``: UTC."""
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _state(doc: Mapping[str, Any]) -> PlayState | None:
@@ -94,126 +113,143 @@ def _state(doc: Mapping[str, Any]) -> PlayState | None:
     return None if raw is None else PlayState.model_validate(raw)
 
 
-class MongoPlays:
-    """The ``PlayProjection`` port, plus ``apply`` (the projector's batch write).
+def _duplicates(exc: BulkWriteError) -> list[int]:
+    """The indexes of the documents an unordered insert found there already; raises on any other error."""
+    errors = exc.details.get("writeErrors", [])
+    if any(e.get("code") != 11000 for e in errors) or exc.details.get("writeConcernErrors"):
+        raise exc
+    return [int(e["index"]) for e in errors]
 
-    This instance's writes run one at a time (a lock): the seq guard then holds on
-    FerretDB too, whose updates are not atomic (see the module's docstring).
-    """
+
+class MongoPlays:
+    """The ``PlayProjection`` port (``apply`` is the projector's batch write), plus play-id claims."""
 
     def __init__(self, store: MongoStore) -> None:
         self._s = store
-        self._write_lock = asyncio.Lock()
+        self._pruned = 0.0  # loop time of the last prune of tombstones
 
-    async def save(self, states: Sequence[PlayState]) -> None:
-        """Upsert each play; a state whose ``seq`` is not above the stored one is ignored."""
-        latest: dict[str, PlayState] = {}
-        for s in states:
-            if s.play_id not in latest or s.seq > latest[s.play_id].seq:
-                latest[s.play_id] = s
-        taken = await self._write(list(latest.values()))
-        if taken:
-            raise InvalidInput(
-                f"play id(s) {', '.join(sorted(taken))} belong to another company; nothing saved for them"
-            )
+    # ------------------------------------------------------------ writes
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Fold a batch of events into the projection: one read, one bulk write.
+        """Fold a batch of events into the projection (``engine.projection``'s rules): one
+        read of the batch's plays in ``plays_live``, then one insert per play (in bulk)."""
+        batch = Batch.of(events)
+        if not batch.play_ids:
+            return project(batch, {}).result()
+        with self._s.errors(f"projecting {len(batch.play_ids)} play(s)"):
+            live = await self._live(batch.play_ids)
+            stored = {p: s for p, s in ((p, _stored(v)) for p, v in live.items()) if s is not None}
+            # a play not in flight may have finished before its tombstone went: ``plays`` is
+            # read for it only when its events do not start at seq 1 or are that old
+            old = _now() - timedelta(seconds=TOMBSTONE_SECONDS / 2)
+            unknown = [
+                p
+                for p in batch.play_ids
+                if p not in stored and (1 not in batch.events[p] or batch.events[p][1].at < old)
+            ]
+            for doc in await self._finished(unknown):
+                stored[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
+            projection = project(batch, stored)
+            refused = await self._write(projection.states, live)
+        return projection.result(refused)
 
-        Per play: events at or below the stored ``seq`` are skipped (redelivery); the rest
-        are folded onto the stored state when they continue it (``stored seq + 1, + 2``...).
-        A play whose next event is missing is not written and comes back in ``gaps``
-        (events after a hole inside the batch wait too, the run before it is written).
-        """
-        result = ApplyResult()
-        by_play: dict[str, dict[int, Event]] = {}
-        company: dict[str, str] = {}
-        for e in events:
-            if company.setdefault(e.play_id, e.company_id) != e.company_id:
-                result.rejected[e.play_id] = f"events of play {e.play_id!r} name two companies"
-                continue
-            by_play.setdefault(e.play_id, {}).setdefault(e.seq, e)
-        for play_id in result.rejected:
-            by_play.pop(play_id, None)
-        if not by_play:
-            return result
+    async def save(self, states: Sequence[PlayState]) -> None:
+        """Write each play's highest state; a state below the stored one changes nothing."""
+        newest = latest(states)
+        with self._s.errors(f"writing {len(newest)} play(s)"):
+            live = await self._live(list(newest))
+            held = {p: s for p, s in ((p, _stored(v)) for p, v in live.items()) if s is not None}
+            old = _now() - timedelta(seconds=TOMBSTONE_SECONDS / 2)
+            unknown = [p for p, s in newest.items() if p not in held and s.started_at < old]
+            for doc in await self._finished(unknown):
+                held[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
+            taken = {p for p, s in held.items() if s.company_id != newest[p].company_id}
+            fresh = {p: s for p, s in newest.items() if p not in taken and (p not in held or s.seq > held[p].seq)}
+            refused = await self._write(fresh, live)
+        if taken | refused.keys():
+            ids = ", ".join(sorted(taken | refused.keys()))
+            raise InvalidInput(f"play id(s) {ids} belong to another company; nothing saved for them")
 
-        with self._s.errors("loading plays to project"):
-            cursor = self._s.coll(PLAYS).find(
-                {"_id": {"$in": list(by_play)}, "company_id": {"$in": sorted(set(company.values()))}},
-                {"company_id": 1, "seq": 1, "state": 1, "state_json": 1},
-            )
-            stored = {doc["_id"]: doc async for doc in cursor}
+    async def _live(self, play_ids: Sequence[str]) -> dict[str, builtins.list[Doc]]:
+        """The versions ``plays_live`` holds of ``play_ids`` (one query)."""
+        found: dict[str, builtins.list[Doc]] = {}
+        if play_ids:
+            async for doc in self._s.coll(PLAYS_LIVE).find({"play_id": {"$in": list(play_ids)}}, _LIVE_FIELDS):
+                found.setdefault(doc["play_id"], []).append(doc)
+        return found
 
-        folded: list[PlayState] = []
-        counts: dict[str, int] = {}
-        for play_id, by_seq in by_play.items():
-            doc = stored.get(play_id)
-            if doc is not None and doc.get("company_id") != company[play_id]:
-                doc = None
-            seq = int(doc.get("seq", 0)) if doc is not None else 0
-            state = _state(doc) if doc is not None and seq > 0 else None
-            fresh = sorted(s for s in by_seq if s > seq)
-            result.skipped += len(by_seq) - len(fresh)
-            run: list[Event] = []
-            for s in fresh:
-                if s != seq + len(run) + 1:
-                    result.gaps.append(Gap(play_id, company[play_id], seq + len(run) + 1, s))
-                    break
-                run.append(by_seq[s])
-            if not run:
-                continue
-            try:
-                new_state = fold(run, state)
-            except EngineError as exc:
-                result.rejected[play_id] = str(exc)
-                continue
-            assert new_state is not None
-            folded.append(new_state)
-            counts[play_id] = len(run)
+    async def _finished(self, play_ids: Sequence[str]) -> builtins.list[Doc]:
+        """The documents of ``plays`` of ``play_ids``, one query each (FerretDB serves a lone
+        ``_id`` equality fastest of all its filters)."""
+        found = await asyncio.gather(
+            *(self._s.coll(PLAYS).find_one({"_id": p}, {"company_id": 1, "seq": 1}) for p in play_ids)
+        )
+        return [doc for doc in found if doc is not None]
 
-        for play_id in await self._write(folded):
-            result.rejected[play_id] = "the play id belongs to another company"
-            counts.pop(play_id)
-        result.plays = len(counts)
-        result.applied = sum(counts.values())
-        return result
-
-    async def _write(self, states: Sequence[PlayState]) -> set[str]:
-        """Write the states (guarded by seq); the play ids another company holds."""
-        taken: set[str] = set()
-        async with self._write_lock:
-            for start in range(0, len(states), PLAYS_PER_BULK):
-                taken |= await self._write_bulk(states[start : start + PLAYS_PER_BULK])
-        return taken
-
-    async def _write_bulk(self, states: Sequence[PlayState]) -> set[str]:
-        """One bulk write; the caller holds the write lock."""
-        if not states:
-            return set()
+    async def _write(self, states: Mapping[str, PlayState], live: Mapping[str, builtins.list[Doc]]) -> dict[str, str]:
+        """Insert each state: a running one as a new version, a finished one into ``plays``
+        (and a tombstone); then delete the versions they replaced. Returns the plays refused
+        (play_id -> why): another company's."""
         now = _now()
-        pairs = [_play_updates(s, now) for s in states]
-        ops = [op for (i, u) in pairs for op in (UpdateOne(*i, upsert=True), UpdateOne(*u))]
-        with self._s.errors(f"writing {len(states)} play(s)"):
-            try:
-                await self._s.coll(PLAYS).bulk_write(ops, ordered=True)
-                return set()
-            except (BulkWriteError, KeyError):
-                # KeyError 'nModified': FerretDB's malformed reply to a bulk with a failed op.
-                # An upsert fails on a play id another company holds, or (FerretDB) when
-                # another process created the play just then: redo the batch play by play
-                # (every op is idempotent) to tell which.
-                pass
-            taken: set[str] = set()
-            plays = self._s.coll(PLAYS)
-            for s, (insert, update) in zip(states, pairs, strict=True):
-                try:
-                    await _upsert(plays, *insert)
-                except DuplicateKeyError:
-                    taken.add(s.play_id)
-                    continue
-                await plays.update_one(*update)
-            return taken
+        refused: dict[str, str] = {}
+        for play_id, versions in live.items():
+            if play_id in states and any(v["company_id"] != states[play_id].company_id for v in versions):
+                refused[play_id] = TAKEN
+        todo = [s for p, s in states.items() if p not in refused]
+        finished = [s for s in todo if s.finished]
+        if finished:
+            taken = await self._insert_finished(finished, now)
+            refused.update(dict.fromkeys(taken, TAKEN))
+        versions = [
+            _version(s, now) if not s.finished else _tombstone(s, now) for s in todo if s.play_id not in refused
+        ]
+        await self._insert(PLAYS_LIVE, versions)
+        written = {s.play_id: s.seq for s in todo if s.play_id not in refused}
+        replaced = [v["_id"] for p, seq in written.items() for v in live.get(p, []) if int(v["seq"]) < seq]
+        if replaced:
+            await self._s.coll(PLAYS_LIVE).delete_many({"_id": {"$in": replaced}})
+        await self._prune(now)
+        return refused
+
+    async def _insert_finished(self, states: Sequence[PlayState], now: datetime) -> builtins.list[str]:
+        """Insert finished plays into ``plays``; the ids another company's document holds."""
+        docs = [_document(s, now) for s in states]
+        there = await self._insert(PLAYS, docs)
+        if not there:
+            return []
+        holders = await asyncio.gather(
+            *(self._s.coll(PLAYS).find_one({"_id": docs[i]["_id"]}, {"company_id": 1}) for i in there)
+        )
+        return [
+            docs[i]["_id"]
+            for i, doc in zip(there, holders, strict=True)
+            if doc is not None and doc["company_id"] != docs[i]["company_id"]
+        ]
+
+    async def _insert(self, collection: str, docs: Sequence[Doc]) -> builtins.list[int]:
+        """Unordered insert; the indexes of the documents that were there already."""
+        if not docs:
+            return []
+        try:
+            await self._s.coll(collection).insert_many(list(docs), ordered=False)
+        except BulkWriteError as exc:
+            return _duplicates(exc)
+        return []
+
+    async def _prune(self, now: datetime) -> None:
+        """Delete the plays whose tombstone is older than ``TOMBSTONE_SECONDS`` from
+        ``plays_live``, with any version left of them (at most every ``PRUNE_EVERY_SECONDS``)."""
+        clock = asyncio.get_running_loop().time()
+        if clock - self._pruned < PRUNE_EVERY_SECONDS:
+            return
+        self._pruned = clock
+        cutoff = now - timedelta(seconds=TOMBSTONE_SECONDS)
+        live = self._s.coll(PLAYS_LIVE)
+        ended = {
+            doc["play_id"] async for doc in live.find({"final": True, "updated_at": {"$lt": cutoff}}, {"play_id": 1})
+        }
+        if ended:
+            await live.delete_many({"play_id": {"$in": sorted(ended)}})
 
     async def claim(self, claims: Sequence[tuple[str, str]], at: datetime) -> dict[str, str]:
         """Reserve each ``(company_id, play_id)`` for its company, before the play's first event
@@ -244,17 +280,32 @@ class MongoPlays:
     async def owner(self, play_id: str) -> str | None:
         """The company holding ``play_id``, if any: a client's id as claimed, a generated one
         as projected."""
-        generated = play_id.startswith(GENERATED_PREFIX)
         with self._s.errors(f"reading the owner of play {play_id!r}"):
-            doc = await self._s.coll(PLAYS if generated else PLAY_IDS).find_one({"_id": play_id}, {"company_id": 1})
+            if not play_id.startswith(GENERATED_PREFIX):
+                doc = await self._s.coll(PLAY_IDS).find_one({"_id": play_id}, {"company_id": 1})
+            else:
+                doc = await self._s.coll(PLAYS_LIVE).find_one({"play_id": play_id}, {"company_id": 1})
+                if doc is None:
+                    doc = await self._s.coll(PLAYS).find_one({"_id": play_id}, {"company_id": 1})
         return None if doc is None else doc.get("company_id")
 
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None:
-        """``company_id`` None: by id alone, the operator path (CLI ``plays show``)."""
-        query: Doc = {"_id": play_id}
-        if company_id is not None:
-            query["company_id"] = company_id
+        """``company_id`` None: by id alone, the operator path (CLI ``plays show``). A play in
+        flight is read from its highest version; a finished one from ``plays`` (written
+        before its live versions are deleted, so one of the two always has it)."""
         with self._s.errors(f"reading play {play_id!r}"):
+            versions = (await self._live([play_id])).get(play_id, [])
+            top = max(versions, key=lambda v: int(v["seq"]), default=None)
+            mine = top is not None and (company_id is None or top["company_id"] == company_id)
+            if mine and top is not None and not top.get("final"):
+                state = _state(top)
+                # a running version older than a tombstone lives may be a late writer's, of a
+                # play that has ended since: the finished play wins
+                if state is None or _aware(top["updated_at"]) >= _now() - timedelta(seconds=TOMBSTONE_SECONDS):
+                    return state
+            query: Doc = {"_id": play_id}
+            if company_id is not None:
+                query["company_id"] = company_id
             doc = await self._s.coll(PLAYS).find_one(query, {"state": 1, "state_json": 1})
         return None if doc is None else _state(doc)
 
@@ -267,11 +318,34 @@ class MongoPlays:
         query: Doc = {}
         if company_id is not None:
             query["company_id"] = company_id
-        if status is not None:
-            query["status"] = str(status)
         with self._s.errors("listing plays"):
-            cursor = self._s.coll(PLAYS).find(
-                query, {"state": 1, "state_json": 1}, sort=[("created_at", DESCENDING)], limit=limit
-            )
-            docs = await cursor.to_list()
-        return [s for s in map(_state, docs) if s is not None]
+            states: builtins.list[PlayState] = []
+            if status is None or str(status) == "running":
+                states += await self._running(query)
+            if str(status) != "running":
+                final = {**query, **({"status": str(status)} if status is not None else {})}
+                cursor = self._s.coll(PLAYS).find(
+                    final, {"state": 1, "state_json": 1}, sort=[("created_at", DESCENDING)], limit=limit
+                )
+                states += [s for s in map(_state, await cursor.to_list()) if s is not None]
+        newest: dict[str, PlayState] = {}
+        for s in states:  # a play that ended while being listed: its final state
+            if s.play_id not in newest or s.seq > newest[s.play_id].seq:
+                newest[s.play_id] = s
+        return sorted(newest.values(), key=lambda s: s.started_at, reverse=True)[:limit]
+
+    async def _running(self, query: Doc) -> builtins.list[PlayState]:
+        """The plays in flight: the highest version of each play in ``plays_live`` that is no tombstone."""
+        top: dict[str, Doc] = {}
+        async for doc in self._s.coll(PLAYS_LIVE).find(query, _LIVE_FIELDS):
+            if doc["play_id"] not in top or int(doc["seq"]) > int(top[doc["play_id"]]["seq"]):
+                top[doc["play_id"]] = doc
+        return [s for s in (_state(d) for d in top.values() if not d.get("final")) if s is not None]
+
+
+def _stored(versions: Iterable[Doc]) -> Stored | None:
+    """What ``plays_live`` holds of one play: its highest version."""
+    top = max(versions, key=lambda v: int(v["seq"]), default=None)
+    if top is None:
+        return None
+    return Stored(top["company_id"], int(top["seq"]), None if top.get("final") else _state(top))
