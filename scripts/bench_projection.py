@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,37 +247,64 @@ async def run(database: str, plays: int, concurrency: int, deadline_s: float) ->
             collector.cancel()
             last_result = datetime.now(UTC)
             print(f"engine: {result.as_dict()}")
-            play_ids = sent
-            pending = set(play_ids)
-            docs: dict[str, dict[str, Any]] = {}
+            pending = set(sent)
+            tombstones: dict[str, datetime] = {}
             t0 = time.monotonic()
+            live = store.coll("plays_live")  # a finished play leaves a tombstone there (plays: a full scan)
             while pending and time.monotonic() - t0 < deadline_s:
-                found = await asyncio.gather(*(coll.find_one({"_id": p}) for p in sorted(pending)[:200]))
-                for doc in found:
-                    if doc is not None and doc.get("status") in ("succeeded", "failed", "cancelled"):
-                        docs[doc["_id"]] = doc
-                        pending.discard(doc["_id"])
+                query = {"play_id": {"$in": sorted(pending)}, "final": True}
+                async for doc in live.find(query, {"play_id": 1, "updated_at": 1}):
+                    tombstones[doc["play_id"]] = doc["updated_at"]
+                    pending.discard(doc["play_id"])
                 await asyncio.sleep(0.5)
             waited = time.monotonic() - t0
-            print(f"{len(docs)} of {len(play_ids)} plays final in MongoDB {waited:.1f} s after the last result")
-            if docs:
-                lags = sorted(
-                    (d["updated_at"] - datetime.fromisoformat(d["state"]["ended_at"])).total_seconds()
-                    for d in docs.values()
-                )
-                q = statistics.quantiles(lags, n=100, method="inclusive") if len(lags) > 1 else lags * 99
-                first = min(datetime.fromisoformat(d["state"]["started_at"]) for d in docs.values())
-                end = max(d["updated_at"] for d in docs.values())
+            print(f"{len(tombstones)} of {len(sent)} plays final in MongoDB {waited:.1f} s after the last result")
+            with urllib.request.urlopen(f"http://127.0.0.1:{group.processes[0][1]}/metrics", timeout=10) as page:
+                lag = histogram(page.read().decode(), "flow8_projection_lag_seconds")
+            print(
+                f"projection lag (flow8_projection_lag_seconds, {lag['count']:.0f} events): "
+                f"p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s, mean {lag['mean']:.3f} s"
+            )
+            if len(tombstones) > 1:
+                times = sorted(tombstones.values())
+                span = (times[-1] - times[0]).total_seconds()
                 print(
-                    f"projection lag of each play's last event: p50 {q[49]:.3f} s, p99 {q[98]:.3f} s, "
-                    f"max {lags[-1]:.3f} s; "
-                    f"projector {len(docs) / (end - first).total_seconds():.1f} plays/s "
-                    f"(last document {(end - last_result) / timedelta(seconds=1):+.1f} s from the last result)"
+                    f"projector: {len(times) / span:.1f} plays/s finished in MongoDB "
+                    f"(last {(times[-1] - last_result).total_seconds():+.1f} s from the last result)"
                 )
         finally:
             await store.close()
             group.stop()
             await group.discard()
+
+
+def histogram(text: str, name: str) -> dict[str, float]:
+    """p50, p99 (linear within a bucket), mean and count of a Prometheus histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.name == f"{name}_sum":
+                total = sample.value
+            elif sample.name == f"{name}_count":
+                count = sample.value
+    buckets.sort()
+
+    def quantile(q: float) -> float:
+        want, low, below = q * count, 0.0, 0.0
+        for le, cumulative in buckets:
+            if cumulative >= want:
+                if le == float("inf"):
+                    return low
+                return low + (le - low) * ((want - below) / max(cumulative - below, 1e-9))
+            low, below = le, cumulative
+        return low
+
+    return {"p50": quantile(0.5), "p99": quantile(0.99), "mean": total / count if count else 0.0, "count": count}
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ class ProjectionContract:
         """Another projector (``other``) wrote the play further; this one's writes of older
         states land afterwards, by ``apply`` and by ``save``: nothing moves back."""
         play = new_id("play")
-        events = history(play, company)
+        events = history(play, company, start=datetime.now(UTC) - timedelta(hours=1))  # late: old events
         steps = states(events)
         await other.plays.apply(events[:4])
         await store.plays.save([steps[1]])
@@ -151,7 +152,10 @@ class TestMongoProjection(ProjectionContract):
         finally:
             await other.close()
 
-    async def test_only_plays_in_flight_stay_in_plays_live(self, store: MongoStore, company: str) -> None:
+    async def test_only_plays_in_flight_stay_in_plays_live(
+        self, store: MongoStore, company: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(mongo_plays, "FLUSH_EVERY_SECONDS", 0.0)  # replaced versions: deleted at once
         done, going = new_id("done"), new_id("going")
         ended = history(done, company)
         for n in range(1, len(ended) + 1):  # a batch per event: a version each time

@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from pymongo import DESCENDING
 from pymongo.errors import BulkWriteError
 
@@ -48,6 +50,9 @@ __all__ = ["TOMBSTONE_SECONDS", "ApplyResult", "Gap", "MongoPlays"]
 
 TOMBSTONE_SECONDS = 120.0  # how long a finished play's tombstone stays in plays_live
 PRUNE_EVERY_SECONDS = 5.0  # at most one prune of old tombstones per this many seconds
+FLUSH_EVERY_SECONDS = 1.0  # at most one delete of replaced versions per this many seconds...
+FLUSH_AT = 1_000  # ...unless this many wait
+KNOWN_BYTES = 64 * 2**20  # states of the plays this instance wrote last, kept to skip reading them
 TAKEN = "the play id belongs to another company"
 _LIVE_FIELDS = {
     "play_id": 1,
@@ -121,36 +126,72 @@ def _duplicates(exc: BulkWriteError) -> list[int]:
     return [int(e["index"]) for e in errors]
 
 
+@dataclass(slots=True)
+class _Known:
+    """What this instance last wrote of a play: the state at its seq is the log's, whoever
+    wrote further since (a lower version written from it is one no reader takes)."""
+
+    stored: Stored
+    versions: builtins.list[str]  # the ids of its versions in plays_live this instance knows of
+
+
+def _size(known: _Known) -> int:
+    state = known.stored.state
+    return 2048 + (state.held_bytes if state is not None else 0)
+
+
+def _seq_of(version_id: str) -> int:
+    return int(version_id.rsplit("#", 1)[1])
+
+
 class MongoPlays:
-    """The ``PlayProjection`` port (``apply`` is the projector's batch write), plus play-id claims."""
+    """The ``PlayProjection`` port (``apply`` is the projector's batch write), plus play-id claims.
+
+    ``apply`` reads ``plays_live`` only for the plays this instance does not know: a play
+    it wrote last (kept, up to ``KNOWN_BYTES`` of states) or a new one (its batch has
+    seq 1, recent) needs no read. Versions a newer one replaced are deleted in one
+    request per ``FLUSH_EVERY_SECONDS``, with the prune of old tombstones.
+    """
 
     def __init__(self, store: MongoStore) -> None:
         self._s = store
         self._pruned = 0.0  # loop time of the last prune of tombstones
+        self._flushed = 0.0  # loop time of the last delete of replaced versions
+        self._replaced: builtins.list[str] = []  # version ids a newer version replaced, not deleted yet
+        self._known: LRUCache[str, _Known] = LRUCache(maxsize=KNOWN_BYTES, getsizeof=_size)
 
     # ------------------------------------------------------------ writes
 
     async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Fold a batch of events into the projection (``engine.projection``'s rules): one
-        read of the batch's plays in ``plays_live``, then one insert per play (in bulk)."""
+        """Fold a batch of events into the projection (``engine.projection``'s rules): at most
+        one read of ``plays_live`` (the plays this instance does not know), then one insert
+        per play (in bulk)."""
         batch = Batch.of(events)
         if not batch.play_ids:
             return project(batch, {}).result()
+        stored: dict[str, Stored] = {}
+        versions: dict[str, builtins.list[str]] = {}
+        old = _now() - timedelta(seconds=TOMBSTONE_SECONDS / 2)
+        unknown: builtins.list[str] = []
+        for play_id in batch.play_ids:
+            known = self._known.get(play_id)
+            if known is not None:
+                stored[play_id], versions[play_id] = known.stored, list(known.versions)
+                continue
+            first = batch.events[play_id].get(1)
+            if first is None or first.at < old:  # a play that may have been written before
+                unknown.append(play_id)
         with self._s.errors(f"projecting {len(batch.play_ids)} play(s)"):
-            live = await self._live(batch.play_ids)
-            stored = {p: s for p, s in ((p, _stored(v)) for p, v in live.items()) if s is not None}
-            # a play not in flight may have finished before its tombstone went: ``plays`` is
-            # read for it only when its events do not start at seq 1 or are that old
-            old = _now() - timedelta(seconds=TOMBSTONE_SECONDS / 2)
-            unknown = [
-                p
-                for p in batch.play_ids
-                if p not in stored and (1 not in batch.events[p] or batch.events[p][1].at < old)
-            ]
-            for doc in await self._finished(unknown):
+            live = await self._live(unknown)
+            for play_id, found in live.items():
+                held = _stored(found)
+                if held is not None:
+                    stored[play_id], versions[play_id] = held, [v["_id"] for v in found]
+            # a play not in flight may have finished before its tombstone went: ``plays`` has it
+            for doc in await self._finished([p for p in unknown if p not in stored]):
                 stored[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
             projection = project(batch, stored)
-            refused = await self._write(projection.states, live)
+            refused = await self._write(projection.states, _companies(live), versions)
         return projection.result(refused)
 
     async def save(self, states: Sequence[PlayState]) -> None:
@@ -165,7 +206,7 @@ class MongoPlays:
                 held[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
             taken = {p for p, s in held.items() if s.company_id != newest[p].company_id}
             fresh = {p: s for p, s in newest.items() if p not in taken and (p not in held or s.seq > held[p].seq)}
-            refused = await self._write(fresh, live)
+            refused = await self._write(fresh, _companies(live), {p: [v["_id"] for v in vs] for p, vs in live.items()})
         if taken | refused.keys():
             ids = ", ".join(sorted(taken | refused.keys()))
             raise InvalidInput(f"play id(s) {ids} belong to another company; nothing saved for them")
@@ -186,30 +227,40 @@ class MongoPlays:
         )
         return [doc for doc in found if doc is not None]
 
-    async def _write(self, states: Mapping[str, PlayState], live: Mapping[str, builtins.list[Doc]]) -> dict[str, str]:
+    async def _write(
+        self,
+        states: Mapping[str, PlayState],
+        companies: Mapping[str, set[str]],
+        versions: Mapping[str, builtins.list[str]],
+    ) -> dict[str, str]:
         """Insert each state: a running one as a new version, a finished one into ``plays``
-        (and a tombstone); then delete the versions they replaced. Returns the plays refused
-        (play_id -> why): another company's."""
+        (and a tombstone). ``companies``: the companies ``plays_live`` holds each play for;
+        ``versions``: its version ids known, those below the new state are deleted. Returns
+        the plays refused (play_id -> why): another company's."""
         now = _now()
-        refused: dict[str, str] = {}
-        for play_id, versions in live.items():
-            if play_id in states and any(v["company_id"] != states[play_id].company_id for v in versions):
-                refused[play_id] = TAKEN
+        refused = {p: TAKEN for p, s in states.items() if companies.get(p, {s.company_id}) != {s.company_id}}
         todo = [s for p, s in states.items() if p not in refused]
         finished = [s for s in todo if s.finished]
         if finished:
             taken = await self._insert_finished(finished, now)
             refused.update(dict.fromkeys(taken, TAKEN))
-        versions = [
-            _version(s, now) if not s.finished else _tombstone(s, now) for s in todo if s.play_id not in refused
-        ]
-        await self._insert(PLAYS_LIVE, versions)
-        written = {s.play_id: s.seq for s in todo if s.play_id not in refused}
-        replaced = [v["_id"] for p, seq in written.items() for v in live.get(p, []) if int(v["seq"]) < seq]
-        if replaced:
+        written = [s for s in todo if s.play_id not in refused]
+        await self._insert(PLAYS_LIVE, [_tombstone(s, now) if s.finished else _version(s, now) for s in written])
+        for s in written:
+            self._replaced += [v for v in versions.get(s.play_id, []) if _seq_of(v) < s.seq]
+            version = _version_id(s.play_id, s.seq)
+            self._known[s.play_id] = _Known(Stored(s.company_id, s.seq, None if s.finished else s), [version])
+        await self._flush(now)
+        return refused
+
+    async def _flush(self, now: datetime) -> None:
+        """Delete the versions newer ones replaced, and old tombstones (see ``_prune``)."""
+        clock = asyncio.get_running_loop().time()
+        if self._replaced and (len(self._replaced) >= FLUSH_AT or clock - self._flushed >= FLUSH_EVERY_SECONDS):
+            self._flushed = clock
+            replaced, self._replaced = self._replaced, []
             await self._s.coll(PLAYS_LIVE).delete_many({"_id": {"$in": replaced}})
         await self._prune(now)
-        return refused
 
     async def _insert_finished(self, states: Sequence[PlayState], now: datetime) -> builtins.list[str]:
         """Insert finished plays into ``plays``; the ids another company's document holds."""
@@ -341,6 +392,10 @@ class MongoPlays:
             if doc["play_id"] not in top or int(doc["seq"]) > int(top[doc["play_id"]]["seq"]):
                 top[doc["play_id"]] = doc
         return [s for s in (_state(d) for d in top.values() if not d.get("final")) if s is not None]
+
+
+def _companies(live: Mapping[str, Iterable[Doc]]) -> dict[str, set[str]]:
+    return {play_id: {v["company_id"] for v in found} for play_id, found in live.items()}
 
 
 def _stored(versions: Iterable[Doc]) -> Stored | None:
