@@ -275,7 +275,21 @@ async def run(database: str, plays: int, concurrency: int, deadline_s: float) ->
         finally:
             await store.close()
             group.stop()
-            await group.discard()
+            await delete_topics(group)
+
+
+async def delete_topics(group: Any) -> None:
+    """The run's topics (its own and faust's); the database stays (it is the filled one)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**group.settings.kafka_client_options())
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith((f"{group.name}.", f"{group.name}-"))]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
 
 
 def histogram(text: str, name: str) -> dict[str, float]:
