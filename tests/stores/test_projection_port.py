@@ -182,5 +182,14 @@ class TestMongoProjection(ProjectionContract):
         assert stale.plays == 0 and stale.skipped == 2  # plays is read: the play ended
         assert await store.plays.get(company, play) == fold(events)
 
+    async def test_a_play_running_longer_than_a_tombstone_lives_is_still_read(
+        self, store: MongoStore, company: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        play = new_id("slow")
+        await store.plays.save([running(play, company)])
+        monkeypatch.setattr(mongo_plays, "TOMBSTONE_SECONDS", 0.0)  # its version is "old": plays is read too
+        assert await store.plays.get(company, play) == running(play, company)
+        assert [p.play_id for p in await store.plays.list(company, "running")] == [play]
+
     async def test_apply_result_is_the_ports_type(self, store: MongoStore, company: str) -> None:
         assert isinstance(await store.plays.apply(history(new_id("p"), company)), ApplyResult)

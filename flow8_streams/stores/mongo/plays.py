@@ -348,17 +348,17 @@ class MongoPlays:
             versions = (await self._live([play_id])).get(play_id, [])
             top = max(versions, key=lambda v: int(v["seq"]), default=None)
             mine = top is not None and (company_id is None or top["company_id"] == company_id)
-            if mine and top is not None and not top.get("final"):
-                state = _state(top)
-                # a running version older than a tombstone lives may be a late writer's, of a
-                # play that has ended since: the finished play wins
-                if state is None or _aware(top["updated_at"]) >= _now() - timedelta(seconds=TOMBSTONE_SECONDS):
-                    return state
+            running = _state(top) if mine and top is not None and not top.get("final") else None
+            # a running version older than a tombstone lives may be a late writer's, of a play
+            # that has ended since: the finished play wins
+            recent = top is not None and _aware(top["updated_at"]) >= _now() - timedelta(seconds=TOMBSTONE_SECONDS)
+            if running is not None and recent:
+                return running
             query: Doc = {"_id": play_id}
             if company_id is not None:
                 query["company_id"] = company_id
             doc = await self._s.coll(PLAYS).find_one(query, {"state": 1, "state_json": 1})
-        return None if doc is None else _state(doc)
+        return running if doc is None else _state(doc)
 
     async def list(
         self, company_id: str | None = None, status: str | None = None, limit: int = 50
