@@ -49,13 +49,16 @@ FerretDB also shaped these choices; each is valid MongoDB too:
 from flow8_streams.stores.mongo.common import INDEXES, PLAY_IDS
 from flow8_streams.stores.mongo.events import MongoEventLog
 from flow8_streams.stores.mongo.flows import MongoFlows
-from flow8_streams.stores.mongo.kv import MongoKV, _kv_id
+from flow8_streams.stores.mongo.kv import KV_INCR_DEDUP_SECONDS, PRUNE_BATCH, PRUNE_EVERY, MongoKV, _kv_id
 from flow8_streams.stores.mongo.plays import ApplyResult, Gap, MongoPlays
 from flow8_streams.stores.mongo.store import MongoStore
 
 __all__ = [
     "INDEXES",
+    "KV_INCR_DEDUP_SECONDS",
     "PLAY_IDS",
+    "PRUNE_BATCH",
+    "PRUNE_EVERY",
     "ApplyResult",
     "Gap",
     "MongoEventLog",
