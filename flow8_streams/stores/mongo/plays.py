@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,13 +41,15 @@ from flow8_streams.domain.events import Event
 from flow8_streams.domain.messages import GENERATED_PREFIX
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine.projection import ApplyResult, Batch, Gap, Stored, latest, project
-from flow8_streams.errors import InvalidInput
+from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.stores.mongo.common import PLAY_IDS, PLAYS, PLAYS_LIVE, Doc, _now, _pack, _unpack
 
 if TYPE_CHECKING:
     from flow8_streams.stores.mongo.store import MongoStore
 
 __all__ = ["TOMBSTONE_SECONDS", "ApplyResult", "Gap", "MongoPlays"]
+
+log = logging.getLogger("flow8.store")
 
 TOMBSTONE_SECONDS = 120.0  # how long a finished play's tombstone stays in plays_live
 PRUNE_EVERY_SECONDS = 5.0  # at most one prune of old tombstones per this many seconds
@@ -159,6 +162,7 @@ class MongoPlays:
         self._flushed = 0.0  # loop time of the last delete of replaced versions
         self._replaced: builtins.list[str] = []  # version ids a newer version replaced, not deleted yet
         self._known: LRUCache[str, _Known] = LRUCache(maxsize=KNOWN_BYTES, getsizeof=_size)
+        self._housekeeping: asyncio.Task[None] | None = None  # see _flush
 
     # ------------------------------------------------------------ writes
 
@@ -254,13 +258,40 @@ class MongoPlays:
         return refused
 
     async def _flush(self, now: datetime) -> None:
-        """Delete the versions newer ones replaced, and old tombstones (see ``_prune``)."""
+        """Start the housekeeping when due: deleting replaced versions and old tombstones
+        scans ``plays_live`` on FerretDB, so it runs beside the writes, never before them,
+        one at a time. What a failed one leaves goes with its play's tombstone."""
+        if self._housekeeping is not None and not self._housekeeping.done():
+            return
         clock = asyncio.get_running_loop().time()
+        replaced: builtins.list[str] = []
         if self._replaced and (len(self._replaced) >= FLUSH_AT or clock - self._flushed >= FLUSH_EVERY_SECONDS):
             self._flushed = clock
             replaced, self._replaced = self._replaced, []
-            await self._s.coll(PLAYS_LIVE).delete_many({"_id": {"$in": replaced}})
-        await self._prune(now)
+        prune = clock - self._pruned >= PRUNE_EVERY_SECONDS
+        if prune:
+            self._pruned = clock
+        if replaced or prune:
+            self._housekeeping = asyncio.create_task(self._keep_house(replaced, now if prune else None))
+
+    async def _keep_house(self, replaced: Sequence[str], prune_at: datetime | None) -> None:
+        try:
+            with self._s.errors("deleting replaced play versions"):
+                if replaced:
+                    await self._s.coll(PLAYS_LIVE).delete_many({"_id": {"$in": list(replaced)}})
+                if prune_at is not None:
+                    await self._prune(prune_at)
+        except StoreUnavailable as exc:
+            log.warning("plays_live housekeeping failed, left for the next: %s", exc)
+
+    async def settle(self) -> None:
+        """Wait for the housekeeping under way, then start and wait for what is due now
+        (``MongoStore.close`` does)."""
+        if self._housekeeping is not None:
+            await asyncio.shield(self._housekeeping)
+        await self._flush(_now())
+        if self._housekeeping is not None:
+            await asyncio.shield(self._housekeeping)
 
     async def _insert_finished(self, states: Sequence[PlayState], now: datetime) -> builtins.list[str]:
         """Insert finished plays into ``plays``; the ids another company's document holds."""
@@ -289,11 +320,7 @@ class MongoPlays:
 
     async def _prune(self, now: datetime) -> None:
         """Delete the plays whose tombstone is older than ``TOMBSTONE_SECONDS`` from
-        ``plays_live``, with any version left of them (at most every ``PRUNE_EVERY_SECONDS``)."""
-        clock = asyncio.get_running_loop().time()
-        if clock - self._pruned < PRUNE_EVERY_SECONDS:
-            return
-        self._pruned = clock
+        ``plays_live``, with any version left of them."""
         cutoff = now - timedelta(seconds=TOMBSTONE_SECONDS)
         live = self._s.coll(PLAYS_LIVE)
         ended = {

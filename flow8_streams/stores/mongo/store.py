@@ -90,6 +90,8 @@ class MongoStore:
         return self
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):  # logged where it failed
+            await self.plays.settle()
         if self._owns_client:
             await self.client.close()
 
