@@ -191,5 +191,18 @@ class TestMongoProjection(ProjectionContract):
         assert await store.plays.get(company, play) == running(play, company)
         assert [p.play_id for p in await store.plays.list(company, "running")] == [play]
 
+    async def test_a_running_play_written_in_place_before_plays_live_is_replaced_by_its_end(
+        self, store: MongoStore, company: str
+    ) -> None:
+        play = new_id("upgraded")
+        events = history(play, company)
+        before = states(events)[2]  # what the projection wrote in plays before this layout
+        old = mongo_plays._document(before, datetime.now(UTC))
+        await store.coll("plays").insert_one(old)
+        await store.plays.apply(events[3:])  # the worker after the upgrade: plays is read (no seq 1)
+        assert await store.plays.get(company, play) == fold(events)
+        doc = await store.coll("plays").find_one({"_id": play})
+        assert doc is not None and (doc["seq"], doc["status"]) == (len(events), "succeeded")
+
     async def test_apply_result_is_the_ports_type(self, store: MongoStore, company: str) -> None:
         assert isinstance(await store.plays.apply(history(new_id("p"), company)), ApplyResult)

@@ -192,8 +192,8 @@ class MongoPlays:
                 if held is not None:
                     stored[play_id], versions[play_id] = held, [v["_id"] for v in found]
             # a play not in flight may have finished before its tombstone went: ``plays`` has it
-            for doc in await self._finished([p for p in unknown if p not in stored]):
-                stored[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
+            for play_id, held in (await self._finished([p for p in unknown if p not in stored])).items():
+                stored[play_id] = held
             projection = project(batch, stored)
             refused = await self._write(projection.states, _companies(live), versions)
         return projection.result(refused)
@@ -206,8 +206,7 @@ class MongoPlays:
             held = {p: s for p, s in ((p, _stored(v)) for p, v in live.items()) if s is not None}
             old = _now() - timedelta(seconds=TOMBSTONE_SECONDS / 2)
             unknown = [p for p, s in newest.items() if p not in held and s.started_at < old]
-            for doc in await self._finished(unknown):
-                held[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), None)
+            held |= await self._finished(unknown)
             taken = {p for p, s in held.items() if s.company_id != newest[p].company_id}
             fresh = {p: s for p, s in newest.items() if p not in taken and (p not in held or s.seq > held[p].seq)}
             refused = await self._write(fresh, _companies(live), {p: [v["_id"] for v in vs] for p, vs in live.items()})
@@ -223,13 +222,17 @@ class MongoPlays:
                 found.setdefault(doc["play_id"], []).append(doc)
         return found
 
-    async def _finished(self, play_ids: Sequence[str]) -> builtins.list[Doc]:
-        """The documents of ``plays`` of ``play_ids``, one query each (FerretDB serves a lone
-        ``_id`` equality fastest of all its filters)."""
-        found = await asyncio.gather(
-            *(self._s.coll(PLAYS).find_one({"_id": p}, {"company_id": 1, "seq": 1}) for p in play_ids)
-        )
-        return [doc for doc in found if doc is not None]
+    async def _finished(self, play_ids: Sequence[str]) -> dict[str, Stored]:
+        """What ``plays`` holds of ``play_ids``, one query each (FerretDB serves a lone ``_id``
+        equality fastest of all its filters): a finished play, or a running one written in
+        place before ``plays_live`` existed (with its state, to go on from)."""
+        fields = {"company_id": 1, "seq": 1, "status": 1, "state": 1, "state_json": 1}
+        found = await asyncio.gather(*(self._s.coll(PLAYS).find_one({"_id": p}, fields) for p in play_ids))
+        held: dict[str, Stored] = {}
+        for doc in filter(None, found):
+            running = doc.get("status") == "running"
+            held[doc["_id"]] = Stored(doc["company_id"], int(doc["seq"]), _state(doc) if running else None)
+        return held
 
     async def _write(
         self,
@@ -294,19 +297,27 @@ class MongoPlays:
             await asyncio.shield(self._housekeeping)
 
     async def _insert_finished(self, states: Sequence[PlayState], now: datetime) -> builtins.list[str]:
-        """Insert finished plays into ``plays``; the ids another company's document holds."""
+        """Insert finished plays into ``plays``; the ids another company's document holds.
+        A play there already at a lower seq (a running play written before ``plays_live``
+        existed, when ``plays`` was updated in place) is replaced by its end."""
         docs = [_document(s, now) for s in states]
         there = await self._insert(PLAYS, docs)
         if not there:
             return []
+        plays = self._s.coll(PLAYS)
         holders = await asyncio.gather(
-            *(self._s.coll(PLAYS).find_one({"_id": docs[i]["_id"]}, {"company_id": 1}) for i in there)
+            *(plays.find_one({"_id": docs[i]["_id"]}, {"company_id": 1, "seq": 1}) for i in there)
         )
-        return [
-            docs[i]["_id"]
-            for i, doc in zip(there, holders, strict=True)
-            if doc is not None and doc["company_id"] != docs[i]["company_id"]
-        ]
+        taken: builtins.list[str] = []
+        for i, held in zip(there, holders, strict=True):
+            doc = docs[i]
+            if held is None:
+                continue
+            if held["company_id"] != doc["company_id"]:
+                taken.append(doc["_id"])
+            elif int(held.get("seq", 0)) < doc["seq"]:  # a finished play's state is its last: no race to lose
+                await plays.replace_one({"_id": doc["_id"]}, doc)
+        return taken
 
     async def _insert(self, collection: str, docs: Sequence[Doc]) -> builtins.list[int]:
         """Unordered insert; the indexes of the documents that were there already."""
