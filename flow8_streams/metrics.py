@@ -51,6 +51,12 @@ class Metrics:
             buckets=(1, 5, 10, 50, 100, 500, 1000, 5000),
             registry=r,
         )
+        self.projection_lag = Histogram(
+            "flow8_projection_lag_seconds",
+            "From an event's append (its `at`) to its projection into the store, per event.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            registry=r,
+        )
         self.http_refused = Counter(
             "flow8_http_refused_total",
             "Requests the worker's HTTP port refused, by status (404: a path it does not serve, 405: a method).",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayState
+from flow8_streams.engine.projection import ApplyResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,12 @@ class EventLog(Protocol):
 
 
 class PlayProjection(Protocol):
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Fold a batch of events (any order, redelivered or not, several plays) into the
+        plays by ``engine.projection``'s rules, and write each play's latest state once,
+        guarded by ``seq``: a write whose play is stored at a higher ``seq`` changes nothing,
+        whoever wrote it and whenever it lands."""
+
     async def save(self, states: Sequence[PlayState]) -> None:
         """Upsert each play; a state with a lower ``seq`` than the stored one is ignored."""
 

@@ -23,6 +23,7 @@ from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
+from flow8_streams.engine.projection import ApplyResult, Batch, Stored, project
 from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.stores.ports import KVEntry
 
@@ -181,6 +182,8 @@ def _insert_events(db: sqlite3.Connection, events: Sequence[Event]) -> None:
 
 
 def _upsert_plays(db: sqlite3.Connection, states: Sequence[PlayState]) -> None:
+    """The guard is in the conflict's filter: a play stored at the same or a higher seq,
+    or for another company, is left alone."""
     now = _now()
     db.executemany(
         """INSERT INTO plays (play_id, company_id, flow, flow_version, status, seq, created_at, updated_at, state)
@@ -188,7 +191,7 @@ def _upsert_plays(db: sqlite3.Connection, states: Sequence[PlayState]) -> None:
            ON CONFLICT (play_id) DO UPDATE SET
              status = excluded.status, seq = excluded.seq,
              updated_at = excluded.updated_at, state = excluded.state
-           WHERE excluded.seq > plays.seq""",
+           WHERE excluded.seq > plays.seq AND excluded.company_id = plays.company_id""",
         [
             (
                 s.play_id,
@@ -204,6 +207,22 @@ def _upsert_plays(db: sqlite3.Connection, states: Sequence[PlayState]) -> None:
             for s in states
         ],
     )
+
+
+_IN_CHUNK = 500  # ids per ``IN (...)``: below SQLite's host parameter limit
+
+
+def _stored_plays(db: sqlite3.Connection, play_ids: Sequence[str]) -> dict[str, Stored]:
+    stored: dict[str, Stored] = {}
+    for start in range(0, len(play_ids), _IN_CHUNK):
+        chunk = play_ids[start : start + _IN_CHUNK]
+        rows = db.execute(
+            f"SELECT play_id, company_id, seq, state FROM plays WHERE play_id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        for play_id, company_id, seq, state in rows:
+            stored[play_id] = Stored(company_id, seq, PlayState.model_validate_json(state))
+    return stored
 
 
 class SqliteEventLog:
@@ -242,6 +261,14 @@ class SqlitePlays:
 
     def __init__(self, store: SqliteStore) -> None:
         self._s = store
+
+    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+        """Read the batch's plays, fold (``engine.projection``), write: one transaction."""
+        batch = Batch.of(events)
+        with self._s.tx() as db:
+            projection = project(batch, _stored_plays(db, batch.play_ids))
+            _upsert_plays(db, list(projection.states.values()))
+        return projection.result()
 
     async def save(self, states: Sequence[PlayState]) -> None:
         with self._s.tx() as db:

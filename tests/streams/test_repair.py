@@ -30,8 +30,8 @@ async def test_a_projection_missing_its_first_events_is_rebuilt_from_the_log(har
     assert before is not None and before.seq == len(await harness.events(play_id))
     # the projection loses the play: the events after the sleep come to a projector that
     # has no seq 1 for it (what a record lost by a consumer across a rebalance looks like)
-    deleted = await harness.store.coll("plays").delete_one({"_id": play_id, "company_id": company})
-    assert deleted.deleted_count == 1
+    deleted = await harness.store.coll("plays_live").delete_many({"play_id": play_id, "company_id": company})
+    assert deleted.deleted_count >= 1
 
     final = await harness.wait(play_id)
     assert final.seq > before.seq  # events came after the loss

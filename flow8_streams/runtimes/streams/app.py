@@ -63,6 +63,7 @@ from flow8_streams.domain.messages import (
 )
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup, step
+from flow8_streams.engine.projection import ApplyResult
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, StoreUnavailable
 from flow8_streams.logs import bind, log_context
 from flow8_streams.metrics import Metrics
@@ -82,9 +83,11 @@ from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.repair import read_plays
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot, plays_table
 from flow8_streams.settings import Settings
+from flow8_streams.stores.ports import PlayProjection
 
 if TYPE_CHECKING:
     from flow8_streams.channels.pool import ChannelPool
+    from flow8_streams.stores.mongo import MongoStore
 
 log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
@@ -549,13 +552,14 @@ class Flow8App:
         self,
         settings: Settings,
         registry: ModuleRegistry,
-        store: Any,
+        store: MongoStore,
         metrics: Metrics,
         channels: ChannelPool | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self.projection: PlayProjection = store.plays  # what the projector writes through
         self.claims = PlayIdClaims(store.plays.claim, settings.limits)
         self._waiting: Any = None  # the orchestrator agent's queue of inputs (see _commands_waiting)
         self.metrics = metrics
@@ -1027,7 +1031,8 @@ class Flow8App:
                 partition_of[batch[-1].play_id] = event.message.partition
             if not batch:
                 continue
-            result = await self._retrying(f"projection of {len(batch)} events", partial(self.store.plays.apply, batch))
+            result = await self._retrying(f"projection of {len(batch)} events", partial(self.projection.apply, batch))
+            self._projected(result)
             self.metrics.projection_batch.observe(len(batch))
             by_partition: defaultdict[int, set[str]] = defaultdict(set)
             for gap in result.gaps:
@@ -1039,11 +1044,18 @@ class Flow8App:
                 self._repairs.add(task)
                 task.add_done_callback(self._repairs.discard)
 
+    def _projected(self, result: ApplyResult) -> None:
+        """The projection lag of each event just projected: now minus its append time."""
+        now = utcnow()
+        for at in result.appended_at:
+            self.metrics.projection_lag.observe(max(0.0, (now - at).total_seconds()))
+
     async def _repair(self, partition: int, play_ids: set[str]) -> None:
         """Project ``play_ids`` again from their events read back from the log (``repair``)."""
         try:
             events = await read_plays(self.settings, partition, play_ids)
-            result = await self._retrying(f"repair of {len(play_ids)} play(s)", partial(self.store.plays.apply, events))
+            result = await self._retrying(f"repair of {len(play_ids)} play(s)", partial(self.projection.apply, events))
+            self._projected(result)
         except Exception:  # the next gap of these plays tries again
             log.exception("repair of the projection of %s failed", sorted(play_ids))
             return
