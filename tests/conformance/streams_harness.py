@@ -104,6 +104,7 @@ class EventTap:
         self.duplicates: list[tuple[str, int]] = []
         self.terminal: dict[str, str] = {}  # play_id -> type of its terminal event
         self.partition: dict[str, int] = {}  # play_id -> the events partition its events are on
+        self.first_since_mark: dict[int, float] = {}  # partition -> when the tap first read from it since mark()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -133,8 +134,10 @@ class EventTap:
             batch = await self._consumer.getmany(timeout_ms=200)
             if not batch:
                 continue
+            now = time.monotonic()
             for messages in batch.values():
                 for m in messages:
+                    self.first_since_mark.setdefault(m.partition, now)
                     event = event_adapter.validate_json(m.value or b"")
                     seen = self.events[event.play_id]
                     if event.seq in seen:
@@ -145,6 +148,11 @@ class EventTap:
                         self.terminal[event.play_id] = event.type
             async with self._changed:
                 self._changed.notify_all()
+
+    def mark(self) -> float:
+        """From now on, ``first_since_mark`` notes when each partition next yields an event."""
+        self.first_since_mark = {}
+        return time.monotonic()
 
     def history(self, play_id: str) -> list[Event]:
         return [e for _, e in sorted(self.events.get(play_id, {}).items())]

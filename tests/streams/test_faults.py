@@ -5,10 +5,13 @@ over 50 companies run a small DAG with an async step (so plays are in flight ove
 and a KV counter. After a few hundred results, one worker is killed without warning.
 Exactly-once means: every play completes, no event is written twice, every history
 chains, every play has exactly one result, and the counters add up to exactly 1,000.
+The projection keeps up: within 30 s of the last result every play's MongoDB document is final
+and agrees with its result. The test prints how long the killed worker's partitions stalled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -18,6 +21,7 @@ import pytest
 
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
 from flow8_streams.domain.messages import StartPlay
+from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayStatus
 from flow8_streams.engine import fold
 from flow8_streams.runtimes.streams.client import CommandProducer
@@ -33,6 +37,7 @@ COMPANIES = 50
 KILL_AFTER = 300  # finished plays before the kill
 COUNTER = "plays_done"
 GUARD_S = 240.0  # every play finished within this after the kill (the dead member's session expires in 60 s)
+PROJECTED_WITHIN_S = 30.0  # every play's MongoDB document final after the last result
 
 FLOW = make_flow(
     "faulty",
@@ -55,6 +60,23 @@ def commands_partitions(group: WorkerGroup, index: int) -> set[int]:
     commands = group.settings.topics.commands
     assigned = group.healthz(index)["assigned"]
     return {int(tp[len(commands) + 1 : -1]) for tp in assigned if tp.startswith(f"{commands}[")}
+
+
+async def projected_within(store: MongoStore, results: dict[str, PlayResult], within: float) -> dict[str, str]:
+    """Polls the projection until every play's document is final and agrees with its result, or
+    ``within`` seconds pass; returns what still differs, by play."""
+    deadline = time.monotonic() + within
+    while True:
+        unsettled: dict[str, str] = {}
+        for play_id, result in results.items():
+            doc = await store.plays.get(result.company_id, play_id)
+            if doc is None:
+                unsettled[play_id] = "no document"
+            elif doc.status.value != result.status or doc.output != result.output:
+                unsettled[play_id] = f"document {doc.status.value} (seq {doc.seq}), result {result.status}"
+        if not unsettled or time.monotonic() > deadline:
+            return unsettled
+        await asyncio.sleep(0.5)  # the projection has no event a reader can await
 
 
 @pytest.mark.timeout(400)
@@ -89,6 +111,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
             killed_at = time.monotonic()
             await tap.sync()  # every play the victim finished (committed) is counted as done before the kill
             done_before_kill = set(tap.terminal)
+            marked = tap.mark()  # from here, the victim's partitions are silent until a survivor takes them over
             assert len(done_before_kill) < PLAYS, "every play finished before the kill: nothing was in flight"
 
             await tap.wait_until(
@@ -97,11 +120,23 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
                 lambda: f"all {PLAYS} plays finished ({PLAYS - len(plays.keys() & tap.terminal.keys())} still running)",
             )
             await results.wait_for(set(plays), 60)
-            took = time.monotonic() - t0
+            last_result = time.monotonic()
+            took = last_result - t0
+            resumed = {p: tap.first_since_mark[p] - killed_at for p in owned[victim] if p in tap.first_since_mark}
             print(
                 f"\n{PLAYS} plays: {len(done_before_kill)} done at the kill ({killed_at - t0:.1f} s), "
-                f"all done {took:.1f} s after the first command"
+                f"all done {took:.1f} s after the first command; the killed worker's partitions "
+                f"{sorted(owned[victim])} stalled {max(resumed.values(), default=float('nan')):.1f} s at most "
+                f"(each: { {p: round(t, 1) for p, t in sorted(resumed.items())} }; tap read-lag "
+                f"{marked - killed_at:.1f} s after the kill)"
             )
+
+        # the projection keeps up: every play's document final and agreeing with its result, soon
+        unsettled = await projected_within(store, results.results, PROJECTED_WITHIN_S)
+        print(f"projection: all {PLAYS} documents final {time.monotonic() - last_result:.1f} s after the last result")
+        assert unsettled == {}, f"{len(unsettled)} plays' MongoDB documents differ from their results: " + str(
+            dict(list(unsettled.items())[:5])
+        )
 
         # every play completed, once
         outcomes = Counter(tap.terminal[p] for p in plays)
