@@ -64,14 +64,18 @@ def commands_partitions(group: WorkerGroup, index: int) -> set[int]:
 
 async def projected_within(store: MongoStore, results: dict[str, PlayResult], within: float) -> dict[str, str]:
     """Polls the projection until every play's document is final and agrees with its result, or
-    ``within`` seconds pass; returns what still differs, by play."""
+    ``within`` seconds pass; returns what still differs, by play. One listing a round: the group's
+    database holds only this test's plays, and a read by id scans the collection on FerretDB."""
     deadline = time.monotonic() + within
     while True:
+        projected = {s.play_id: s for s in await store.plays.list(None, None, limit=2 * len(results))}
         unsettled: dict[str, str] = {}
         for play_id, result in results.items():
-            doc = await store.plays.get(result.company_id, play_id)
+            doc = projected.get(play_id)
             if doc is None:
                 unsettled[play_id] = "no document"
+            elif doc.company_id != result.company_id:
+                unsettled[play_id] = f"document of company {doc.company_id}, result of {result.company_id}"
             elif doc.status.value != result.status or doc.output != result.output:
                 unsettled[play_id] = f"document {doc.status.value} (seq {doc.seq}), result {result.status}"
         if not unsettled or time.monotonic() > deadline:
