@@ -139,7 +139,14 @@ def _play(output: Any) -> list[ev.Event]:
         more = decide(
             state,
             FlowletResult(
-                play_id="p", company_id="acme", flowlet=name, attempt=1, ok=True, output=output, started_at=now, ended_at=now
+                play_id="p",
+                company_id="acme",
+                flowlet=name,
+                attempt=1,
+                ok=True,
+                output=output,
+                started_at=now,
+                ended_at=now,
             ),
             now,
         )
