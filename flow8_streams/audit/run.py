@@ -81,10 +81,14 @@ def export(
     try:
         with gzip.open(tmp, "wb", compresslevel=6) as f:
             f.write(orjson.dumps({"header": header}) + b"\n")
+            written: set[tuple[object, object, str]] = set()  # the db's and the JSONL file's copies are one
             for c in checkpoints:
                 if isinstance(c, cp.SignedCheckpoint) and c.body.get("company_id") == company:
-                    f.write(c.line())
-                    signed += 1
+                    key = (c.body.get("company_id"), c.body.get("number"), c.signature)
+                    if key not in written:
+                        written.add(key)
+                        f.write(c.line())
+                        signed += 1
             for history in histories:
                 plays += 1
                 for doc in history.documents:

@@ -34,6 +34,9 @@ DIAMOND = FlowDefinition.model_validate(
     }
 )
 PLAYS = {"p1": "acme", "p2": "acme", "p3": "globex"}
+# globex's play carries what RFC 8785 writes unlike a plain sorted dump: floats, and keys whose
+# UTF-16 order is not their code-point order
+EXOTIC = {"amount": 1e16, "ratio": 1.0, "tiny": 1e-7, "\ue000": "private use", "\U0001f600": [0.1, -0.0, "\u2028"]}
 
 
 def env() -> dict[str, str]:
@@ -78,7 +81,8 @@ async def _record(db: Path, private: Path) -> None:
     settings = Settings(audit_signing_key=private)
     async with LocalRuntime.open(db, settings=settings) as runtime:
         for play_id, company in PLAYS.items():
-            await runtime.run(DIAMOND, {"amount": 100}, company_id=company, play_id=play_id)
+            play_input = EXOTIC if company == "globex" else {"amount": 100}
+            await runtime.run(DIAMOND, play_input, company_id=company, play_id=play_id)
 
 
 @pytest.fixture(scope="session")
