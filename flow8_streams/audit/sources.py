@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from flow8_streams.stores.ports import Stores
 
 UNDECODABLE = "undecodable"
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # an event or archive line larger than this is refused, not parsed
+READ_CHUNK = 1024 * 1024  # what an archive is read (and decompressed) by: memory stays bounded
 MAX_PLAYS_LISTED = 10_000_000  # what a StoreSource asks the projection for at most
 ARCHIVE_FORMAT, ARCHIVE_VERSION = "flow8-audit-export", 1
 
@@ -207,23 +209,33 @@ class ArchiveSource:
         return cast(IO[bytes], gzip.open(self.path, "rb")) if gzipped else self.path.open("rb")
 
     def _lines(self) -> Iterator[tuple[int, bytes]]:
+        """Numbered non-blank lines, read (and decompressed) a bounded chunk at a time; a line over
+        ``MAX_EVENT_BYTES`` is reported and skipped."""
+        n, rest, skipping = 0, b"", False
         try:
             with self._open() as f:
-                for n in itertools.count(1):
-                    line = f.readline(MAX_EVENT_BYTES + 1)
-                    if not line:
-                        return
-                    if len(line) > MAX_EVENT_BYTES:
-                        self.problems.append(
-                            Finding(UNDECODABLE, f"{self.path}:{n}: a line over {MAX_EVENT_BYTES} bytes")
-                        )
-                        while line and not line.endswith(b"\n"):  # skip the rest of it
-                            line = f.readline(MAX_EVENT_BYTES)
-                        continue
-                    if line.strip():
-                        yield n, line
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                while chunk := f.read(READ_CHUNK):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        n += 1
+                        if skipping:  # the end of a line too long to keep
+                            skipping = False
+                        elif len(line) > MAX_EVENT_BYTES:
+                            self._too_long(n)
+                        elif line and not line.isspace():
+                            yield n, line
+                    if len(rest) > MAX_EVENT_BYTES:
+                        if not skipping:
+                            self._too_long(n + 1)
+                        rest, skipping = b"", True
+        except (OSError, EOFError, zlib.error) as exc:
             raise InvalidInput(f"{self.path} cannot be read as an archive: {exc}") from None
+        if rest and not skipping and not rest.isspace():
+            yield n + 1, rest
+
+    def _too_long(self, n: int) -> None:
+        self.problems.append(Finding(UNDECODABLE, f"{self.path}:{n}: a line over {MAX_EVENT_BYTES} bytes: skipped"))
 
     def _records(self) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
         for n, line in self._lines():

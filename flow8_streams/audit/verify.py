@@ -158,9 +158,9 @@ def verify(
             chain_ok = False
             break
         version = doc.get("hash_version", 1)
-        body = {k: v for k, v in doc.items() if k != "hash"}
+        stored = doc.pop("hash", None)  # the document without its hash, put back below (not copied: speed)
         try:
-            expected = chain_hash(version, previous, body)
+            expected = chain_hash(version, previous, doc)
         except UnknownHashVersion as exc:
             findings.append(Finding(UNKNOWN_HASH_VERSION, f"seq {seq}: {exc}", seq))
             chain_ok = False
@@ -169,7 +169,10 @@ def verify(
             findings.append(Finding(ALTERED, f"seq {seq} cannot be hashed: {exc}", seq))
             chain_ok = False
             break
-        if doc.get("hash") != expected:
+        finally:
+            if stored is not None:
+                doc["hash"] = stored
+        if stored != expected:
             findings.append(
                 Finding(ALTERED, f"seq {seq} ({doc.get('type')}): its content does not match its hash", seq)
             )

@@ -199,3 +199,20 @@ def test_an_unknown_hash_version_is_named_not_crashed_on() -> None:
     docs[2]["hash_version"] = 3
     verdict = verify(PlayHistory("p", "acme", docs))
     assert [(f.kind, f.seq) for f in verdict.findings] == [("unknown_hash_version", 3)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.0,
+        -0.0,
+        [2.0, -3.0, 1e15, 2.0**53],
+        {"r": 1.5e-6, "s": 1e-6, "t": 9.99e-6, "u": 1e-5, "v": 1e-7},
+        [4.310813869902683e16, 1e21, 1e20, 123.456],
+        {"s": "a:1234567890123456,b:2.0,[3e5"},  # number-like text inside a string
+        {"n": 9007199254740991, "m": -9007199254740991},
+        {"\U0001f600": 1, "\ue000": 2, "é": [1.0]},
+    ],
+)
+def test_the_fast_path_on_the_edges_of_its_rules(value: Any) -> None:
+    assert jcs(value) == rfc8785.dumps(value)
