@@ -161,8 +161,6 @@ async def _verify_mongodb(
     from flow8_streams.stores.mongo import MongoStore
 
     settings = load_settings()
-    if not settings.mongodb_uri:
-        raise InvalidInput("--mongodb reads $MONGODB_URI (or the settings file): it is not set")
     signed = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
     audit = Audit(flt, signed, public_key=key, require_anchor=require_anchor)
     mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
