@@ -6,14 +6,17 @@ strings escaped as ECMAScript's ``JSON.stringify`` does, numbers as ECMAScript p
 double. A value outside I-JSON (an integer beyond ±(2**53 - 1), a non-finite float) has no
 canonical form: ``NotCanonical``.
 
-orjson with sorted keys writes RFC 8785's bytes for strings, integers within ±(2**53 - 1) (its
-output is searched for a number of sixteen digits instead of checking each integer), keys below
-U+D800 (where UTF-16 and code-point order part) and every float but three kinds: an
-integral one up to 2**53 (orjson ``2.0``, RFC 8785 ``2``), passed to it as the equal ``int``;
-an integral one past 2**53 (RFC 8785 pads its shortest digits with zeros) and one of magnitude
-in [1e-6, 1e-5) (orjson ``1.5e-6``, RFC 8785 ``0.0000015``). A value with one of those or a key
-at or past U+D800 goes to the ``rfc8785`` library instead; nearly every event takes the orjson
-path, and one whose orjson output has no float token and only ASCII is not walked at all.
+orjson with sorted keys writes RFC 8785's bytes for strings, integers within ±(2**53 - 1), keys
+below U+D800 (where UTF-16 and code-point order part) and floats, but for an integral float
+(orjson ``2.0``, RFC 8785 ``2``), one of magnitude in [1e-6, 1e-5) (``1.5e-6``, ``0.0000015``)
+and one from 1e16 on (``1e+16``, ``10000000000000000``). So ``jcs`` takes the first of:
+
+1. orjson's output when it is ASCII, its number tokens checked: ``X.0`` is written ``X`` and
+   a number-like text inside a string is told apart by the quotes before it (the fast path);
+2. the value walked, integral floats up to 2**53 passed as ints, and dumped by orjson (a
+   non-ASCII key, an escaped quote, an exponent path 1 does not rewrite);
+3. the ``rfc8785`` library (a key at or past U+D800, an integral float past 2**53, a float in
+   [1e-6, 1e-5), an integer past 2**53 - 1, which it refuses).
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ import rfc8785
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _PLAIN = frozenset({str, bool, int, type(None)})  # what orjson writes as RFC 8785 does (ints: see jcs)
-# a number token (or a string that looks like one): sixteen digits (an integer that may be past
-# 2**53 - 1), or a float; a match inside a string only sends the value down a slower exact path
-_LONG_INTEGER = re.compile(rb"(?:^|[:,\[])-?\d{16}")
-_LONG_INTEGER_OR_FLOAT = re.compile(rb"(?:^|[:,\[])-?(?:\d{16}|\d+[.eE])")
+# sixteen digits in an object or array: an integer that may be past 2**53 - 1 (or such text in
+# a string: it only sends the value down a slower exact path)
+_LONG_INTEGER = re.compile(rb"[:,\[]-?\d{16}")
+# a float or a 16-digit integer as orjson writes one in an object or array (or text in a string
+# that looks like one: told apart by the quotes before it)
+_NUMBER = re.compile(rb"[:,\[](-?(?:\d{16,}|\d+\.\d+(?:e[+-]\d+)?|\d+e[+-]\d+))(?=[,\]}])")
+_FLOAT_HINT = re.compile(rb"[:,\[]-?\d+[.e]")  # quick to search: no float can be where it finds nothing
+MAX_TOKENS = 64  # more floats than this in one value: walked instead of counting quotes for each
 
 
 class NotCanonical(ValueError):
@@ -81,15 +88,53 @@ def _for_orjson(value: Any) -> Any:
     raise _Library
 
 
+def _fix_numbers(out: bytes) -> bytes | None:
+    """orjson's ASCII output of an object or array in RFC 8785's form: each integral float
+    ``X.0`` written ``X``; None if a number needs more (an exponent of +, or -6; an integer past
+    2**53 - 1) or quotes cannot tell a number from a string (an escaped quote)."""
+    if _FLOAT_HINT.search(out) is None:
+        return out if _LONG_INTEGER.search(out) is None else None
+    tokens = list(_NUMBER.finditer(out))
+    if not tokens:
+        return out
+    if len(tokens) > MAX_TOKENS or b'\\"' in out:
+        return None
+    pieces: list[bytes] = []
+    last = 0
+    for match in tokens:
+        start = match.start(1)
+        if out.count(b'"', 0, start) & 1:  # inside a string
+            continue
+        token = match.group(1)
+        if b"e" in token:
+            if b"e-" in token and not token.endswith(b"e-6"):
+                continue  # under 1e-6: written alike
+            return None
+        if b"." in token:
+            if token.endswith(b".0"):
+                whole = token[:-2]
+                pieces += (out[last:start], b"0" if whole == b"-0" else whole)
+                last = match.end(1)
+            continue
+        if not -MAX_SAFE_INTEGER <= int(token) <= MAX_SAFE_INTEGER:
+            return None
+    return b"".join((*pieces, out[last:])) if pieces else out
+
+
 def jcs(value: Any) -> bytes:
     """The RFC 8785 canonical bytes of ``value``; ``NotCanonical`` if it has none."""
     try:
+        container = type(value) is dict or type(value) is list
         out = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-        if out.isascii() and _LONG_INTEGER_OR_FLOAT.search(out) is None:
-            return out  # no float, no long integer, every key ASCII: nothing to look at
-        out = orjson.dumps(_for_orjson(value), option=orjson.OPT_SORT_KEYS)
-        if _LONG_INTEGER.search(out) is None:
-            return out
+        if container and out.isascii():  # every key ASCII: only numbers may need rewriting
+            fixed = _fix_numbers(out)
+            if fixed is not None:
+                return fixed
+        prepared = _for_orjson(value)
+        if container:
+            out = orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
+            if _LONG_INTEGER.search(out) is None:
+                return out
     except (_Library, orjson.JSONEncodeError, TypeError):  # orjson: a lone surrogate; the library decides
         pass
     try:

@@ -99,7 +99,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=3000, deadline=None)
 @given(json_values)
 def test_the_fast_path_writes_what_rfc8785_writes(value: Any) -> None:
     try:
