@@ -74,6 +74,7 @@ class LocalRuntime:
         self.checkpointer = checkpointer  # signs the chain heads this runtime writes (FLOW8_AUDIT_SIGNING_KEY)
         self.checkpoint_seconds = checkpoint_seconds
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self.checkpointed = asyncio.Event()  # set each time a periodic checkpoint is written
         self.limits = limits
         self.refused: dict[str, int] = {}  # reason -> messages refused (a company mismatch, a limit)
         self._starting: dict[str, str] = {}  # play_id -> company of a Start still in the inbox
@@ -193,7 +194,8 @@ class LocalRuntime:
         while True:
             await asyncio.sleep(self.checkpoint_seconds)  # a period, not a wait for an event
             try:
-                self.checkpointer.flush(self.clock())
+                if self.checkpointer.flush(self.clock()):
+                    self.checkpointed.set()
             except Exception:  # the store or the file failed: tried again next period and at close
                 log.exception("writing a signed checkpoint failed")
 

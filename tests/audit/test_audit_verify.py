@@ -171,3 +171,28 @@ def test_a_v1_db_written_before_hash_version_verifies(tmp_path: Path) -> None:
     assert result.code == 0, result
     assert result.json_lines()[0]["verdict"] == "ok"
     assert flow8("events", "v1-play", "--db", db, "--verify", cwd=tmp_path).code == 0
+
+
+async def test_the_runtime_signs_checkpoints_while_it_runs(tmp_path: Path) -> None:
+    """Every audit_checkpoint_seconds, not only at close: a play is anchored while the runtime
+    that wrote it still runs."""
+    import asyncio
+
+    from flow8_streams import LocalRuntime
+    from flow8_streams.audit.checkpoints import keygen
+    from flow8_streams.settings import Settings
+    from tests.audit.conftest import DIAMOND
+
+    private, public, _ = keygen(tmp_path / "keys")
+    db = tmp_path / "flow8.db"
+    settings = Settings(audit_signing_key=private, audit_checkpoint_seconds=0.05)
+    async with LocalRuntime.open(db, settings=settings) as runtime:
+        await runtime.run(DIAMOND, {"amount": 5}, company_id="acme", play_id="early")
+        runtime.checkpointed.clear()
+        assert runtime.checkpointer is not None
+        if runtime.checkpointer.pending:  # else a checkpoint since its last commit named them all
+            await asyncio.wait_for(runtime.checkpointed.wait(), timeout=10)
+        signed = Signed(tmp_path, db, public, private)
+        result = await asyncio.to_thread(signed.verify, "--company", "acme", "--require-anchor", "--json")
+    assert result.code == 0, result
+    assert result.json_lines()[0]["anchored"] is True
