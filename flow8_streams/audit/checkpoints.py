@@ -222,17 +222,35 @@ def read_db(connection: Any) -> Iterator[SignedCheckpoint | Finding]:
             return
         raise
     for company, number, body, signature in rows:
+        where = f"checkpoint {number} of {company!r} in the db"
+        if len(body) > MAX_CHECKPOINT_LINE_BYTES:
+            yield Finding(CHECKPOINT_FORGED, f"{where}: {len(body)} bytes, not a checkpoint")
+            continue
         try:
-            yield SignedCheckpoint(orjson.loads(body), signature)
+            checkpoint = orjson.loads(body)
         except orjson.JSONDecodeError:
-            yield Finding(CHECKPOINT_FORGED, f"checkpoint {number} of {company!r} in the db is not JSON")
+            yield Finding(CHECKPOINT_FORGED, f"{where} is not JSON")
+            continue
+        if not isinstance(checkpoint, dict) or not isinstance(signature, str):
+            yield Finding(CHECKPOINT_FORGED, f"{where} is not a signed checkpoint")
+            continue
+        yield SignedCheckpoint(checkpoint, signature)
 
 
 def read_jsonl(path: Path) -> Iterator[SignedCheckpoint | Finding]:
-    with path.open("rb") as f:
-        for n, line in enumerate(f, start=1):
+    """The checkpoints of a JSONL file, each line read up to ``MAX_CHECKPOINT_LINE_BYTES``."""
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise InvalidInput(f"checkpoints file {path} cannot be read: {exc.strerror}") from None
+    with f:
+        n = 0
+        while line := f.readline(MAX_CHECKPOINT_LINE_BYTES + 1):
+            n += 1
             if len(line) > MAX_CHECKPOINT_LINE_BYTES:
-                yield Finding(CHECKPOINT_FORGED, f"{path}:{n}: a line of {len(line)} bytes is not a checkpoint")
+                yield Finding(CHECKPOINT_FORGED, f"{path}:{n}: a line over {MAX_CHECKPOINT_LINE_BYTES} bytes: skipped")
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(MAX_CHECKPOINT_LINE_BYTES)
             elif line.strip():
                 yield parse_line(line, f"{path}:{n}")
 

@@ -147,9 +147,14 @@ def jcs(value: Any) -> bytes:
             out = orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
             if _LONG_INTEGER.search(out) is None:
                 return out
-    except (_Library, orjson.JSONEncodeError, TypeError):  # orjson: a lone surrogate; the library decides
+    except (
+        _Library,
+        orjson.JSONEncodeError,
+        TypeError,
+        RecursionError,
+    ):  # orjson: a lone surrogate; the library decides
         pass
     try:
         return rfc8785.dumps(value)
-    except (rfc8785.CanonicalizationError, UnicodeError, TypeError) as exc:
+    except (rfc8785.CanonicalizationError, UnicodeError, TypeError, RecursionError) as exc:
         raise NotCanonical(str(exc)) from None

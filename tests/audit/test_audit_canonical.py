@@ -218,3 +218,12 @@ def test_an_unknown_hash_version_is_named_not_crashed_on() -> None:
 )
 def test_the_fast_path_on_the_edges_of_its_rules(value: Any) -> None:
     assert jcs(value) == rfc8785.dumps(value)
+
+
+def test_a_value_nested_past_what_can_be_walked_has_no_canonical_form() -> None:
+    """An archive line may nest as deep as the JSON parser allows: refused, never a crash."""
+    value: Any = [1.5e-6]
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(NotCanonical):
+        jcs(value)

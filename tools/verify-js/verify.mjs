@@ -166,7 +166,14 @@ function verifyPlay(playId, companyId, docs, anchors, checked, requireAnchor) {
       break;
     }
     const { hash, ...body } = doc;
-    const expected = sha256(Buffer.from(previous, "hex"), Buffer.from(jcs(body)));
+    let expected;
+    try {
+      expected = sha256(Buffer.from(previous, "hex"), Buffer.from(jcs(body)));
+    } catch (err) {
+      findings.push({ kind: "altered", seq: doc.seq, detail: `seq ${doc.seq} cannot be hashed: ${err.message}` });
+      chainOk = false;
+      break;
+    }
     if (hash !== expected) {
       findings.push({ kind: "altered", seq: doc.seq, detail: `seq ${doc.seq}: its content does not match its hash` });
       chainOk = false;
