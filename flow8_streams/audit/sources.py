@@ -81,16 +81,15 @@ def _started_at(first: dict[str, Any] | None, projection: PlayState | None) -> d
     return projection.started_at if projection is not None else None
 
 
-def _decode(body: bytes, where: str, seq: int | None) -> dict[str, Any] | Finding:
+def _decode(body: bytes) -> dict[str, Any] | str:
+    """A JSON object, or what is wrong with ``body`` (the caller says where it is)."""
     if len(body) > MAX_EVENT_BYTES:
-        return Finding(UNDECODABLE, f"{where}: {len(body)} bytes, over {MAX_EVENT_BYTES}", seq)
+        return f"{len(body)} bytes, over {MAX_EVENT_BYTES}"
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return Finding(UNDECODABLE, f"{where}: not JSON ({exc})", seq)
-    if not isinstance(doc, dict):
-        return Finding(UNDECODABLE, f"{where}: not a JSON object", seq)
-    return doc
+        return f"not JSON ({exc})"
+    return doc if type(doc) is dict else "not a JSON object"
 
 
 class SqliteSource:
@@ -137,9 +136,9 @@ class SqliteSource:
                 history = PlayHistory(play_id, "", [], has_projection=True)
                 for _, company, seq, body in group:
                     history.company_id = history.company_id or company
-                    doc = _decode(body, f"event row ({play_id!r}, {seq})", seq)
-                    if isinstance(doc, Finding):
-                        history.problems.append(doc)
+                    doc = _decode(body)
+                    if isinstance(doc, str):
+                        history.problems.append(Finding(UNDECODABLE, f"event row ({play_id!r}, {seq}): {doc}", seq))
                     else:
                         history.documents.append(doc)
                 self._project(history, projections.pop(play_id, None))
@@ -239,9 +238,9 @@ class ArchiveSource:
 
     def _records(self) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
         for n, line in self._lines():
-            record = _decode(line, f"{self.path}:{n}", None)
-            if isinstance(record, Finding):
-                self.problems.append(record)
+            record = _decode(line)
+            if isinstance(record, str):
+                self.problems.append(Finding(UNDECODABLE, f"{self.path}:{n}: {record}"))
             else:
                 yield n, line, record
 
@@ -270,10 +269,10 @@ class ArchiveSource:
             for _ in self.checkpoints():
                 pass
         assert self._pending is not None
-        first = [self._pending] if self._pending[1] else []
+        first = [(self._pending[0], b"", self._pending[1])] if self._pending[1] else []
         done: set[str] = set()
         current: PlayHistory | None = None
-        for n, record in itertools.chain(first, ((n, r) for n, _, r in self._stream)):
+        for n, _, record in itertools.chain(first, self._stream):
             doc = record.get("event")
             if not isinstance(doc, dict) or not isinstance(doc.get("play_id"), str):
                 what = "a checkpoint after the events" if "checkpoint" in record else "not an event"
