@@ -113,11 +113,13 @@ def _fix_numbers(out: bytes) -> bytes | None:
     pieces: list[bytes] = []
     last = seen = 0  # end of the last rewritten token, of the last token read
     for at in sorted(starts):
+        if at < seen or out.count(b'"', 0, at) & 1:
+            continue  # inside a token read already, or inside a string (a timestamp's seconds)
         start = at
         while start > 0 and digits[start - 1] in _DIGIT_OR_MINUS:
             start -= 1
-        if start < seen or out[start - 1] not in _BEFORE_NUMBER or out.count(b'"', 0, start) & 1:
-            continue  # inside a token read already, or inside a string
+        if out[start - 1] not in _BEFORE_NUMBER:
+            return None
         token = _FLOAT.match(out, start)
         if token is None or out[token.end() : token.end() + 1] not in _AFTER_NUMBER:
             return None
