@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sqlite3
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flow8_streams.audit.verify import CHECKPOINT_FORGED, Anchor, Finding
 from flow8_streams.domain.canonical import NotCanonical, jcs
 from flow8_streams.domain.state import PlayState
-from flow8_streams.errors import InvalidInput
+from flow8_streams.errors import InvalidInput, StoreUnavailable
 
 PRIVATE_NAME, PUBLIC_NAME = "audit-signing.key", "audit-signing.pub"
 FORMAT, VERSION = "flow8-checkpoint", 1
@@ -150,9 +151,16 @@ class Checkpointer:
         return len(self._heads)
 
     def flush(self, now: datetime) -> list[SignedCheckpoint]:
-        """One signed checkpoint per company with heads noted since the last flush."""
+        """One signed checkpoint per company with heads noted since the last flush
+        (``StoreUnavailable`` if the db or the file cannot take it: the heads stay noted)."""
         if not self._heads:
             return []
+        try:
+            return self._flush(now)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"writing a signed checkpoint to {self._jsonl} and its db: {exc}") from exc
+
+    def _flush(self, now: datetime) -> list[SignedCheckpoint]:
         by_company: dict[str, list[dict[str, Any]]] = {}
         for play_id, (company, seq, head) in sorted(self._heads.items()):
             by_company.setdefault(company, []).append(

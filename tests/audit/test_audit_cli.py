@@ -141,3 +141,18 @@ def test_a_hostile_archive_is_reported_not_crashed_on(signed: Signed) -> None:
     _assert_clean_error(
         flow8("audit", "verify", "--archive", not_ours, "--company", "acme", cwd=signed.dir), "not a flow8 audit export"
     )
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    assert flow8("audit", "keygen", "--out", tmp_path / "k", cwd=tmp_path).code == 0
+    (tmp_path / "flow8.db.checkpoints.jsonl").mkdir()  # where the file should go
+    result = flow8(
+        "run", _flow(tmp_path), "--db", tmp_path / "flow8.db", "--company", "acme", "--play-id", "p1",
+        cwd=tmp_path, FLOW8_AUDIT_SIGNING_KEY=str(tmp_path / "k" / "audit-signing.key"),
+    )  # fmt: skip
+    assert result.code == 1, result
+    assert "Traceback" not in result.err and result.err.startswith("error: writing a signed checkpoint"), result.err
+    assert "flow8.db.checkpoints.jsonl" in result.err
+    with sqlite3.connect(tmp_path / "flow8.db") as conn:  # nothing half written
+        assert conn.execute("SELECT count(*) FROM audit_checkpoints").fetchone() == (0,)
+    conn.close()
