@@ -196,3 +196,16 @@ async def test_the_runtime_signs_checkpoints_while_it_runs(tmp_path: Path) -> No
         result = await asyncio.to_thread(signed.verify, "--company", "acme", "--require-anchor", "--json")
     assert result.code == 0, result
     assert result.json_lines()[0]["anchored"] is True
+
+
+def test_filters_choose_the_plays_and_never_report_the_others_missing(signed: Signed) -> None:
+    _, verdicts, summary = signed.verdicts("--company", "acme", "--play", "p2")
+    assert set(verdicts) == {"p2"} and summary["verdict"] == "ok"
+    _, verdicts, summary = signed.verdicts("--all-companies", "--flow", "payout", "--status", "succeeded")
+    assert set(verdicts) == {"p1", "p2", "p3"} and summary["verdict"] == "ok"
+    _, verdicts, summary = signed.verdicts("--all-companies", "--status", "failed")
+    assert verdicts == {} and summary["verdict"] == "ok"
+    code, verdicts, summary = signed.verdicts("--company", "acme", "--since", "2999-01-01T00:00:00Z")
+    assert code == 0 and verdicts == {} and summary["findings"] == []
+    _, verdicts, _ = signed.verdicts("--company", "acme", "--until", "2999-01-01")
+    assert set(verdicts) == {"p1", "p2"}
