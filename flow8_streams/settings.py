@@ -247,6 +247,17 @@ class Settings(BaseSettings):
         description="Threads that run plain (not async) modules; a thread stuck past its flowlet's timeout is "
         "replaced, up to as many again.",
     )
+    audit_signing_key: Path | None = Field(
+        default=None,
+        description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "
+        "signs checkpoints of the chain heads it writes with it.",
+    )
+    audit_checkpoint_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=86_400,
+        description="How often a signed checkpoint is written (and when the runtime closes).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         default="text", description="Log lines: text, or one JSON object per line (flow8 --log-format)."

@@ -44,11 +44,10 @@ from flow8_streams.cli.common import (
     uses_mongodb,
 )
 from flow8_streams.cli.options import id_option, limits
-from flow8_streams.domain.events import Event, verify_chain
+from flow8_streams.domain.events import Event
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.state import PlayState, PlayStatus
-from flow8_streams.engine import fold
-from flow8_streams.errors import CompanyMismatch, EngineError, InvalidInput, NotFound
+from flow8_streams.errors import CompanyMismatch, InvalidInput, NotFound
 from flow8_streams.flowfile import load_flow, parse_json_arg
 from flow8_streams.live import plain
 from flow8_streams.modules.registry import ModuleRegistry
@@ -369,23 +368,32 @@ def events(
             )
         print_table(table)
     if verify:
-        problems = verify_chain(history)
-        try:
-            folded = fold(history)
-        except EngineError as exc:  # a cut or reordered history does not fold; verify_chain names it
-            problems.append(f"the events do not fold into a play: {exc}")
-        else:
-            if projected is not None and folded != projected:
-                problems.append("the projection differs from the fold of the events")
-        if projected is not None and projected.seq != len(history):
-            problems.append(f"the projection is at seq {projected.seq} but the log has {len(history)} events")
-        if problems:
-            for problem in problems:
-                err.print(Text.assemble(("✘", "red"), " ", plain(problem)), soft_wrap=True)
+        from flow8_streams.audit.verify import PlayHistory
+        from flow8_streams.audit.verify import verify as verify_play
+
+        documents = [e.model_dump(mode="json") for e in history]
+        verdict = verify_play(
+            PlayHistory(play_id, history[0].company_id, documents, projection=projected, has_projection=True)
+        )
+        if not verdict.ok:
+            for f in verdict.findings:
+                what = _HISTORY.get(f.kind, f.kind.replace("_", " "))
+                err.print(Text.assemble(("✘", "red"), " ", plain(f"{f.detail} ({what})")), soft_wrap=True)
             raise typer.Exit(1)
         err.print(
-            f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches"
+            f"[green]✔[/] {len(history)} events chain from genesis to {history[-1].hash[:16]}…; projection matches "
+            "(a recomputed chain or a cut tail shows only against signed checkpoints: flow8 audit verify)"
         )
+
+
+_HISTORY = {  # what each finding of flow8_streams.audit.verify means to a reader of one play's events
+    "altered": "history altered",
+    "missing": "history cut",
+    "cut_tail": "history cut",
+    "reordered": "history reordered",
+    "duplicated": "history duplicated",
+    "after_terminal": "history extended",
+}
 
 
 @kv_app.command("get")

@@ -1,9 +1,11 @@
 """The events of a play: the source of truth every projection is folded from.
 
 Each event has the same envelope (ids, ``seq`` 1..n per play, ``at``, ``type``,
-``schema_version``) and a typed ``payload``. ``hash`` chains the events of one play:
-sha256 over the previous event's hash and this event's canonical content, so an
-audit can prove a history was neither altered nor cut.
+``schema_version``, ``hash_version``) and a typed ``payload``. ``hash`` chains the events of one
+play: sha256 over the previous event's hash and this event's canonical content (``chain_hash``;
+``schemas/hashing.md`` defines both versions with a worked example). The chain shows an edit or
+a reordering inside a history; only an anchor kept outside the store (a signed checkpoint, a
+play result) shows a recomputed chain or a cut tail (``flow8_streams.audit``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,43 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from flow8_streams.domain.canonical import NotCanonical, jcs
 from flow8_streams.domain.flow import FlowDefinition
 
 SCHEMA_VERSION = 1
 GENESIS_HASH = "0" * 64
+HASH_VERSION = 2  # what new events are hashed with; 1 where an event's content is not I-JSON
+HASH_VERSIONS = (1, 2)
+
+
+class UnknownHashVersion(ValueError):
+    """An event hashed by a version of flow8 this one does not know."""
+
+
+def canonical_bytes(hash_version: int, document: dict[str, Any]) -> bytes:
+    """The bytes the hash of an event covers, from its JSON document without ``hash``.
+
+    v1: ``json.dumps`` with sorted keys, compact, UTF-8, without ``hash_version``.
+    v2: RFC 8785 (JCS) of the document, ``hash_version`` included (``NotCanonical`` if the
+    document is not I-JSON)."""
+    if hash_version == 2:
+        return jcs(document)
+    if hash_version == 1:
+        body = {k: v for k, v in document.items() if k != "hash_version"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    raise UnknownHashVersion(f"hash_version {hash_version!r} is not one of {HASH_VERSIONS}")
+
+
+def chain_hash(hash_version: int, previous_hash: str, document: dict[str, Any]) -> str:
+    """An event's ``hash`` given its predecessor's (``GENESIS_HASH`` for seq 1).
+
+    v1: sha256(ASCII hex of the previous hash || canonical bytes).
+    v2: sha256(the previous hash's 32 bytes || canonical bytes)."""
+    content = canonical_bytes(hash_version, document)
+    prefix = bytes.fromhex(previous_hash) if hash_version == 2 else previous_hash.encode()
+    return hashlib.sha256(prefix + content).hexdigest()
+
+
 _EVENT_NS = uuid.UUID("8f1c5a6e-2b0d-4f7e-9a51-f10c8e5d0e08")
 
 
@@ -113,16 +148,32 @@ class _Event(BaseModel):
     seq: int = Field(ge=1)
     at: datetime
     schema_version: int = SCHEMA_VERSION
+    hash_version: int = Field(
+        default=1, ge=1, description="How `hash` is computed: 1 (absent) or 2 (RFC 8785); see schemas/hashing.md."
+    )
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     payload: Any
 
+    def document(self) -> dict[str, Any]:
+        """The event as JSON, without ``hash``: what its hash covers."""
+        return self.model_dump(mode="json", exclude={"hash"})
+
     def canonical(self) -> bytes:
-        """The bytes the hash covers: every field but ``hash``, sorted keys, compact."""
-        body = self.model_dump(mode="json", exclude={"hash"})
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        """The bytes the hash covers (``canonical_bytes`` of ``document``)."""
+        return canonical_bytes(self.hash_version, self.document())
 
     def expected_hash(self, previous_hash: str) -> str:
-        return hashlib.sha256(previous_hash.encode() + self.canonical()).hexdigest()
+        return chain_hash(self.hash_version, previous_hash, self.document())
+
+    def sealed(self, previous_hash: str) -> _Event:
+        """This event hashed after ``previous_hash``: with ``HASH_VERSION``, or v1 when its
+        content is not I-JSON (an integer past ±(2**53 - 1) in an output)."""
+        draft = self.model_copy(update={"hash_version": HASH_VERSION})
+        try:
+            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
+        except NotCanonical:
+            draft = self.model_copy(update={"hash_version": 1})
+            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
 
 
 class PlayStarted(_Event):
@@ -235,7 +286,12 @@ def verify_chain(events: list[Event]) -> list[str]:
         if event.seq != expected_seq:
             problems.append(f"seq {event.seq} found where {expected_seq} was expected (history cut or reordered)")
             break
-        if event.hash != event.expected_hash(previous):
+        try:
+            expected = event.expected_hash(previous)
+        except UnknownHashVersion as exc:
+            problems.append(f"seq {event.seq} ({event.type}): {exc}")
+            break
+        if event.hash != expected:
             problems.append(f"seq {event.seq} ({event.type}): hash does not match its content (history altered)")
             break
         previous = event.hash

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from flow8_streams.domain.state import PlayState
 
@@ -22,6 +22,10 @@ class PlayResult(BaseModel):
     error: str | None = None
     started_at: datetime
     ended_at: datetime
+    last_seq: int | None = Field(default=None, description="The seq of the play's terminal event.")
+    head_hash: str | None = Field(
+        default=None, description="The hash of the play's terminal event: its chain's head, an anchor for audits."
+    )
 
     @classmethod
     def of(cls, state: PlayState) -> PlayResult:
@@ -36,4 +40,6 @@ class PlayResult(BaseModel):
             error=state.error,
             started_at=state.started_at,
             ended_at=state.ended_at,
+            last_seq=state.seq,
+            head_hash=state.last_hash,
         )

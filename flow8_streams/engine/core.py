@@ -75,7 +75,7 @@ class _Emitter:
             payload=payload,
             hash="",
         )
-        event = draft.model_copy(update={"hash": draft.expected_hash(previous)})
+        event = draft.sealed(previous)
         self.events.append(cast(ev.Event, event))
         self.state = evolve(self.state, cast(ev.Event, event))
 

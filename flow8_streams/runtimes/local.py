@@ -42,6 +42,7 @@ from flow8_streams.modules.threads import DEFAULT_SIZE, ModuleThreads
 from flow8_streams.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
+    from flow8_streams.audit.checkpoints import Checkpointer
     from flow8_streams.channels import ChannelPool
     from flow8_streams.settings import Settings
 
@@ -67,8 +68,14 @@ class LocalRuntime:
         channels: ChannelPool | None = None,
         limits: Limits = DEFAULT_LIMITS,
         module_threads: int = DEFAULT_SIZE,
+        checkpointer: Checkpointer | None = None,
+        checkpoint_seconds: float = 60.0,
     ) -> None:
         self.store = store
+        self.checkpointer = checkpointer  # signs the chain heads this runtime writes (FLOW8_AUDIT_SIGNING_KEY)
+        self.checkpoint_seconds = checkpoint_seconds
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self.checkpointed = asyncio.Event()  # set each time a periodic checkpoint is written
         self.limits = limits
         self.refused: dict[str, int] = {}  # reason -> messages refused (a company mismatch, a limit)
         self._starting: dict[str, str] = {}  # play_id -> company of a Start still in the inbox
@@ -128,7 +135,13 @@ class LocalRuntime:
                 await pool.start()  # a port in use: InvalidInput naming it
             try:
                 runtime = cls(
-                    store, registry, channels=pool, limits=settings.limits, module_threads=settings.module_threads
+                    store,
+                    registry,
+                    channels=pool,
+                    limits=settings.limits,
+                    module_threads=settings.module_threads,
+                    checkpointer=_checkpointer(store, path, settings),
+                    checkpoint_seconds=settings.audit_checkpoint_seconds,
                 )
                 async with runtime:
                     yield runtime
@@ -142,6 +155,8 @@ class LocalRuntime:
         if self.threads.closed:  # started again after a close
             self.threads = ModuleThreads(self.threads.size)
         self._loop_task = asyncio.create_task(self._orchestrate(), name="flow8-orchestrator")
+        if self.checkpointer is not None:
+            self._checkpoint_task = asyncio.create_task(self._checkpoints(), name="flow8-checkpoints")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -167,6 +182,23 @@ class LocalRuntime:
                     fut.cancel()
         self._waiters.clear()
         self.threads.close()
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            await asyncio.gather(self._checkpoint_task, return_exceptions=True)
+            self._checkpoint_task = None
+        if self.checkpointer is not None and self._failure is None:
+            self.checkpointer.flush(self.clock())  # the heads written since the last checkpoint
+
+    async def _checkpoints(self) -> None:
+        """A signed checkpoint every ``checkpoint_seconds`` while plays are written."""
+        assert self.checkpointer is not None
+        while True:
+            await asyncio.sleep(self.checkpoint_seconds)  # a period, not a wait for an event
+            try:
+                if self.checkpointer.flush(self.clock()):
+                    self.checkpointed.set()
+            except Exception:  # the store or the file failed: tried again next period and at close
+                log.exception("writing a signed checkpoint failed")
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each committed batch of events; returns an unsubscribe."""
@@ -293,6 +325,8 @@ class LocalRuntime:
             committed.extend(events)
         if committed:
             self.store.record(committed, list(touched.values()))
+            if self.checkpointer is not None:
+                self.checkpointer.note(touched.values())
         for state in resumed:
             for name, _ in in_flight(state):
                 if (state.play_id, name) not in self._tasks:
@@ -400,6 +434,16 @@ class LocalRuntime:
             if self._tasks.get(key) is asyncio.current_task():
                 del self._tasks[key]
         self._inbox.put_nowait(without_pending(result, module_ref, "flow8 run --channels"))
+
+
+def _checkpointer(store: SqliteStore, db: Path, settings: Settings) -> Checkpointer | None:
+    """The signer of ``db``'s checkpoints when the settings name a signing key."""
+    if settings.audit_signing_key is None:
+        return None
+    from flow8_streams.audit.checkpoints import Checkpointer, jsonl_path, load_private_key
+
+    key = load_private_key(settings.audit_signing_key)
+    return Checkpointer(store.db, key, writer=db.name, jsonl=jsonl_path(db))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,252 @@
+"""``flow8 audit``: keygen, verify, export. Thin callers of ``flow8_streams.audit``.
+
+Exit codes of ``verify``: 0 every play clean, 1 findings, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.text import Text
+
+from flow8_streams.audit import checkpoints as cp
+from flow8_streams.audit.run import Audit, export
+from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
+from flow8_streams.audit.verify import Summary, Verdict
+from flow8_streams.cli.common import dumps, err, out, run_async
+from flow8_streams.cli.options import id_option, name_option
+from flow8_streams.domain.state import PlayStatus
+from flow8_streams.errors import InvalidInput
+from flow8_streams.live import plain
+
+audit_app = typer.Typer(
+    help="Audits: verify play histories against their hash chains, projections and signed checkpoints.",
+    no_args_is_help=True,
+)
+
+DbSourceOpt = Annotated[Path | None, typer.Option("--db", help="Audit this SQLite database file (read-only).")]
+MongoOpt = Annotated[bool, typer.Option("--mongodb", help="Audit the streams runtime's MongoDB ($MONGODB_URI).")]
+CompanyOpt = Annotated[
+    str | None, typer.Option("--company", help="The company to audit (required).", callback=id_option("--company"))
+]
+AllCompaniesOpt = Annotated[
+    bool, typer.Option("--all-companies", help="Every company (an operator's whole-log run) instead of --company.")
+]
+PlayOpt = Annotated[str | None, typer.Option("--play", help="Only this play.", callback=id_option("--play"))]
+FlowOpt = Annotated[str | None, typer.Option("--flow", help="Only plays of this flow.", callback=name_option("--flow"))]
+StatusOpt = Annotated[str | None, typer.Option("--status", help="running, succeeded, failed or cancelled.")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Only plays started at or after this ISO time.")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Only plays started before this ISO time.")]
+PublicKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--public-key", help="Check each play against the checkpoints this key signed (audit-signing.pub)."),
+]
+
+
+def _time(value: str | None, flag: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{flag} {value!r} is not an ISO time (2026-11-30T02:00:00Z)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _filter(
+    company: str | None,
+    all_companies: bool,
+    play: str | None,
+    flow: str | None,
+    status: str | None,
+    since: str | None,
+    until: str | None,
+) -> Filter:
+    if (company is None) == (not all_companies):
+        raise InvalidInput("give --company C (the company to audit) or --all-companies (every company), not both")
+    if status is not None and status not in {s.value for s in PlayStatus}:
+        raise InvalidInput(f"--status {status!r} is not one of {', '.join(s.value for s in PlayStatus)}")
+    return Filter(company, play, flow, status, _time(since, "--since"), _time(until, "--until"))
+
+
+def _one_source(db: Path | None, mongodb: bool, archive: Path | None) -> None:
+    if sum((db is not None, mongodb, archive is not None)) != 1:
+        raise InvalidInput("give one source: --db FILE, --mongodb ($MONGODB_URI) or --archive FILE")
+
+
+@audit_app.command()
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for audit-signing.key and audit-signing.pub.")],
+) -> None:
+    """Make the Ed25519 key pair that signs checkpoints: the private key (mode 0600) for the runtime
+    (FLOW8_AUDIT_SIGNING_KEY), the public key for auditors (--public-key). Never replaces a key."""
+    private, public, kid = cp.keygen(out_dir)
+    out.print(
+        Text.assemble(
+            "wrote ",
+            plain(str(private)),
+            " (private, mode 0600: set FLOW8_AUDIT_SIGNING_KEY to it where flow8 runs) and ",
+            plain(str(public)),
+            f" (public: give it to auditors); key id {kid}",
+        ),
+        soft_wrap=True,
+    )
+
+
+@audit_app.command("verify")
+def verify_cmd(
+    db: DbSourceOpt = None,
+    mongodb: MongoOpt = False,
+    archive: Annotated[Path | None, typer.Option("--archive", help="Audit a flow8 audit export file.")] = None,
+    company: CompanyOpt = None,
+    all_companies: AllCompaniesOpt = False,
+    play: PlayOpt = None,
+    flow: FlowOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    public_key: PublicKeyOpt = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints", help="Signed checkpoints (JSONL) to use besides the db's (default DB.checkpoints.jsonl)."
+        ),
+    ] = None,
+    require_anchor: Annotated[
+        bool,
+        typer.Option("--require-anchor", help="A play not covered to its end by a signed checkpoint is a finding."),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per play, then the summary.")] = False,
+) -> None:
+    """Verify each play: its hash chain (the first bad seq named: altered, reordered, missing,
+    duplicated), that a finished play ends in its terminal event, its projection, and with
+    --public-key the signed checkpoints. Exit 0 clean, 1 findings, 2 bad input."""
+    _one_source(db, mongodb, archive)
+    flt = _filter(company, all_companies, play, flow, status, since, until)
+    key = cp.load_public_key(public_key) if public_key is not None else None
+    if require_anchor and key is None:
+        raise InvalidInput("--require-anchor needs --public-key FILE")
+    report = _Report(json_out)
+    if db is not None:
+        source = SqliteSource(db, checkpoints=checkpoints)
+        try:
+            audit = Audit(flt, source.checkpoints(), public_key=key, require_anchor=require_anchor)
+            for history in source.histories(flt):
+                report.play(audit.play(history))
+            summary = audit.finish()
+        finally:
+            source.close()
+    elif archive is not None:
+        packed = ArchiveSource(archive)
+        extra = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
+        audit = Audit(flt, [*packed.checkpoints(), *extra], public_key=key, require_anchor=require_anchor)
+        for history in packed.histories(flt):
+            report.play(audit.play(history))
+        summary = audit.finish(packed.problems)
+    else:
+        summary = run_async(_verify_mongodb(flt, key, require_anchor, checkpoints, report))
+    report.end(summary)
+    raise typer.Exit(0 if summary.clean else 1)
+
+
+async def _verify_mongodb(
+    flt: Filter, key: Ed25519PublicKey | None, require_anchor: bool, checkpoints: Path | None, report: _Report
+) -> Summary:
+    from flow8_streams.settings import load_settings
+    from flow8_streams.stores.mongo import MongoStore
+
+    settings = load_settings()
+    signed = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
+    audit = Audit(flt, signed, public_key=key, require_anchor=require_anchor)
+    mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+    try:
+        async for history in StoreSource(mongo).histories(flt):
+            report.play(audit.play(history))
+    finally:
+        await mongo.close()
+    return audit.finish()
+
+
+class _Report:
+    """Verdicts as they come: a line per play with findings (every play with --json), then the summary."""
+
+    def __init__(self, json_out: bool) -> None:
+        self.json = json_out
+
+    def play(self, verdict: Verdict) -> None:
+        if self.json:
+            sys.stdout.write(dumps(verdict.as_json(), indent=False) + "\n")
+            return
+        if verdict.ok and not verdict.unanchored:
+            return
+        for f in verdict.findings:
+            where = f" seq {f.seq}" if f.seq is not None else ""
+            out.print(
+                Text.assemble(("✘ ", "red"), plain(verdict.play_id), f" {f.kind}{where}: ", plain(f.detail)),
+                soft_wrap=True,
+            )
+        if verdict.ok:
+            out.print(
+                Text.assemble("· ", plain(verdict.play_id), " unanchored: written after the last signed checkpoint"),
+                soft_wrap=True,
+            )
+
+    def end(self, summary: Summary) -> None:
+        if self.json:
+            sys.stdout.write(dumps(summary.as_json(), indent=False) + "\n")
+            return
+        for f in summary.findings:
+            out.print(Text.assemble(("✘ ", "red"), f"{f.kind}: ", plain(f.detail)), soft_wrap=True)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.by_kind.items()))
+        line = (
+            f"{summary.plays} plays, {summary.events} events: {summary.ok} ok, {summary.with_findings} with findings"
+            f"{f' ({kinds})' if kinds else ''}; {summary.unanchored} unanchored; {summary.checkpoints} checkpoints"
+        )
+        mark = "[green]✔[/]" if summary.clean else "[red]✘[/]"
+        err.print(f"{mark} {line}", soft_wrap=True)
+
+
+@audit_app.command("export")
+def export_cmd(
+    out_file: Annotated[Path, typer.Option("--out", help="The archive to write (gzipped JSONL, FILE.jsonl.gz).")],
+    db: DbSourceOpt = None,
+    company: Annotated[
+        str, typer.Option("--company", help="The company to export (required).", callback=id_option("--company"))
+    ] = "",
+    play: PlayOpt = None,
+    flow: FlowOpt = None,
+    status: StatusOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Put this public key in the archive's header.")
+    ] = None,
+) -> None:
+    """Write a company's events, its signed checkpoints and the public key as one archive that
+    `flow8 audit verify --archive` and tools/verify-js check offline."""
+    if not company:
+        raise InvalidInput("--company C is required: an export is one company's")
+    if db is None:
+        raise InvalidInput("give --db FILE: export reads the embedded runtime's database")
+    flt = _filter(company, False, play, flow, status, since, until)
+    key = cp.load_public_key(public_key) if public_key is not None else None
+    source = SqliteSource(db)
+    try:
+        signed = list(source.checkpoints())
+        plays, events, n = export(out_file, source.histories(flt), signed, company=company, public_key=key)
+    finally:
+        source.close()
+    out.print(
+        Text.assemble(
+            f"wrote {plays} plays, {events} events and {n} checkpoints of ",
+            plain(company),
+            " to ",
+            plain(str(out_file)),
+        ),
+        soft_wrap=True,
+    )
