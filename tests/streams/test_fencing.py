@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from flow8_streams.domain.events import verify_chain
+from flow8_streams.domain.messages import StartPlay
+from flow8_streams.errors import StoreUnavailable
+from flow8_streams.runtimes.streams.client import CommandProducer
 from flow8_streams.runtimes.streams.kafka.producer import GroupFenced, GroupMember, GroupProducer, group_member
+from flow8_streams.settings import Settings
+from flow8_streams.stores.mongo import MongoStore
+from tests.conformance.streams_harness import EventTap, WorkerGroup
 from tests.services import require_service
+
+from .support import collecting_results, fl, make_flow, running_group
 
 DEADLINE_S = 60.0
 
@@ -186,3 +198,129 @@ async def _owns(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
 async def _in_generation_after(old: GroupMember, consumers: list[AIOKafkaConsumer]) -> bool:
     members = [group_member(c) for c in consumers]
     return all(m.generation_id > old.generation_id for m in members) and len({m.generation_id for m in members}) == 1
+
+
+# ------------------------------------------------------------------ the SIGSTOP test (real workers)
+
+SESSION_TIMEOUT_MS = 6_000  # the least the broker allows (group.min.session.timeout.ms): a short wait
+STOPPED_PLAYS = 300
+STOPPED_COMPANIES = 20
+STOP_AFTER = 60  # plays finished before the SIGSTOP
+SLOW_FLOW = make_flow(
+    "zombie",
+    fl("start", "echo", input={"n": "${input.n}"}),
+    fl("wait", "sleep", "start", input={"seconds": 0.05}),
+    fl("done", "echo", "wait", input={"n": "${flowlets.start.output.n}"}),
+)
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
+    env = {"FLOW8_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
+    with running_group(tmp_path_factory.mktemp("zombie"), count=2, extra_env=env) as group:
+        yield group
+
+
+async def result_counts(settings: Settings) -> Counter[str]:
+    """How many results each play has on flow8.play-results now (read_committed, to the end)."""
+    topic = settings.topics.play_results
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, isolation_level="read_committed")
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        end = await reader.end_offsets(tps)
+        counts: Counter[str] = Counter()
+        async with asyncio.timeout(DEADLINE_S):
+            while [tp for tp in tps if await reader.position(tp) < end[tp]]:
+                for records in (await reader.getmany(timeout_ms=200)).values():
+                    counts.update(orjson.loads(record.value)["play_id"] for record in records)
+        return counts
+    finally:
+        await reader.stop()
+
+
+def command_partitions_of(group: WorkerGroup, index: int) -> set[int]:
+    commands = group.settings.topics.commands
+    assigned = group.healthz(index)["assigned"]
+    return {int(tp[len(commands) + 1 : -1]) for tp in assigned if tp.startswith(f"{commands}[")}
+
+
+@pytest.mark.kafka
+@pytest.mark.mongo
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_worker_stopped_past_its_session_commits_nothing_when_continued(
+    two_workers: WorkerGroup, no_leaked_tasks: None
+) -> None:
+    """SIGSTOP one of two workers mid-load, past the session timeout: the other takes its
+    partitions and finishes every play; then SIGCONT: the zombie, fenced by the group's
+    generation, commits nothing: no (play_id, seq) twice in flow8.events, no play lost,
+    every play's result once on flow8.play-results."""
+    group = two_workers
+    settings = group.settings
+    partitions = set(range(settings.topics.partitions))
+    zombie, survivor = 0, 1
+    assert command_partitions_of(group, zombie), "the worker to stop owns no partition: it would prove nothing"
+    companies = [f"co-{i:02d}" for i in range(STOPPED_COMPANIES)]
+    plays = {str(uuid.uuid4()): companies[i % STOPPED_COMPANIES] for i in range(STOPPED_PLAYS)}
+    proc = group.processes[zombie][0]
+    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    tap = EventTap(settings)
+    stopped = False
+    try:
+        for company in companies:
+            await store.flows.put(company, SLOW_FLOW)
+        await tap.open(from_beginning=True)
+        async with collecting_results(settings) as results, CommandProducer(settings) as producer:
+            for n, (play_id, company) in enumerate(plays.items()):
+                await producer.send(StartPlay(company_id=company, flow=SLOW_FLOW.name, play_id=play_id, input={"n": n}))
+            await producer.flush()
+            await tap.wait_until(lambda: len(tap.terminal) >= STOP_AFTER, 120, f"{STOP_AFTER} plays finished")
+            proc.send_signal(signal.SIGSTOP)
+            stopped = True
+            stopped_at = time.monotonic()
+            assert len(tap.terminal) < STOPPED_PLAYS, "every play finished before the SIGSTOP: nothing was in flight"
+
+            async def survivor_owns_all() -> bool:
+                return await asyncio.to_thread(command_partitions_of, group, survivor) == partitions
+
+            await until("the survivor owns every partition", survivor_owns_all, timeout=120)
+            assert time.monotonic() - stopped_at >= SESSION_TIMEOUT_MS / 1000 * 0.9
+            await tap.wait_until(
+                lambda: plays.keys() <= tap.terminal.keys(),
+                180,
+                lambda: f"all plays finished ({len(plays.keys() - tap.terminal.keys())} still running)",
+            )
+            await results.wait_for(set(plays), 60)
+
+            proc.send_signal(signal.SIGCONT)
+            stopped = False
+
+            async def zombie_settled() -> bool:
+                if proc.poll() is not None:  # it crashed on being fenced
+                    return True
+                try:  # or it rejoined the group as a new member
+                    shares = await asyncio.to_thread(group.assigned_by_worker)
+                except StoreUnavailable:
+                    return True
+                return len(shares) == 2 and all(shares)
+
+            await until("the continued worker exits or rejoins", zombie_settled, timeout=120)
+            await tap.sync()
+        results_once = await result_counts(settings)
+
+        assert tap.duplicates == [], f"(play_id, seq) written twice to flow8.events: {tap.duplicates[:10]}"
+        assert Counter(tap.terminal[p] for p in plays) == {"PlayCompleted": STOPPED_PLAYS}
+        for play_id in plays:
+            assert verify_chain(tap.history(play_id)) == [], play_id
+        assert results.duplicates == [], f"play results delivered twice: {results.duplicates[:10]}"
+        assert results_once == dict.fromkeys(plays, 1), "a play result missing or delivered twice"
+        assert results.results.keys() == plays.keys()
+        assert Counter(r.status for r in results.results.values()) == {"succeeded": STOPPED_PLAYS}
+    finally:
+        if stopped:
+            proc.send_signal(signal.SIGCONT)
+        await tap.close()
+        await store.close()

@@ -12,7 +12,7 @@ from flow8_streams.runtimes.streams.kafka.protocol import (
     TxnOffsetCommitRequest_v3,
     TxnOffsetCommitResponse_v3,
 )
-from flow8_streams.runtimes.streams.kafka.rules import Refusal, offset_commit_refusal
+from flow8_streams.runtimes.streams.kafka.rules import Refusal, in_generation, offset_commit_refusal
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,11 @@ def test_group_member_is_its_group_id() -> None:
     member = GroupMember("flow8", 3, "m-1")
     assert member == "flow8" and str(member) == "flow8"
     assert (member.generation_id, member.member_id, member.group_instance_id) == (3, "m-1", None)
+
+
+@pytest.mark.parametrize(
+    ("generation", "member", "fenceable"),
+    [(3, "m-1", True), (0, "m-1", True), (-1, "", False), (-1, "m-1", False), (2, "", False)],
+)
+def test_offsets_are_sent_only_with_a_generation(generation: int, member: str, fenceable: bool) -> None:
+    assert in_generation(generation, member) is fenceable

@@ -41,7 +41,6 @@ import faust
 from aiohttp import web as aiohttp_web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
-from faust.assignor import PartitionAssignor
 from faust.auth import SASLCredentials
 from faust.sensors import Sensor
 from faust.transport.drivers import aiokafka as kafka_driver
@@ -78,6 +77,11 @@ from flow8_streams.runtimes.streams.channels import (
     without_pending,
 )
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
+from flow8_streams.runtimes.streams.kafka.transactions import (
+    WorkerTransaction,
+    WorkerTransactions,
+    transaction_timeout_ms,
+)
 from flow8_streams.runtimes.streams.repair import read_plays
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot, plays_table
 from flow8_streams.settings import Settings
@@ -88,7 +92,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
-TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
 MAX_PEEK = 2048  # queued inputs looked at for play ids to claim with the one in hand
 RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
 COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (see Flow8Consumer)
@@ -111,27 +114,6 @@ class Decision:
     body: bytes  # the table entry's state (empty for a finished play)
     remote: list[ev.FlowletScheduled]  # tasks for executors
     partition: int
-
-
-class Flow8Assignor(PartitionAssignor):
-    """Topics we only write to (results, DLQ) join the transaction group of the inputs.
-
-    faust picks a partition's transactional producer by the topic's co-partitioned
-    group, known only for subscribed topics. Ours all have the same partition count,
-    so they belong with the inputs' group: the group of ``anchor`` (the commands
-    topic). Not the lowest group: that is faust's one-partition leader topic, whose
-    producers exist for partition 0 only.
-    """
-
-    anchor: str | None = None
-
-    def group_for_topic(self, topic: str) -> int:
-        groups = self._topic_groups
-        if topic in groups:
-            return groups[topic]
-        if self.anchor is not None and self.anchor in groups:
-            return groups[self.anchor]
-        return max(groups.values(), default=0)
 
 
 class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
@@ -242,17 +224,6 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         epochs = self.epochs
         return {tp: _unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
 
-    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
-        """faust's transaction manager asks this for the partition of a send, from the
-        consumer's metadata, which knows subscribed topics only. For the results and DLQ
-        topics it answered None, and faust then sent them with its plain producer, outside
-        the partition's transaction: a worker killed before its commit left a result
-        whose events were aborted, and the play's successor published it again. Every
-        send here names its partition (the input's); it is the answer."""
-        if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
-            return partition
-        return super().key_partition(topic, key, partition)
-
 
 def _unless_sought(epochs: dict[Any, int], tp: Any, epoch: int, batch: list[Any]) -> Iterator[Any]:
     """The records of ``batch`` until ``tp`` is sought (see ``Flow8ConsumerThread``)."""
@@ -330,10 +301,8 @@ class Flow8Consumer(kafka_driver.Consumer):
             if started >= everything_at:
                 everything_at = started + interval
                 await self.commit()
-                try:
-                    await cast(Flow8Producer, self.app.producer).commit_unsettled()
-                except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
-                    log.warning("could not commit the records sent since the last commit: %s", exc)
+                if self.in_transaction:
+                    await cast(WorkerTransactions, self.transactions).commit_unsettled()
             else:
                 await self.commit(eager)
             took = time.monotonic() - started
@@ -414,81 +383,14 @@ class Flow8Consumer(kafka_driver.Consumer):
         return committed
 
 
-class Flow8Producer(kafka_driver.Producer):
-    """A partition's transaction commits only once its input offsets can advance, so no
-    sooner than the slowest task in flight there ends (see ``Flow8Consumer._new_offset``).
-    With aiokafka's 60 s transaction timeout the broker aborted the transaction of a
-    partition busy with slow tasks, and the worker crashed (ProducerFenced) at its next
-    commit. The timeout is the default flowlet timeout (300 s); a dead worker's open
-    transaction is aborted when its successor takes the partition, not by this timeout."""
-
-    def _settings_extra(self) -> Any:
-        return {**super()._settings_extra(), "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
-
-    # Records sent in a partition's transaction since its last commit. faust commits a
-    # transaction only together with input offsets that moved on. A task still running
-    # when a rebalance came could find its input offset committed past it already (the
-    # fault test: two kv.incr tasks finished 3 and 6 s after the kill's rebalance): its
-    # completion then sat in a transaction nothing committed, until the broker aborted
-    # it at the transaction timeout, and its play never finished. ``commit_unsettled``
-    # commits such transactions on faust's commit interval; a record so committed before
-    # its input's offset can be read again after a crash, which the engine takes as a
-    # repeat.
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.unsettled: set[str] = set()
-        super().__init__(*args, **kwargs)
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Any:
-        if transactional_id:
-            self.unsettled.add(transactional_id)
-        return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
-
-    def _gate(self, tid: str) -> contextlib.AbstractAsyncContextManager[Any]:
-        """The orchestrator's gate of a transaction's partition (see ``commit_transactions``)."""
-        gates: defaultdict[int, asyncio.Lock] | None = getattr(self.app, "flow8_gates", None)
-        if gates is None:
-            return contextlib.nullcontext()
-        return gates[int(tid.rsplit("-", 1)[1])]  # "<group id>-<topic group>-<partition>"
-
-    async def commit_unsettled(self) -> None:
-        """Commit each transaction that holds records sent since its last commit."""
-        for tid in sorted(self.unsettled):
-            if tid not in self._trn_locks:
-                continue
-            async with self._gate(tid), self._trn_locks[tid]:
-                producer = self._transaction_producers.get(tid)
-                if producer is None or tid not in self.unsettled:
-                    continue
-                self.unsettled.discard(tid)
-                await producer.commit_transaction()
-                await producer.begin_transaction()
-
-    async def commit_transactions(
-        self, tid_to_offset_map: Mapping[str, Mapping[Any, int]], group_id: str, start_new_transaction: bool = True
-    ) -> None:
-        """Commit each partition's transaction between two orchestrator decisions, never
-        inside one: a decision holds its partition's gate while it sends (``Flow8App``).
-        A decision that comes during the commit waits for it (one partition's commit,
-        milliseconds) and goes whole into the next transaction."""
-        for tid, offsets in tid_to_offset_map.items():
-            async with self._gate(tid):
-                self.unsettled.discard(tid)
-                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
-
-
 class Flow8Transport(kafka_driver.Transport):
     Consumer = Flow8Consumer
-    Producer = Flow8Producer
+    TransactionManager = WorkerTransactions
+
+    def create_transaction_manager(self, consumer: Any, producer: Any, **kwargs: Any) -> Any:
+        worker = cast(FaustApp, self.app).worker_transaction
+        assert worker is not None  # FaustApp's
+        return WorkerTransactions(self, consumer=consumer, producer=producer, worker=worker, **kwargs)
 
 
 class Flow8Web(web_driver.Web):
@@ -520,6 +422,10 @@ class FaustApp(faust.App):
 
     flow8_on_start: tuple[Callable[[], Awaitable[None]], ...] = ()
     flow8_on_stop: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    def __init__(self, *args: Any, worker_transaction: WorkerTransaction | None = None, **kwargs: Any) -> None:
+        self.worker_transaction = worker_transaction  # the transaction manager's (exactly-once)
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
         return Flow8Transport(self.conf.broker_consumer, self)
@@ -559,7 +465,6 @@ class Flow8App:
         self._waiting: Any = None  # the orchestrator agent's queue of inputs (see _commands_waiting)
         self.metrics = metrics
         self.wakeups: dict[str, tuple[datetime, str, int]] = {}
-        self.gates: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)  # see Flow8Producer
         self._repairs: set[asyncio.Task[None]] = set()  # see _repair
         self._owned: set[int] = set()  # completions partitions assigned here (see _on_assigned)
         self._taken: dict[int, datetime] = {}  # partitions taken over and when, until _redispatch looked
@@ -569,6 +474,12 @@ class Flow8App:
         s = settings
         datadir = s.data_dir / s.worker_id
         datadir.mkdir(parents=True, exist_ok=True)
+        self.transaction = WorkerTransaction(
+            transactional_id=f"{s.group_id}-{s.worker_id}",
+            producer_options={**s.kafka_client_options(), "client_id": f"{s.worker_id}-txn", "linger_ms": 1},
+            transaction_timeout_ms=transaction_timeout_ms(s.commit_interval_ms),
+        )
+        self.transaction.restore = self._restore
         self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
@@ -594,14 +505,12 @@ class Flow8App:
             web_bind=s.server_host,
             web_host=s.advertised_host,
             datadir=str(datadir),
-            PartitionAssignor=Flow8Assignor,
             producer_linger_ms=1,
             stream_wait_empty=False,
             consumer_auto_offset_reset="earliest",
+            worker_transaction=self.transaction,
         )
         app = self.app
-        cast(Flow8Assignor, app.assignor).anchor = t.commands
-        app.flow8_gates = self.gates  # type: ignore[attr-defined]  # read by Flow8Producer
         app.flow8_commit_linger_ms = s.commit_linger_ms  # type: ignore[attr-defined]  # read by Flow8Consumer
         app.flow8_eager_topics = {t.commands, t.completions, t.tasks}  # type: ignore[attr-defined]  # same
         app.flow8_metrics = metrics  # type: ignore[attr-defined]  # read by Flow8Web
@@ -754,11 +663,20 @@ class Flow8App:
                 if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
                     p = event.payload
                     self.channel_executor.cancel(d.play_id, p.flowlet, p.attempt)
-        # One decision, one transaction: faust commits a partition's transaction on a
-        # timer, and a commit between two of these sends split the decision (a play's
-        # table entry said "finished" while its PlayCompleted was aborted with the worker).
-        async with self.gates[d.partition]:
+        # One decision, one transaction: a commit between two of these sends split the
+        # decision (a play's table entry said "finished" while its PlayCompleted was
+        # aborted with the worker). The commit cycle takes the same gate.
+        async with self.transaction.gate:
             await self._publish(d)
+
+    def _restore(self, entries: Mapping[str, bytes | None]) -> None:
+        """Put table entries back as they were before an aborted transaction wrote them."""
+        data: Any = self.plays.data  # the table's store
+        for play_id, before in entries.items():
+            if before is None:
+                data.pop(play_id, None)
+            else:
+                data[play_id] = before
 
     async def _resolve(self, command: Any, message: Any) -> Any:
         """A StartPlay names a flow; the engine needs its definition."""
@@ -815,6 +733,7 @@ class Flow8App:
         leaves the record to faust's send buffer, which may send it after the next
         commit: in another transaction than the decision's events."""
         table: Any = self.plays  # faust.Table: its serializers and changelog callback
+        self.transaction.writes(play_id, table.data.get(play_id))
         table.data[play_id] = value
 
         table.data.remember(play_id, partition)

@@ -24,7 +24,7 @@ from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionManager
 
 from flow8_streams.runtimes.streams.kafka.protocol import GroupTxnOffsetCommitRequest
-from flow8_streams.runtimes.streams.kafka.rules import Refusal, offset_commit_refusal
+from flow8_streams.runtimes.streams.kafka.rules import Refusal, in_generation, offset_commit_refusal
 
 
 class GroupFenced(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
@@ -55,13 +55,18 @@ class GroupMember(str):
 
 
 def group_member(consumer: AIOKafkaConsumer) -> GroupMember:
-    """The group metadata of ``consumer`` now (its coordinator's, read on any thread)."""
+    """The group metadata of ``consumer`` now (its coordinator's, read on any thread).
+    Raises ``GroupFenced`` when it has none: the broker would take offsets without a
+    generation (TxnOffsetCommit v0's way) from anyone."""
     coordinator = consumer._coordinator
     if coordinator is None or not getattr(coordinator, "group_id", None):
         raise IllegalOperation("the consumer is not in a consumer group: its offsets cannot be fenced")
-    return GroupMember(
+    member = GroupMember(
         coordinator.group_id, coordinator.generation, coordinator.member_id, coordinator._group_instance_id
     )
+    if not in_generation(member.generation_id, member.member_id):
+        raise GroupFenced(f"{member!r} is not a member of the group's generation (it is rejoining)")
+    return member
 
 
 class GroupTxnOffsetCommitHandler(TxnOffsetCommitHandler):  # type: ignore[misc]  # aiokafka is untyped
@@ -158,6 +163,10 @@ class GroupProducer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is unty
             retry_backoff_ms=sender._retry_backoff * 1000,
             request_timeout_ms=sender._request_timeout_ms,
         )
+
+    def transaction_open(self) -> bool:
+        """Whether a transaction is open (records may be sent)."""
+        return bool(self._txn_manager.is_in_transaction())
 
     async def send_offsets_to_transaction(self, offsets: Any, group_id: Any) -> None:
         """Add ``offsets`` to the open transaction, committed by ``group_id``'s member

@@ -33,3 +33,10 @@ def offset_commit_refusal(errors: Iterable[tuple[str, Iterable[tuple[int, int]]]
     if codes & GROUP_FENCING:
         return Refusal.GROUP_FENCED
     return None
+
+
+def in_generation(generation_id: int, member_id: str) -> bool:
+    """Whether a consumer's group metadata names a generation. aiokafka resets it to -1 and
+    "" when it leaves or loses the group; the coordinator accepts transactional offsets
+    without a generation and member id from anyone (for v0 clients): they must not be sent."""
+    return generation_id >= 0 and bool(member_id)
