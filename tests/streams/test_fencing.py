@@ -286,12 +286,15 @@ async def test_a_worker_stopped_past_its_session_commits_nothing_when_continued(
             async def survivor_owns_all() -> bool:
                 return await asyncio.to_thread(command_partitions_of, group, survivor) == partitions
 
+            def running_by_partition() -> dict[int | None, int]:
+                return dict(Counter(tap.partition.get(p) for p in plays.keys() - tap.terminal.keys()))
+
             await until("the survivor owns every partition", survivor_owns_all, timeout=120)
             assert time.monotonic() - stopped_at >= SESSION_TIMEOUT_MS / 1000 * 0.9
             await tap.wait_until(
                 lambda: plays.keys() <= tap.terminal.keys(),
                 180,
-                lambda: f"all plays finished ({len(plays.keys() - tap.terminal.keys())} still running)",
+                lambda: f"all plays finished; still running, by events partition: {running_by_partition()}",
             )
             await results.wait_for(set(plays), 60)
 

@@ -6,6 +6,7 @@ from io import BytesIO
 
 import pytest
 
+from flow8_streams.runtimes.streams.kafka import rules
 from flow8_streams.runtimes.streams.kafka.producer import GroupMember
 from flow8_streams.runtimes.streams.kafka.protocol import (
     GroupTxnOffsetCommitRequest,
@@ -13,6 +14,7 @@ from flow8_streams.runtimes.streams.kafka.protocol import (
     TxnOffsetCommitResponse_v3,
 )
 from flow8_streams.runtimes.streams.kafka.rules import Refusal, in_generation, offset_commit_refusal
+from flow8_streams.runtimes.streams.kafka.transactions import TRANSACTION_TIMEOUT_MS, transaction_timeout_ms
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,57 @@ def test_group_member_is_its_group_id() -> None:
 )
 def test_offsets_are_sent_only_with_a_generation(generation: int, member: str, fenceable: bool) -> None:
     assert in_generation(generation, member) is fenceable
+
+
+# ------------------------------------------------------------------ the consumer's rules
+
+
+def test_acked_offsets_above_one_in_flight_are_held_back() -> None:
+    """A slow task at offset 5 while 6-8 are acked: the commit stops before 5."""
+    assert rules.hold_back([3, 4, 6, 7, 8], in_flight=[5, 9]) == ([3, 4], [6, 7, 8])
+    assert rules.hold_back([3, 4], in_flight=[]) == ([3, 4], [])
+    assert rules.hold_back([], in_flight=[5]) == ([], [])
+
+
+def test_a_gap_ends_before_the_record_that_follows_it() -> None:
+    """faust adds the record read after a hole to the hole: it is not done yet."""
+    assert rules.gap_before(10, 12) == (10, 11)
+    assert rules.gap_before(10, 11) == (10, 10)
+    assert rules.gap_before(12, 12) is None
+
+
+def test_records_fetched_before_a_seek_are_not_delivered_after_it() -> None:
+    epochs = {"tp": 1}
+    batch = iter([1, 2, 3, 4])
+    delivered = []
+    for record in rules.unless_sought(epochs, "tp", 1, batch):
+        delivered.append(record)
+        if record == 2:
+            epochs["tp"] = 2  # a seek while the batch is iterated
+    assert delivered == [1, 2]
+    assert list(rules.unless_sought({}, "tp", 0, [1, 2])) == [1, 2]  # never sought: epoch 0
+
+
+def test_inputs_never_committed_are_read_from_their_beginning_changelogs_are_not() -> None:
+    committed = {"in-0": None, "in-1": 0, "in-2": 7, "changelog-0": None}
+    assert rules.never_committed(committed, lambda tp: tp.startswith("changelog")) == ["in-0", "in-1"]
+
+
+def test_a_resumed_partition_is_read_again_from_its_last_record_delivered() -> None:
+    paused = {"in-0", "in-1", "changelog-0"}
+    read = {"in-0": 41, "in-1": None, "changelog-0": 9, "in-2": 5}
+    found = rules.reseeks(["in-0", "in-1", "changelog-0", "in-2"], paused, read, lambda tp: tp.startswith("changelog"))
+    assert found == [("in-0", 41)]
+
+
+@pytest.mark.parametrize(
+    ("took", "wait"),
+    [(0.0, 0.002), (0.01, 0.03), (1.0, 0.1)],  # idle: the linger; under load: 3x the last commit, capped
+)
+def test_the_commit_wait_grows_with_the_last_commit(took: float, wait: float) -> None:
+    assert rules.commit_wait(0.1, 0.002, took) == pytest.approx(wait)
+
+
+def test_a_transaction_lives_a_few_commit_intervals() -> None:
+    assert transaction_timeout_ms(100) == TRANSACTION_TIMEOUT_MS
+    assert transaction_timeout_ms(60_000) == 180_000

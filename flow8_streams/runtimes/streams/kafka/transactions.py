@@ -161,7 +161,14 @@ class WorkerTransactions(TransactionManager):
             await self._cycle({})
 
     async def _cycle(self, offsets: Mapping[TP, int]) -> bool:
-        producer = self._ensure()
+        """One commit cycle; shielded: a cycle cancelled between its commit and the next
+        begin left no transaction open, and every send waited for one forever."""
+        producer = self._producer
+        if producer is None:  # stopped: what was not committed was aborted (on_stop)
+            return False
+        return await asyncio.shield(self._locked_cycle(producer, offsets))
+
+    async def _locked_cycle(self, producer: GroupProducer, offsets: Mapping[TP, int]) -> bool:
         worker = self.worker
         async with worker.gate:
             self._open.clear()
