@@ -283,8 +283,19 @@ class Flow8Consumer(kafka_driver.Consumer):
             return -1
         return await super().position(tp)
 
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Commit what was done (offsets with their records) before faust forgets what the
+        revoked partitions acked, while the generation is still this member's: the
+        revocation then completes with nothing of this member's left open."""
+        if self.in_transaction:
+            await self.force_commit()  # not skipped when the commit handler's is under way
+            await cast(WorkerTransactions, self.transactions).commit_unsettled()
+        await super().on_partitions_revoked(revoked)
+
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
+        if self.in_transaction:
+            cast(WorkerTransactions, self.transactions).committed(committed)
         never = rules.never_committed(committed, self._is_changelog_tp)
         if never:
             await self._thread.seek_to_beginning(*never)

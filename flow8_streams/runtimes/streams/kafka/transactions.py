@@ -13,10 +13,15 @@ the group's generation (``producer``). The rules it keeps:
   consumer that read them, commits, and begins the next transaction; records sent with no
   offset to commit (a result whose input was committed already) are committed by
   ``commit_unsettled`` on the commit interval;
+- every commit carries offsets (the last committed ones of the input partitions assigned,
+  with those that moved on): the group checks the generation of every commit, and a
+  commit of records only would pass a zombie's. With no partition assigned, nothing is
+  committed;
 - a send waits while a commit or an abort is under way (aiokafka refuses sends outside
   an open transaction), and a commit waits for the sends under way;
-- before a revocation completes, what was done is committed (the old generation is still
-  the group's until the rebalance completes);
+- before a revocation completes, what was done is committed (``Flow8Consumer``; the old
+  generation is still the group's until the rebalance completes); what is sent after that
+  commit and before the next assignment is aborted at the assignment;
 - a commit the group refuses (this member's generation is over, or it is rejoining) is
   aborted, never retried: the table entries the transaction wrote are put back as they
   were (``WorkerTransaction.undo``), and the inputs are read again from the committed
@@ -74,6 +79,7 @@ class WorkerTransactions(TransactionManager):
         self.worker = worker
         self._producer: GroupProducer | None = None
         self._unsettled = False  # records sent since the last commit
+        self._known: dict[TopicPartition, int] = {}  # committed offsets (see _with_known)
         self._open = asyncio.Event()  # a transaction is open: sends may go
         self._sending = 0  # sends under way
         self._idle = asyncio.Event()  # no send under way
@@ -144,12 +150,20 @@ class WorkerTransactions(TransactionManager):
         await self._ensure().flush()
 
     async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
-        """Nothing per partition: the one transaction spans whatever is assigned."""
+        """At a new assignment, what was sent since the revocation's commit is aborted: a
+        member between two generations sent it, for partitions it may no longer own (their
+        inputs are read again from the committed offsets, by whoever owns them now)."""
+        producer = self._producer
+        if producer is not None and self._unsettled:
+            reason = "sent between the revocation's commit and the assignment"
+            await asyncio.shield(self._locked_abort(producer, reason))
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        """Commit what was done before the revocation completes (the generation is still ours)."""
-        await self.consumer.commit()
-        await self.commit_unsettled()
+        """Nothing: ``Flow8Consumer`` commits before faust forgets the revoked partitions' acks."""
+
+    def committed(self, offsets: Mapping[Any, int | None]) -> None:
+        """The group's committed offsets, as the consumer read them at an assignment."""
+        self._known.update({_tp(tp): offset for tp, offset in offsets.items() if offset is not None})
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         """Commit the open transaction with ``offsets`` (of every partition), between two decisions."""
@@ -174,21 +188,22 @@ class WorkerTransactions(TransactionManager):
             self._open.clear()
             try:
                 await self._idle.wait()
+                sending = self._with_known(offsets)
+                if not sending:  # nothing to prove this member's generation with: not now
+                    return False
                 try:
-                    if offsets:
-                        member = group_member(cast(Any, self.consumer)._thread._ensure_consumer())
-                        await producer.send_offsets_to_transaction(
-                            {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}, member
-                        )
+                    member = group_member(cast(Any, self.consumer)._thread._ensure_consumer())
+                    await producer.send_offsets_to_transaction(sending, member)
                     self._unsettled = False
                     await producer.commit_transaction()
                 except GroupFenced as exc:
-                    await self._abort(producer, exc)
+                    await self._abort(producer, f"commit refused: {exc}")
                     return False
                 except ProducerFenced as exc:
                     self.log.error("this worker's producer was fenced (%s): stopping; nothing more is committed", exc)
                     await self.app.crash(exc)
                     return False
+                self._known.update(sending)
                 worker.undo.clear()
                 await producer.begin_transaction()
             finally:
@@ -196,13 +211,36 @@ class WorkerTransactions(TransactionManager):
                     self._open.set()
         return True
 
-    async def _abort(self, producer: GroupProducer, exc: GroupFenced) -> None:
+    def _with_known(self, offsets: Mapping[TP, int]) -> dict[TopicPartition, int]:
+        """``offsets`` and the committed offsets of the other input partitions assigned: every
+        commit carries offsets, so the group checks the generation of every commit (one of
+        records only would be a zombie's way past the check)."""
+        assigned = {_tp(tp) for tp in self.consumer.assignment()}
+        sending = {tp: offset for tp, offset in self._known.items() if tp in assigned}
+        sending.update({_tp(tp): offset for tp, offset in offsets.items()})
+        return sending
+
+    async def _locked_abort(self, producer: GroupProducer, reason: str) -> None:
+        async with self.worker.gate:
+            self._open.clear()
+            try:
+                await self._idle.wait()
+                await self._abort(producer, reason)
+            finally:
+                if producer.transaction_open():
+                    self._open.set()
+
+    async def _abort(self, producer: GroupProducer, reason: str) -> None:
         """Abort the open transaction and put back the table entries it wrote."""
         worker = self.worker
-        self.log.warning("commit refused, transaction aborted: %s; the inputs are read again after the rejoin", exc)
+        self.log.warning("transaction aborted (%s); its inputs are read again from the committed offsets", reason)
         await producer.abort_transaction()
         if worker.restore is not None:
             worker.restore(worker.undo)
         worker.undo.clear()
         self._unsettled = False
         await producer.begin_transaction()
+
+
+def _tp(tp: Any) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
