@@ -216,7 +216,7 @@ SLOW_FLOW = make_flow(
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    env = {"FLOW8_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS)}
+    env = {"FLOW8_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS), "FLOW8_TRANSACTIONS": "worker"}
     with running_group(tmp_path_factory.mktemp("zombie"), count=2, extra_env=env) as group:
         yield group
 

@@ -18,14 +18,16 @@ from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionManager
 from faust import App, Table
+from faust.assignor import PartitionAssignor
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as FaustAIOKafkaConsumer
+from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.web.base import Web
 
 import flow8_streams.runtimes.streams.kafka as kafka_folder
-from flow8_streams.runtimes.streams.kafka import consumer, faust_app, producer, protocol, transactions
+from flow8_streams.runtimes.streams.kafka import consumer, faust_app, partition_txn, producer, protocol, transactions
 
 FOLDER = Path(kafka_folder.__file__).parent
 ACCESS = re.compile(r"\.(_[A-Za-z]\w*)\b")
@@ -58,7 +60,11 @@ LIBRARY: dict[str, tuple[type, ...]] = {
     "_read_offset": (FaustConsumer,),
     "_committed_offset": (FaustConsumer,),
     "_on_changelog_sent": (Table,),
+    "_topic_groups": (PartitionAssignor,),
+    "_transaction_producers": (FaustAIOKafkaProducer,),
+    "_trn_locks": (FaustAIOKafkaProducer,),
     # overrides
+    "_settings_extra": (FaustAIOKafkaProducer,),
     "_highwaters": (AIOKafkaConsumerThread,),
     "_fetch_records": (AIOKafkaConsumerThread,),
     "_new_consumer_thread": (FaustAIOKafkaConsumer,),
@@ -119,7 +125,7 @@ def test_every_override_of_a_private_library_method_is_listed() -> None:
     """A private method of faust or aiokafka overridden here is listed: renamed upstream, the
     override would silently never be called again (the listed check then fails)."""
     overrides = set()
-    for module in (consumer, faust_app, producer, protocol, transactions):
+    for module in (consumer, faust_app, partition_txn, producer, protocol, transactions):
         for cls in vars(module).values():
             if not inspect.isclass(cls) or cls.__module__ != module.__name__:
                 continue

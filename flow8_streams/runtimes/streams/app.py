@@ -71,6 +71,7 @@ from flow8_streams.runtimes.streams.channels import (
 )
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.kafka.faust_app import FaustApp, changelog_sent, committed_offset
+from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Assignor
 from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransaction, transaction_timeout_ms
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 from flow8_streams.runtimes.streams.repair import read_plays
@@ -139,6 +140,13 @@ class Flow8App:
             transaction_timeout_ms=transaction_timeout_ms(s.commit_interval_ms),
         )
         self.transaction.restore = self._restore
+        self.wiring = Wiring(
+            transaction=self.transaction,
+            metrics=metrics,
+            commit_linger_ms=s.commit_linger_ms,
+            eager_topics=frozenset({t.commands, t.completions, t.tasks}),
+            mode=s.transactions,
+        )
         self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
@@ -167,14 +175,11 @@ class Flow8App:
             producer_linger_ms=1,
             stream_wait_empty=False,
             consumer_auto_offset_reset="earliest",
-            wiring=Wiring(
-                transaction=self.transaction,
-                metrics=metrics,
-                commit_linger_ms=s.commit_linger_ms,
-                eager_topics=frozenset({t.commands, t.completions, t.tasks}),
-            ),
+            PartitionAssignor=Flow8Assignor,
+            wiring=self.wiring,
         )
         app = self.app
+        cast(Flow8Assignor, app.assignor).anchor = t.commands
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
@@ -326,8 +331,10 @@ class Flow8App:
                     self.channel_executor.cancel(d.play_id, p.flowlet, p.attempt)
         # One decision, one transaction: a commit between two of these sends split the
         # decision (a play's table entry said "finished" while its PlayCompleted was
-        # aborted with the worker). The commit cycle takes the same gate.
-        async with self.transaction.gate:
+        # aborted with the worker). The commit takes the same gate (the worker's, or the
+        # partition's: see partition_txn.Flow8Producer).
+        gate = self.transaction.gate if self.wiring.per_worker else self.wiring.partition_gates[d.partition]
+        async with gate:
             await self._publish(d)
 
     def _restore(self, entries: Mapping[str, bytes | None]) -> None:
@@ -394,7 +401,8 @@ class Flow8App:
         leaves the record to faust's send buffer, which may send it after the next
         commit: in another transaction than the decision's events."""
         table: Any = self.plays  # faust.Table: its serializers and changelog callback
-        self.transaction.writes(play_id, table.data.get(play_id))
+        if self.wiring.per_worker:  # what an aborted transaction puts back
+            self.transaction.writes(play_id, table.data.get(play_id))
         table.data[play_id] = value
 
         table.data.remember(play_id, partition)

@@ -17,6 +17,7 @@ from mode import Service
 
 from flow8_streams.runtimes.streams import changelog
 from flow8_streams.runtimes.streams.kafka import rules
+from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Producer
 from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransactions
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 
@@ -63,6 +64,17 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
             await tail.start()
             self._tail = tail
         return self._tail
+
+    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
+        """faust's transaction manager asks this for the partition of a send, from the
+        consumer's metadata, which knows subscribed topics only. For the results and DLQ
+        topics it answered None, and faust then sent them with its plain producer, outside
+        the partition's transaction: a worker killed before its commit left a result
+        whose events were aborted, and the play's successor published it again. Every
+        send here names its partition (the input's); it is the answer."""
+        if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
+            return partition
+        return super().key_partition(topic, key, partition)
 
     def verify_event_path(self, now: float, tp: Any) -> Any:
         """faust's livelock check reads the position of every assigned partition; one just
@@ -211,8 +223,13 @@ class Flow8Consumer(kafka_driver.Consumer):
             if started >= everything_at:
                 everything_at = started + interval
                 await self.commit()
-                if self.in_transaction:
+                if self.in_transaction and wiring.per_worker:
                     await cast(WorkerTransactions, self.transactions).commit_unsettled()
+                elif self.in_transaction:
+                    try:
+                        await cast(Flow8Producer, self.app.producer).commit_unsettled()
+                    except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
+                        log.warning("could not commit the records sent since the last commit: %s", exc)
             else:
                 await self.commit(eager)
             took = time.monotonic() - started
@@ -287,14 +304,14 @@ class Flow8Consumer(kafka_driver.Consumer):
         """Commit what was done (offsets with their records) before faust forgets what the
         revoked partitions acked, while the generation is still this member's: the
         revocation then completes with nothing of this member's left open."""
-        if self.in_transaction:
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
             await self.force_commit()  # not skipped when the commit handler's is under way
             await cast(WorkerTransactions, self.transactions).commit_unsettled()
         await super().on_partitions_revoked(revoked)
 
     async def seek_to_committed(self) -> Any:
         committed = await super().seek_to_committed()
-        if self.in_transaction:
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
             cast(WorkerTransactions, self.transactions).committed(committed)
         never = rules.never_committed(committed, self._is_changelog_tp)
         if never:

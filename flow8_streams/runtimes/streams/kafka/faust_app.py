@@ -12,6 +12,7 @@ from faust.transport.drivers import aiokafka as kafka_driver
 from faust.web.drivers import aiohttp as web_driver
 
 from flow8_streams.runtimes.streams.kafka.consumer import Flow8Consumer
+from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Producer
 from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransactions
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 
@@ -20,11 +21,13 @@ log = logging.getLogger("flow8.streams")
 
 class Flow8Transport(kafka_driver.Transport):
     Consumer = Flow8Consumer
-    TransactionManager = WorkerTransactions
+    Producer = Flow8Producer
 
     def create_transaction_manager(self, consumer: Any, producer: Any, **kwargs: Any) -> Any:
-        worker = cast(FaustApp, self.app).wiring.transaction
-        return WorkerTransactions(self, consumer=consumer, producer=producer, worker=worker, **kwargs)
+        wiring = cast(FaustApp, self.app).wiring
+        if not wiring.per_worker:  # faust's, one transaction per input partition
+            return super().create_transaction_manager(consumer=consumer, producer=producer, **kwargs)
+        return WorkerTransactions(self, consumer=consumer, producer=producer, worker=wiring.transaction, **kwargs)
 
 
 class Flow8Web(web_driver.Web):
