@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     group_id: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
     data_dir: Path = Path(".flow8")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transactions: Literal["partition", "worker"] = Field(
+        default="partition",
+        description="Exactly-once: one transaction per input partition (faust's), or one per worker "
+        "whose commits the consumer group fences by generation (KIP-447; experimental).",
+    )
     commit_interval_ms: int = Field(
         default=100,
         ge=10,

@@ -9,8 +9,9 @@ Topology (every topic has the same partition count and is keyed by company_id):
 
 The orchestrator runs the engine. With ``processing_guarantee="exactly_once"`` its
 table update (changelog), its events, tasks and results and the offsets of its
-input are one Kafka transaction per partition: a crash replays from the last commit
-and the replay produces nothing twice. Every output goes to the partition of the
+input go in the worker's one open Kafka transaction (``kafka.transactions``), fenced
+by the consumer group's generation: a crash replays from the last commit and the
+replay produces nothing twice. Every output goes to the partition of the
 input it came from, so a company's plays, tasks, completions and changelog stay on
 one partition whatever partitioner an upstream producer used.
 
@@ -26,28 +27,19 @@ in the orchestrator: see ``channels``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import faust
-from aiohttp import web as aiohttp_web
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
-from faust.assignor import PartitionAssignor
 from faust.auth import SASLCredentials
-from faust.sensors import Sensor
-from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import EventT
-from faust.web.drivers import aiohttp as web_driver
-from mode import Service
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from flow8_streams.domain import events as ev
@@ -70,7 +62,7 @@ from flow8_streams.metrics import Metrics
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
-from flow8_streams.runtimes.streams import changelog, codec
+from flow8_streams.runtimes.streams import codec
 from flow8_streams.runtimes.streams.channels import (
     ChannelExecutor,
     ChannelWatch,
@@ -80,6 +72,10 @@ from flow8_streams.runtimes.streams.channels import (
     without_pending,
 )
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
+from flow8_streams.runtimes.streams.kafka.faust_app import FaustApp, changelog_sent, committed_offset
+from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Assignor
+from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransaction, transaction_timeout_ms
+from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 from flow8_streams.runtimes.streams.repair import read_plays
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot, plays_table
 from flow8_streams.settings import Settings
@@ -92,10 +88,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams")
 T = TypeVar("T")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
-TRANSACTION_TIMEOUT_MS = 300_000  # see Flow8Producer
 MAX_PEEK = 2048  # queued inputs looked at for play ids to claim with the one in hand
 RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
-COMMIT_SHARE = 0.25  # of a worker's time at most spent committing, under load (see Flow8Consumer)
 READY_CHECK_TIMEOUT_S = 1.0  # each dependency answers /readyz's ping within this, or is not ready
 READY_CACHE_S = 1.5  # /readyz answers from its last checks this long: a scrape storm pings nothing more
 
@@ -117,434 +111,6 @@ class Decision:
     partition: int
 
 
-class Flow8Assignor(PartitionAssignor):
-    """Topics we only write to (results, DLQ) join the transaction group of the inputs.
-
-    faust picks a partition's transactional producer by the topic's co-partitioned
-    group, known only for subscribed topics. Ours all have the same partition count,
-    so they belong with the inputs' group: the group of ``anchor`` (the commands
-    topic). Not the lowest group: that is faust's one-partition leader topic, whose
-    producers exist for partition 0 only.
-    """
-
-    anchor: str | None = None
-
-    def group_for_topic(self, topic: str) -> int:
-        groups = self._topic_groups
-        if topic in groups:
-            return groups[topic]
-        if self.anchor is not None and self.anchor in groups:
-            return groups[self.anchor]
-        return max(groups.values(), default=0)
-
-
-class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
-    """Under exactly-once faust takes a changelog's highwater from aiokafka's
-    ``last_stable_offset``, which aiokafka knows only after it fetched that partition:
-    for a partition just taken over it is None, faust reads -1 ("empty changelog") and
-    does not restore the table. The plays of a dead worker were then lost to its
-    successor (their results found no state). A ListOffsets request of this
-    read_committed consumer answers the last stable offset itself, and for a changelog
-    the highwater is one past its last record (``changelog.last_records``): the commit
-    marker after it is never delivered, and faust waited 10 s for it."""
-
-    _tail: AIOKafkaConsumer | None
-
-    async def _highwaters(self, partitions: Any) -> Any:
-        ends = await self._ensure_consumer().end_offsets(list(partitions))
-        changelogs = {tp: end for tp, end in ends.items() if self.consumer._is_changelog_tp(tp)}
-        if changelogs:
-            try:
-                async with self._tail_lock:  # one reader, one question at a time
-                    last = await changelog.last_records(await self._tail_reader(), changelogs)
-            except (KafkaError, TimeoutError) as exc:  # faust's wait for the last marker is the fallback
-                log.warning("could not find where the changelog ends (%s): the restore will take 10 s longer", exc)
-                self.exact.difference_update(changelogs)
-            else:
-                ends.update({tp: offset + 1 for tp, offset in last.items()})
-                self.exact.update(last)
-        return ends
-
-    async def _tail_reader(self) -> AIOKafkaConsumer:
-        """A consumer of no group on this thread's loop, for ``changelog.last_records``."""
-        if self._tail is None:
-            conf = self.consumer.app.conf
-            tail = AIOKafkaConsumer(
-                bootstrap_servers=self._ensure_consumer()._client._bootstrap_servers,
-                **kafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
-                isolation_level="read_committed",
-                enable_auto_commit=False,
-            )
-            await tail.start()
-            self._tail = tail
-        return self._tail
-
-    async def on_thread_stop(self) -> None:
-        await super().on_thread_stop()
-        if self._tail is not None:
-            await self._tail.stop()
-
-    # Seek epochs. faust iterates a fetched batch on its own loop while this thread goes
-    # on, and a seek (a rebalance, a resumed partition) can come in between: records of
-    # a batch fetched before the seek were then delivered after it. faust took the jump
-    # from the seek's offset to such a record for a gap of transaction markers, counted
-    # the records in between as done, and dropped them when they were fetched again (a
-    # completion lost this way left its play unfinished). Every seek runs on this
-    # thread's loop and bumps its partition's epoch; a batch carries the epochs of when
-    # aiokafka handed it over (aiokafka itself drops what it fetched before a seek);
-    # a record whose partition was sought since is not delivered: it is read again
-    # from the new position.
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.epochs: dict[Any, int] = {}
-        self._tail = None  # see _tail_reader
-        self.exact: set[Any] = set()  # changelog partitions whose highwater is their last record
-        self._tail_lock = asyncio.Lock()
-        super().__init__(*args, **kwargs)
-
-    def _bump(self, tps: Any) -> None:
-        for tp in tps:
-            self.epochs[tp] = self.epochs.get(tp, 0) + 1
-
-    def seek(self, partition: Any, offset: int) -> None:
-        self._bump([partition])
-        super().seek(partition, offset)
-
-    async def seek_now(self, partition: Any, offset: int) -> None:
-        """``seek`` on this thread's loop (between two fetches, never inside one)."""
-
-        async def seek() -> None:
-            self.seek(partition, offset)
-
-        await self.call_thread(seek)
-
-    async def seek_to_committed(self) -> Any:
-        async def seek() -> Any:
-            # aiokafka's seek_to_committed, with the epoch bumped exactly for the partitions
-            # sought (one that is not sought, e.g. a changelog, must keep its fetched records)
-            consumer = self._ensure_consumer()
-            committed = {}
-            for tp in consumer.assignment():
-                committed[tp] = offset = await consumer.committed(tp)
-                if offset and offset > 0:
-                    self._bump([tp])
-                    consumer.seek(tp, offset)
-            return committed
-
-        return await self.call_thread(seek)
-
-    async def seek_to_beginning(self, *partitions: Any) -> None:
-        async def seek() -> None:
-            self._bump(partitions)
-            await self._ensure_consumer().seek_to_beginning(*partitions)
-
-        await self.call_thread(seek)
-
-    async def _fetch_records(
-        self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
-    ) -> Any:
-        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
-        epochs = self.epochs
-        return {tp: _unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
-
-    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
-        """faust's transaction manager asks this for the partition of a send, from the
-        consumer's metadata, which knows subscribed topics only. For the results and DLQ
-        topics it answered None, and faust then sent them with its plain producer, outside
-        the partition's transaction: a worker killed before its commit left a result
-        whose events were aborted, and the play's successor published it again. Every
-        send here names its partition (the input's); it is the answer."""
-        if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
-            return partition
-        return super().key_partition(topic, key, partition)
-
-
-def _unless_sought(epochs: dict[Any, int], tp: Any, epoch: int, batch: list[Any]) -> Iterator[Any]:
-    """The records of ``batch`` until ``tp`` is sought (see ``Flow8ConsumerThread``)."""
-    for record in batch:
-        if epochs.get(tp, 0) != epoch:
-            return
-        yield record
-
-
-class Done(Sensor):
-    """``done`` is set when a message of ``topics`` is done (acked by every stream that
-    reads it): faust's compiled stream iterator acks without calling ``Consumer.ack``,
-    and tells only its sensors."""
-
-    def __init__(self, topics: set[str]) -> None:
-        super().__init__()
-        self.topics = topics
-        self.done = asyncio.Event()
-
-    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        if tp.topic in self.topics:
-            self.done.set()
-
-
-class Flow8Consumer(kafka_driver.Consumer):
-    """Records fetched while a rebalance stops the flow are dropped, and faust then seeks
-    every partition back to its committed offset to fetch them again. aiokafka's
-    ``seek_to_committed`` leaves a partition WITHOUT a committed offset where it is, so
-    there the dropped records were skipped for good: commands sent while a worker joined
-    were never processed. Such a partition goes back to its beginning here (the group's
-    reset policy is earliest); what is read again, the engine has seen and ignores."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
-        super().__init__(*args, **kwargs)
-
-    def _new_consumer_thread(self) -> Any:
-        return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    @Service.task
-    async def _commit_handler(self) -> None:
-        """Commit the engine's inputs soon after one is done, not on faust's timer only.
-
-        A record's output is visible downstream only once its transaction commits. faust
-        commits every ``commit_interval_ms`` (100 ms), and a play crosses several such hops
-        (its command, each task, each completion). Here a commit of the partitions of
-        ``flow8_eager_topics`` (commands, completions, tasks) starts ``commit_linger_ms``
-        after the first of their records done since the last commit. Each partition's
-        commit is a transaction of its own, which the broker and this worker pay for:
-        under load the wait grows to three times the last commit's duration (a quarter
-        of the time at most goes to committing; up to ``commit_interval_ms``), and each
-        commit takes all that was done meanwhile. Everything else (the projector's
-        events) commits every ``commit_interval_ms``: nothing waits for it.
-
-        Measured (diamond, one worker, 2 cores shared with the broker and FerretDB):
-        one play at a time, p50 108 ms -> 31-36 ms; 50 at a time, 131-150 -> 132-173 plays/s.
-        Committing 2 ms after each record instead: p50 18 ms alone, but 50 at a time
-        fell to 67-83 plays/s."""
-        interval = self.commit_interval
-        linger = min(interval, getattr(self.app, "flow8_commit_linger_ms", 0) / 1000)
-        eager: set[str] = getattr(self.app, "flow8_eager_topics", set())
-        sensor = Done(eager)
-        self.app.sensors.add(sensor)
-        everything_at = time.monotonic() + interval
-        took = 0.0
-        while not self.should_stop:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, everything_at - time.monotonic())):
-                    await sensor.done.wait()
-            wait = min(interval, max(linger, took * (1 / COMMIT_SHARE - 1)))
-            if wait:
-                await asyncio.sleep(wait)
-            sensor.done.clear()
-            started = time.monotonic()
-            if started >= everything_at:
-                everything_at = started + interval
-                await self.commit()
-                try:
-                    await cast(Flow8Producer, self.app.producer).commit_unsettled()
-                except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
-                    log.warning("could not commit the records sent since the last commit: %s", exc)
-            else:
-                await self.commit(eager)
-            took = time.monotonic() - started
-
-    def _new_offset(self, tp: Any) -> int | None:
-        """The offset to commit for ``tp``: never past a message a stream still works on.
-
-        faust commits the first run of consecutive acked offsets, and lets that run start
-        one past the committed offset (room for a transaction marker there). With the
-        executor's concurrent actors, acks come out of order: a slow task at the committed
-        offset was stepped over once its successors were acked, and a worker that died
-        then lost it (its play never finished). Acked offsets above the lowest message
-        still in flight are held back from faust here until that message is acked."""
-        generation = self.app.consumer_generation_id
-        in_flight = [
-            m.offset
-            for m in list(self._unacked_messages)
-            if m.tp == tp and not m.acked and m.generation_id == generation
-        ]
-        acked = self._acked[tp]
-        if not in_flight or not acked:
-            return super()._new_offset(tp)
-        lowest = min(in_flight)
-        held = sorted(o for o in acked if o > lowest)
-        acked[:] = [o for o in acked if o < lowest]
-        try:
-            return super()._new_offset(tp)
-        finally:
-            self._acked[tp].extend(held)
-
-    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-        """Offsets no record will come for (transaction markers, aborted records) count
-        as acked, so commits can pass them. faust calls this with ``offset_to`` = the
-        offset of the record just read, and adds the interval up to and *including*
-        it: that record counted as acked before any agent saw it. An executor task
-        right after a transaction marker was committed while it still ran (or before
-        it ran), and a worker killed then lost it: its play never finished. The gap
-        here ends before that record."""
-        if offset_from < offset_to:
-            await super()._add_gap(tp, offset_from, offset_to - 1)
-
-    def resume_partitions(self, tps: Any) -> None:
-        """faust's fetch loop drops the records of a partition that is no longer in the
-        (live) set of active partitions when it gets to them: records fetched just before
-        a rebalance or a table recovery paused the partition were lost, with the consumer's
-        position already past them. A completion dropped so was never applied (its play
-        never finished) and the next record made the hole a "gap" that commits skip. A
-        resumed partition reads again from the last record delivered (at most one
-        duplicate, which the engine and the executor take as a repeat)."""
-        thread = cast(Flow8ConsumerThread, self._thread)
-        for tp in set(tps):
-            offset = self._read_offset.get(tp)
-            if tp in self._paused_partitions and offset is not None and not self._is_changelog_tp(tp):
-                reseek = asyncio.ensure_future(thread.seek_now(tp, offset))
-                self._reseeks.add(reseek)  # held until done
-                reseek.add_done_callback(self._reseeks.discard)
-        super().resume_partitions(tps)
-
-    async def _seek(self, partition: Any, offset: int) -> None:
-        await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
-
-    async def position(self, tp: Any) -> int | None:
-        """Only faust's restore asks this, to end a restore stuck below a commit marker:
-        once the position reaches the highwater it takes the changelog as read. With the
-        highwater at the last record (``Flow8ConsumerThread._highwaters``) the position
-        reaches it before that record is read, and the restore ended without it (and
-        dropped it when it came): a play restored after a restart was missing. Such a
-        restore ends on its last record, so the question is not answered for it."""
-        if tp in cast(Flow8ConsumerThread, self._thread).exact:
-            return -1
-        return await super().position(tp)
-
-    async def seek_to_committed(self) -> Any:
-        committed = await super().seek_to_committed()
-        never = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
-        if never:
-            await self._thread.seek_to_beginning(*never)
-        return committed
-
-
-class Flow8Producer(kafka_driver.Producer):
-    """A partition's transaction commits only once its input offsets can advance, so no
-    sooner than the slowest task in flight there ends (see ``Flow8Consumer._new_offset``).
-    With aiokafka's 60 s transaction timeout the broker aborted the transaction of a
-    partition busy with slow tasks, and the worker crashed (ProducerFenced) at its next
-    commit. The timeout is the default flowlet timeout (300 s); a dead worker's open
-    transaction is aborted when its successor takes the partition, not by this timeout."""
-
-    def _settings_extra(self) -> Any:
-        return {**super()._settings_extra(), "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS}
-
-    # Records sent in a partition's transaction since its last commit. faust commits a
-    # transaction only together with input offsets that moved on. A task still running
-    # when a rebalance came could find its input offset committed past it already (the
-    # fault test: two kv.incr tasks finished 3 and 6 s after the kill's rebalance): its
-    # completion then sat in a transaction nothing committed, until the broker aborted
-    # it at the transaction timeout, and its play never finished. ``commit_unsettled``
-    # commits such transactions on faust's commit interval; a record so committed before
-    # its input's offset can be read again after a crash, which the engine takes as a
-    # repeat.
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.unsettled: set[str] = set()
-        super().__init__(*args, **kwargs)
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Any:
-        if transactional_id:
-            self.unsettled.add(transactional_id)
-        return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
-
-    def _gate(self, tid: str) -> contextlib.AbstractAsyncContextManager[Any]:
-        """The orchestrator's gate of a transaction's partition (see ``commit_transactions``)."""
-        gates: defaultdict[int, asyncio.Lock] | None = getattr(self.app, "flow8_gates", None)
-        if gates is None:
-            return contextlib.nullcontext()
-        return gates[int(tid.rsplit("-", 1)[1])]  # "<group id>-<topic group>-<partition>"
-
-    async def commit_unsettled(self) -> None:
-        """Commit each transaction that holds records sent since its last commit."""
-        for tid in sorted(self.unsettled):
-            if tid not in self._trn_locks:
-                continue
-            async with self._gate(tid), self._trn_locks[tid]:
-                producer = self._transaction_producers.get(tid)
-                if producer is None or tid not in self.unsettled:
-                    continue
-                self.unsettled.discard(tid)
-                await producer.commit_transaction()
-                await producer.begin_transaction()
-
-    async def commit_transactions(
-        self, tid_to_offset_map: Mapping[str, Mapping[Any, int]], group_id: str, start_new_transaction: bool = True
-    ) -> None:
-        """Commit each partition's transaction between two orchestrator decisions, never
-        inside one: a decision holds its partition's gate while it sends (``Flow8App``).
-        A decision that comes during the commit waits for it (one partition's commit,
-        milliseconds) and goes whole into the next transaction."""
-        for tid, offsets in tid_to_offset_map.items():
-            async with self._gate(tid):
-                self.unsettled.discard(tid)
-                await super().commit_transactions({tid: offsets}, group_id, start_new_transaction)
-
-
-class Flow8Transport(kafka_driver.Transport):
-    Consumer = Flow8Consumer
-    Producer = Flow8Producer
-
-
-class Flow8Web(web_driver.Web):
-    """The worker's HTTP port serves only the pages flow8 adds (``/metrics``, ``/healthz``,
-    ``/readyz``): none of faust's own (``/router``, ``/table`` show table contents, ``/``,
-    ``/graph``, statistics), whatever faust's settings say."""
-
-    def __init__(self, app: Any, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self.web_app.middlewares.append(self._count_refused)
-
-    def _enabled_blueprints(self) -> list[Any]:
-        return []
-
-    @aiohttp_web.middleware
-    async def _count_refused(self, request: Any, handler: Any) -> Any:
-        """Every 4xx of the router (an unknown path or method) is counted in flow8_http_refused_total."""
-        try:
-            return await handler(request)
-        except aiohttp_web.HTTPClientError as exc:
-            metrics: Metrics | None = getattr(self.app, "flow8_metrics", None)
-            if metrics is not None:
-                metrics.http_refused.labels(str(exc.status)).inc()
-            raise
-
-
-class FaustApp(faust.App):
-    """``flow8_on_start`` hooks run before the agents start; ``flow8_on_stop`` ones before they stop."""
-
-    flow8_on_start: tuple[Callable[[], Awaitable[None]], ...] = ()
-    flow8_on_stop: tuple[Callable[[], Awaitable[None]], ...] = ()
-
-    def _new_transport(self) -> Any:
-        return Flow8Transport(self.conf.broker_consumer, self)
-
-    def _new_web(self) -> Any:
-        return Flow8Web(self)
-
-    async def on_first_start(self) -> None:
-        await super().on_first_start()
-        for hook in self.flow8_on_start:
-            await hook()
-
-    async def on_stop(self) -> None:
-        for hook in self.flow8_on_stop:
-            try:
-                await hook()
-            except Exception:
-                log.exception("stopping: %s failed", hook)
-        await super().on_stop()
-
-
 class Flow8App:
     """Builds and holds the faust app; the composition root passes everything in."""
 
@@ -564,7 +130,6 @@ class Flow8App:
         self._waiting: Any = None  # the orchestrator agent's queue of inputs (see _commands_waiting)
         self.metrics = metrics
         self.wakeups: dict[str, tuple[datetime, str, int]] = {}
-        self.gates: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)  # see Flow8Producer
         self._repairs: set[asyncio.Task[None]] = set()  # see _repair
         self._owned: set[int] = set()  # completions partitions assigned here (see _on_assigned)
         self._taken: dict[int, datetime] = {}  # partitions taken over and when, until _redispatch looked
@@ -574,6 +139,19 @@ class Flow8App:
         s = settings
         datadir = s.data_dir / s.worker_id
         datadir.mkdir(parents=True, exist_ok=True)
+        self.transaction = WorkerTransaction(
+            transactional_id=f"{s.group_id}-{s.worker_id}",
+            producer_options={**s.kafka_client_options(), "client_id": f"{s.worker_id}-txn", "linger_ms": 1},
+            transaction_timeout_ms=transaction_timeout_ms(s.commit_interval_ms),
+        )
+        self.transaction.restore = self._restore
+        self.wiring = Wiring(
+            transaction=self.transaction,
+            metrics=metrics,
+            commit_linger_ms=s.commit_linger_ms,
+            eager_topics=frozenset({t.commands, t.completions, t.tasks}),
+            mode=s.transactions,
+        )
         self.app = FaustApp(
             s.group_id,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap_servers.split(",")],
@@ -599,17 +177,14 @@ class Flow8App:
             web_bind=s.server_host,
             web_host=s.advertised_host,
             datadir=str(datadir),
-            PartitionAssignor=Flow8Assignor,
             producer_linger_ms=1,
             stream_wait_empty=False,
             consumer_auto_offset_reset="earliest",
+            PartitionAssignor=Flow8Assignor,
+            wiring=self.wiring,
         )
         app = self.app
         cast(Flow8Assignor, app.assignor).anchor = t.commands
-        app.flow8_gates = self.gates  # type: ignore[attr-defined]  # read by Flow8Producer
-        app.flow8_commit_linger_ms = s.commit_linger_ms  # type: ignore[attr-defined]  # read by Flow8Consumer
-        app.flow8_eager_topics = {t.commands, t.completions, t.tasks}  # type: ignore[attr-defined]  # same
-        app.flow8_metrics = metrics  # type: ignore[attr-defined]  # read by Flow8Web
         kw: dict[str, Any] = {"partitions": t.partitions, "key_serializer": "raw", "value_serializer": "raw"}
         self.inputs = app.topic(t.commands, t.completions, **kw)
         self.commands = app.topic(t.commands, **kw)
@@ -764,11 +339,22 @@ class Flow8App:
                 if isinstance(event, ev.FlowletTimedOut | ev.FlowletCancelled):
                     p = event.payload
                     self.channel_executor.cancel(d.play_id, p.flowlet, p.attempt)
-        # One decision, one transaction: faust commits a partition's transaction on a
-        # timer, and a commit between two of these sends split the decision (a play's
-        # table entry said "finished" while its PlayCompleted was aborted with the worker).
-        async with self.gates[d.partition]:
+        # One decision, one transaction: a commit between two of these sends split the
+        # decision (a play's table entry said "finished" while its PlayCompleted was
+        # aborted with the worker). The commit takes the same gate (the worker's, or the
+        # partition's: see partition_txn.Flow8Producer).
+        gate = self.transaction.gate if self.wiring.per_worker else self.wiring.partition_gates[d.partition]
+        async with gate:
             await self._publish(d)
+
+    def _restore(self, entries: Mapping[str, bytes | None]) -> None:
+        """Put table entries back as they were before an aborted transaction wrote them."""
+        data: Any = self.plays.data  # the table's store
+        for play_id, before in entries.items():
+            if before is None:
+                data.pop(play_id, None)
+            else:
+                data[play_id] = before
 
     async def _resolve(self, command: Any, message: Any) -> Any:
         """A StartPlay names a flow; the engine needs its definition."""
@@ -825,6 +411,8 @@ class Flow8App:
         leaves the record to faust's send buffer, which may send it after the next
         commit: in another transaction than the decision's events."""
         table: Any = self.plays  # faust.Table: its serializers and changelog callback
+        if self.wiring.per_worker:  # what an aborted transaction puts back
+            self.transaction.writes(play_id, table.data.get(play_id))
         table.data[play_id] = value
 
         table.data.remember(play_id, partition)
@@ -834,7 +422,7 @@ class Flow8App:
             partition=partition,
             key_serializer=table.key_serializer,
             value_serializer=table.value_serializer,
-            callback=table._on_changelog_sent,
+            callback=changelog_sent(table),
         )
 
     async def _advance(
@@ -1152,7 +740,7 @@ class Flow8App:
         consumer = self.app.consumer
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]  # no public accessor
+            committed = committed_offset(consumer, tp)
             if high is not None:
                 lag = max(0, high - (committed or 0))
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -1,0 +1,319 @@
+"""faust's consumer, with the rules it breaks kept (see each override; the rules themselves
+are pure functions in ``rules``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from faust.sensors import Sensor
+from faust.transport.drivers import aiokafka as kafka_driver
+from mode import Service
+
+from flow8_streams.runtimes.streams import changelog
+from flow8_streams.runtimes.streams.kafka import rules
+from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Producer
+from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransactions
+from flow8_streams.runtimes.streams.kafka.wiring import Wiring
+
+log = logging.getLogger("flow8.streams")
+
+
+class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
+    """Under exactly-once faust takes a changelog's highwater from aiokafka's
+    ``last_stable_offset``, which aiokafka knows only after it fetched that partition:
+    for a partition just taken over it is None, faust reads -1 ("empty changelog") and
+    does not restore the table. The plays of a dead worker were then lost to its
+    successor (their results found no state). A ListOffsets request of this
+    read_committed consumer answers the last stable offset itself, and for a changelog
+    the highwater is one past its last record (``changelog.last_records``): the commit
+    marker after it is never delivered, and faust waited 10 s for it."""
+
+    _tail: AIOKafkaConsumer | None
+
+    async def _highwaters(self, partitions: Any) -> Any:
+        ends = await self._ensure_consumer().end_offsets(list(partitions))
+        changelogs = {tp: end for tp, end in ends.items() if self.consumer._is_changelog_tp(tp)}
+        if changelogs:
+            try:
+                async with self._tail_lock:  # one reader, one question at a time
+                    last = await changelog.last_records(await self._tail_reader(), changelogs)
+            except (KafkaError, TimeoutError) as exc:  # faust's wait for the last marker is the fallback
+                log.warning("could not find where the changelog ends (%s): the restore will take 10 s longer", exc)
+                self.exact.difference_update(changelogs)
+            else:
+                ends.update({tp: offset + 1 for tp, offset in last.items()})
+                self.exact.update(last)
+        return ends
+
+    async def _tail_reader(self) -> AIOKafkaConsumer:
+        """A consumer of no group on this thread's loop, for ``changelog.last_records``."""
+        if self._tail is None:
+            conf = self.consumer.app.conf
+            tail = AIOKafkaConsumer(
+                bootstrap_servers=self._ensure_consumer()._client._bootstrap_servers,
+                **kafka_driver.credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+            )
+            await tail.start()
+            self._tail = tail
+        return self._tail
+
+    def key_partition(self, topic: str, key: bytes | None, partition: int | None = None) -> int | None:
+        """faust's transaction manager asks this for the partition of a send, from the
+        consumer's metadata, which knows subscribed topics only. For the results and DLQ
+        topics it answered None, and faust then sent them with its plain producer, outside
+        the partition's transaction: a worker killed before its commit left a result
+        whose events were aborted, and the play's successor published it again. Every
+        send here names its partition (the input's); it is the answer."""
+        if partition is not None and self._ensure_consumer()._client.cluster.partitions_for_topic(topic) is None:
+            return partition
+        return super().key_partition(topic, key, partition)
+
+    def verify_event_path(self, now: float, tp: Any) -> Any:
+        """faust's livelock check reads the position of every assigned partition; one just
+        sought to its beginning (never committed) has none until the fetcher resets it, and
+        aiokafka asserts it has one: the check crashed the worker at a fresh group's first
+        rebalance. Such a partition is not checked until it has a position."""
+        try:
+            return super().verify_event_path(now, tp)
+        except AssertionError:  # aiokafka's TopicPartitionState.position: no position yet
+            return None
+
+    async def on_thread_stop(self) -> None:
+        await super().on_thread_stop()
+        if self._tail is not None:
+            await self._tail.stop()
+
+    # Seek epochs. faust iterates a fetched batch on its own loop while this thread goes
+    # on, and a seek (a rebalance, a resumed partition) can come in between: records of
+    # a batch fetched before the seek were then delivered after it. faust took the jump
+    # from the seek's offset to such a record for a gap of transaction markers, counted
+    # the records in between as done, and dropped them when they were fetched again (a
+    # completion lost this way left its play unfinished). Every seek runs on this
+    # thread's loop and bumps its partition's epoch; a batch carries the epochs of when
+    # aiokafka handed it over (aiokafka itself drops what it fetched before a seek);
+    # a record whose partition was sought since is not delivered: it is read again
+    # from the new position.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.epochs: dict[Any, int] = {}
+        self._tail = None  # see _tail_reader
+        self.exact: set[Any] = set()  # changelog partitions whose highwater is their last record
+        self._tail_lock = asyncio.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _bump(self, tps: Any) -> None:
+        for tp in tps:
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+
+    def seek(self, partition: Any, offset: int) -> None:
+        self._bump([partition])
+        super().seek(partition, offset)
+
+    async def seek_now(self, partition: Any, offset: int) -> None:
+        """``seek`` on this thread's loop (between two fetches, never inside one)."""
+
+        async def seek() -> None:
+            self.seek(partition, offset)
+
+        await self.call_thread(seek)
+
+    async def seek_to_committed(self) -> Any:
+        async def seek() -> Any:
+            # aiokafka's seek_to_committed, with the epoch bumped exactly for the partitions
+            # sought (one that is not sought, e.g. a changelog, must keep its fetched records)
+            consumer = self._ensure_consumer()
+            committed = {}
+            for tp in consumer.assignment():
+                committed[tp] = offset = await consumer.committed(tp)
+                if offset and offset > 0:
+                    self._bump([tp])
+                    consumer.seek(tp, offset)
+            return committed
+
+        return await self.call_thread(seek)
+
+    async def seek_to_beginning(self, *partitions: Any) -> None:
+        async def seek() -> None:
+            self._bump(partitions)
+            await self._ensure_consumer().seek_to_beginning(*partitions)
+
+        await self.call_thread(seek)
+
+    async def _fetch_records(
+        self, consumer: Any, active_partitions: Any, timeout: float | None = None, max_records: int | None = None
+    ) -> Any:
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        epochs = self.epochs
+        return {tp: rules.unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
+
+
+class Done(Sensor):
+    """``done`` is set when a message of ``topics`` is done (acked by every stream that
+    reads it): faust's compiled stream iterator acks without calling ``Consumer.ack``,
+    and tells only its sensors."""
+
+    def __init__(self, topics: set[str]) -> None:
+        super().__init__()
+        self.topics = topics
+        self.done = asyncio.Event()
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        if tp.topic in self.topics:
+            self.done.set()
+
+
+class Flow8Consumer(kafka_driver.Consumer):
+    """Records fetched while a rebalance stops the flow are dropped, and faust then seeks
+    every partition back to its committed offset to fetch them again. aiokafka's
+    ``seek_to_committed`` leaves a partition WITHOUT a committed offset where it is, so
+    there the dropped records were skipped for good: commands sent while a worker joined
+    were never processed. Such a partition goes back to its beginning here (the group's
+    reset policy is earliest); what is read again, the engine has seen and ignores."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
+        super().__init__(*args, **kwargs)
+
+    def _new_consumer_thread(self) -> Any:
+        return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    @Service.task
+    async def _commit_handler(self) -> None:
+        """Commit the engine's inputs soon after one is done, not on faust's timer only.
+
+        A record's output is visible downstream only once its transaction commits. faust
+        commits every ``commit_interval_ms`` (100 ms), and a play crosses several such hops
+        (its command, each task, each completion). Here a commit of the partitions of
+        ``Wiring.eager_topics`` (commands, completions, tasks) starts ``commit_linger_ms``
+        after the first of their records done since the last commit. Each commit ends the
+        worker's transaction (``WorkerTransactions``), which the broker and this worker pay
+        for: under load the wait grows to three times the last commit's duration (a quarter
+        of the time at most goes to committing; up to ``commit_interval_ms``), and each
+        commit takes all that was done meanwhile. Everything else (the projector's
+        events) commits every ``commit_interval_ms``: nothing waits for it.
+
+        Measured (diamond, one worker, 2 cores shared with the broker and FerretDB):
+        one play at a time, p50 108 ms -> 31-36 ms; 50 at a time, 131-150 -> 132-173 plays/s.
+        Committing 2 ms after each record instead: p50 18 ms alone, but 50 at a time
+        fell to 67-83 plays/s."""
+        interval = self.commit_interval
+        wiring: Wiring = cast(Any, self.app).wiring
+        linger = min(interval, wiring.commit_linger_ms / 1000)
+        eager = set(wiring.eager_topics)
+        sensor = Done(eager)
+        self.app.sensors.add(sensor)
+        everything_at = time.monotonic() + interval
+        took = 0.0
+        while not self.should_stop:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, everything_at - time.monotonic())):
+                    await sensor.done.wait()
+            wait = rules.commit_wait(interval, linger, took)
+            if wait:
+                await asyncio.sleep(wait)
+            sensor.done.clear()
+            started = time.monotonic()
+            if started >= everything_at:
+                everything_at = started + interval
+                await self.commit()
+                if self.in_transaction and wiring.per_worker:
+                    await cast(WorkerTransactions, self.transactions).commit_unsettled()
+                elif self.in_transaction:
+                    try:
+                        await cast(Flow8Producer, self.app.producer).commit_unsettled()
+                    except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
+                        log.warning("could not commit the records sent since the last commit: %s", exc)
+            else:
+                await self.commit(eager)
+            took = time.monotonic() - started
+
+    def _new_offset(self, tp: Any) -> int | None:
+        """The offset to commit for ``tp``: never past a message a stream still works on.
+
+        faust commits the first run of consecutive acked offsets, and lets that run start
+        one past the committed offset (room for a transaction marker there). With the
+        executor's concurrent actors, acks come out of order: a slow task at the committed
+        offset was stepped over once its successors were acked, and a worker that died
+        then lost it (its play never finished). Acked offsets above the lowest message
+        still in flight are held back from faust here until that message is acked."""
+        generation = self.app.consumer_generation_id
+        in_flight = [
+            m.offset
+            for m in list(self._unacked_messages)
+            if m.tp == tp and not m.acked and m.generation_id == generation
+        ]
+        acked = self._acked[tp]
+        below, held = rules.hold_back(acked, in_flight)
+        if not held:
+            return super()._new_offset(tp)
+        acked[:] = below
+        try:
+            return super()._new_offset(tp)
+        finally:
+            self._acked[tp].extend(held)
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Offsets no record will come for (transaction markers, aborted records) count
+        as acked, so commits can pass them. faust calls this with ``offset_to`` = the
+        offset of the record just read, and adds the interval up to and *including*
+        it: that record counted as acked before any agent saw it. An executor task
+        right after a transaction marker was committed while it still ran (or before
+        it ran), and a worker killed then lost it: its play never finished. The gap
+        here ends before that record."""
+        gap = rules.gap_before(offset_from, offset_to)
+        if gap is not None:
+            await super()._add_gap(tp, *gap)
+
+    def resume_partitions(self, tps: Any) -> None:
+        """faust's fetch loop drops the records of a partition that is no longer in the
+        (live) set of active partitions when it gets to them: records fetched just before
+        a rebalance or a table recovery paused the partition were lost, with the consumer's
+        position already past them. A completion dropped so was never applied (its play
+        never finished) and the next record made the hole a "gap" that commits skip. A
+        resumed partition reads again from the last record delivered (at most one
+        duplicate, which the engine and the executor take as a repeat)."""
+        thread = cast(Flow8ConsumerThread, self._thread)
+        for tp, offset in rules.reseeks(set(tps), self._paused_partitions, self._read_offset, self._is_changelog_tp):
+            reseek = asyncio.ensure_future(thread.seek_now(tp, offset))
+            self._reseeks.add(reseek)  # held until done
+            reseek.add_done_callback(self._reseeks.discard)
+        super().resume_partitions(tps)
+
+    async def _seek(self, partition: Any, offset: int) -> None:
+        await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
+
+    async def position(self, tp: Any) -> int | None:
+        """Only faust's restore asks this, to end a restore stuck below a commit marker:
+        once the position reaches the highwater it takes the changelog as read. With the
+        highwater at the last record (``Flow8ConsumerThread._highwaters``) the position
+        reaches it before that record is read, and the restore ended without it (and
+        dropped it when it came): a play restored after a restart was missing. Such a
+        restore ends on its last record, so the question is not answered for it."""
+        if tp in cast(Flow8ConsumerThread, self._thread).exact:
+            return -1
+        return await super().position(tp)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """Commit what was done (offsets with their records) before faust forgets what the
+        revoked partitions acked, while the generation is still this member's: the
+        revocation then completes with nothing of this member's left open."""
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            await self.force_commit()  # not skipped when the commit handler's is under way
+            await cast(WorkerTransactions, self.transactions).commit_unsettled()
+        await super().on_partitions_revoked(revoked)
+
+    async def seek_to_committed(self) -> Any:
+        committed = await super().seek_to_committed()
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            cast(WorkerTransactions, self.transactions).committed(committed)
+        never = rules.never_committed(committed, self._is_changelog_tp)
+        if never:
+            await self._thread.seek_to_beginning(*never)
+        return committed

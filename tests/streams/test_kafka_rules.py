@@ -1,0 +1,133 @@
+"""The rules of ``runtimes/streams/kafka`` as pure functions: no broker."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+
+from flow8_streams.runtimes.streams.kafka import rules
+from flow8_streams.runtimes.streams.kafka.producer import GroupMember
+from flow8_streams.runtimes.streams.kafka.protocol import (
+    GroupTxnOffsetCommitRequest,
+    TxnOffsetCommitRequest_v3,
+    TxnOffsetCommitResponse_v3,
+)
+from flow8_streams.runtimes.streams.kafka.rules import Refusal, in_generation, offset_commit_refusal
+from flow8_streams.runtimes.streams.kafka.transactions import TRANSACTION_TIMEOUT_MS, transaction_timeout_ms
+
+
+@pytest.mark.parametrize(
+    ("codes", "refusal"),
+    [
+        ([0, 0], None),
+        ([0, 22], Refusal.GROUP_FENCED),  # ILLEGAL_GENERATION
+        ([25], Refusal.GROUP_FENCED),  # UNKNOWN_MEMBER_ID
+        ([82], Refusal.GROUP_FENCED),  # FENCED_INSTANCE_ID
+        ([27], Refusal.GROUP_FENCED),  # REBALANCE_IN_PROGRESS
+        ([90], Refusal.PRODUCER_FENCED),  # PRODUCER_FENCED
+        ([22, 47], Refusal.PRODUCER_FENCED),  # INVALID_PRODUCER_EPOCH wins: the producer is dead
+        ([14, 15], None),  # coordinator loading / not available: aiokafka retries
+    ],
+)
+def test_offset_commit_refusal(codes: list[int], refusal: Refusal | None) -> None:
+    errors = [("t", [(p, code) for p, code in enumerate(codes)])]
+    assert offset_commit_refusal(errors) is refusal
+
+
+def test_txn_offset_commit_v3_carries_the_group_metadata() -> None:
+    """The request is v3 whatever newer the broker serves, and encodes generation, member
+    id and a null group instance id in Kafka's flexible format (decoded back here)."""
+    request = GroupTxnOffsetCommitRequest("tx", "g", 7, 2, 5, "m-1", None, [("in", [(3, 42, "")])])
+    struct = request.prepare({28: (0, 6)})
+    assert isinstance(struct, TxnOffsetCommitRequest_v3) and struct.FLEXIBLE_VERSION
+    decoded = TxnOffsetCommitRequest_v3.SCHEMA.decode(BytesIO(struct.encode()))
+    assert decoded == ("tx", "g", 7, 2, 5, "m-1", None, [("in", [(3, 42, -1, "", {})], {})], {})
+
+
+def test_txn_offset_commit_v3_is_required() -> None:
+    """A broker without v3 cannot fence by generation: no silent fallback to v0."""
+    request = GroupTxnOffsetCommitRequest("tx", "g", 7, 2, 5, "m-1", None, [])
+    with pytest.raises(NotImplementedError):
+        request.prepare({28: (0, 2)})
+
+
+def test_txn_offset_commit_v3_response_decodes() -> None:
+    body = b"".join(
+        [
+            (0).to_bytes(4, "big"),  # throttle_time_ms
+            bytes([2, 3]) + b"in",  # one topic, "in"
+            bytes([2]) + (3).to_bytes(4, "big") + (22).to_bytes(2, "big") + bytes([0]),  # partition 3: 22
+            bytes([0, 0]),  # topic's and response's tagged fields
+        ]
+    )
+    response = TxnOffsetCommitResponse_v3.decode(BytesIO(body))
+    assert response.topics == [("in", [(3, 22, {})], {})]
+
+
+def test_group_member_is_its_group_id() -> None:
+    member = GroupMember("flow8", 3, "m-1")
+    assert member == "flow8" and str(member) == "flow8"
+    assert (member.generation_id, member.member_id, member.group_instance_id) == (3, "m-1", None)
+
+
+@pytest.mark.parametrize(
+    ("generation", "member", "fenceable"),
+    [(3, "m-1", True), (0, "m-1", True), (-1, "", False), (-1, "m-1", False), (2, "", False)],
+)
+def test_offsets_are_sent_only_with_a_generation(generation: int, member: str, fenceable: bool) -> None:
+    assert in_generation(generation, member) is fenceable
+
+
+# ------------------------------------------------------------------ the consumer's rules
+
+
+def test_acked_offsets_above_one_in_flight_are_held_back() -> None:
+    """A slow task at offset 5 while 6-8 are acked: the commit stops before 5."""
+    assert rules.hold_back([3, 4, 6, 7, 8], in_flight=[5, 9]) == ([3, 4], [6, 7, 8])
+    assert rules.hold_back([3, 4], in_flight=[]) == ([3, 4], [])
+    assert rules.hold_back([], in_flight=[5]) == ([], [])
+
+
+def test_a_gap_ends_before_the_record_that_follows_it() -> None:
+    """faust adds the record read after a hole to the hole: it is not done yet."""
+    assert rules.gap_before(10, 12) == (10, 11)
+    assert rules.gap_before(10, 11) == (10, 10)
+    assert rules.gap_before(12, 12) is None
+
+
+def test_records_fetched_before_a_seek_are_not_delivered_after_it() -> None:
+    epochs = {"tp": 1}
+    batch = iter([1, 2, 3, 4])
+    delivered = []
+    for record in rules.unless_sought(epochs, "tp", 1, batch):
+        delivered.append(record)
+        if record == 2:
+            epochs["tp"] = 2  # a seek while the batch is iterated
+    assert delivered == [1, 2]
+    assert list(rules.unless_sought({}, "tp", 0, [1, 2])) == [1, 2]  # never sought: epoch 0
+
+
+def test_inputs_never_committed_are_read_from_their_beginning_changelogs_are_not() -> None:
+    committed = {"in-0": None, "in-1": 0, "in-2": 7, "changelog-0": None}
+    assert rules.never_committed(committed, lambda tp: tp.startswith("changelog")) == ["in-0", "in-1"]
+
+
+def test_a_resumed_partition_is_read_again_from_its_last_record_delivered() -> None:
+    paused = {"in-0", "in-1", "changelog-0"}
+    read = {"in-0": 41, "in-1": None, "changelog-0": 9, "in-2": 5}
+    found = rules.reseeks(["in-0", "in-1", "changelog-0", "in-2"], paused, read, lambda tp: tp.startswith("changelog"))
+    assert found == [("in-0", 41)]
+
+
+@pytest.mark.parametrize(
+    ("took", "wait"),
+    [(0.0, 0.002), (0.01, 0.03), (1.0, 0.1)],  # idle: the linger; under load: 3x the last commit, capped
+)
+def test_the_commit_wait_grows_with_the_last_commit(took: float, wait: float) -> None:
+    assert rules.commit_wait(0.1, 0.002, took) == pytest.approx(wait)
+
+
+def test_a_transaction_lives_a_few_commit_intervals() -> None:
+    assert transaction_timeout_ms(100) == TRANSACTION_TIMEOUT_MS
+    assert transaction_timeout_ms(60_000) == 180_000
