@@ -3,6 +3,8 @@ composition root, never at import), served at ``/metrics``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
@@ -109,3 +111,16 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def replace_samples(
+    gauge: Gauge, samples: Mapping[tuple[str, ...], float], previous: Iterable[tuple[str, ...]] = ()
+) -> set[tuple[str, ...]]:
+    """Set each labelled sample of ``gauge`` and remove those of ``previous`` that are not among them
+    (a partition revoked since: its last value would stay on the page, stale, forever). Returns the
+    labels set, to pass as ``previous`` next time."""
+    for labels, value in samples.items():
+        gauge.labels(*labels).set(value)
+    for gone in set(previous) - samples.keys():
+        gauge.remove(*gone)
+    return set(samples)

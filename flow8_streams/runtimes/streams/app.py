@@ -58,7 +58,7 @@ from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.engine.projection import ApplyResult
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, StoreUnavailable
 from flow8_streams.logs import bind, log_context
-from flow8_streams.metrics import Metrics
+from flow8_streams.metrics import Metrics, replace_samples
 from flow8_streams.modules.executor import execute_task
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
@@ -126,6 +126,7 @@ class Flow8App:
         self.registry = registry
         self.store = store
         self.projection: PlayProjection = store.plays  # what the projector writes through
+        self._lag_labels: set[tuple[str, ...]] = set()  # the consumer-lag samples on the page
         self.claims = PlayIdClaims(store.plays.claim, settings.limits)
         self._waiting: Any = None  # the orchestrator agent's queue of inputs (see _commands_waiting)
         self.metrics = metrics
@@ -737,13 +738,14 @@ class Flow8App:
         return checks
 
     async def _update_lag(self) -> None:
+        """Lag of each partition assigned now; a partition revoked since the last sample leaves the page."""
         consumer = self.app.consumer
+        samples: dict[tuple[str, ...], float] = {}
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
-            committed = committed_offset(consumer, tp)
             if high is not None:
-                lag = max(0, high - (committed or 0))
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+                samples[(tp.topic, str(tp.partition))] = max(0, high - (committed_offset(consumer, tp) or 0))
+        self._lag_labels = replace_samples(self.metrics.consumer_lag, samples, self._lag_labels)
 
 
 def kafka_credentials(settings: Settings) -> SASLCredentials | None:
