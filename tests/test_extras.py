@@ -46,6 +46,7 @@ STREAMS_ONLY = {
     "flow8_streams.stores.mongo",
     "flow8_streams.runtimes.streams.app",
     "flow8_streams.runtimes.streams.claims",
+    "flow8_streams.runtimes.streams.kafka",  # faust's subclasses and the transactions they run
     "flow8_streams.runtimes.streams.table",
     "flow8_streams.runtimes.streams.worker",
 }
