@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flow8_streams import __version__
-from flow8_streams.cli import audit, local, ops, streams
+from flow8_streams.cli import audit, local, ops, serve, streams
 from flow8_streams.cli.common import app, out
 from flow8_streams.cli.errors import env_uris, report
 
@@ -18,7 +18,9 @@ app.command()(streams.produce)
 app.add_typer(streams.flows_app, name="flows")
 app.add_typer(streams.results_app, name="results")
 app.add_typer(audit.audit_app, name="audit")
-__all__ = ["app", "audit", "local", "main", "ops"]
+app.command()(serve.serve)
+app.add_typer(serve.keys_app, name="keys")
+__all__ = ["app", "audit", "local", "main", "ops", "serve"]
 
 
 def _version(value: bool) -> None:
