@@ -62,6 +62,10 @@ def serve(
     if streams and db is not None:
         raise InvalidInput("give --db FILE (the embedded runtime) or --streams (Kafka + MongoDB), not both")
     settings = load_settings(config, server_host=host, server_port=port)
+    from flow8_streams import logs
+
+    # the settings' level (info by default): the server says where it listens, and logs each request
+    logs.configure(logs.format_from_env(), logs.level_from_env(settings.log_level), uris=[settings.mongodb_uri])
     run_async(run_server(settings, None if streams else (db or DEFAULT_DB), module_sources(modules)))
 
 

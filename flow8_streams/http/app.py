@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi_offline import FastAPIOffline
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,8 +35,12 @@ from flow8_streams.settings import Settings
 log = logging.getLogger("flow8.http")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """Raised by the body's reader: a route that reads the body answers 413 with it."""
+
+    def __init__(self, max_body: int) -> None:
+        message = f"the request body is larger than the limit of {max_body} bytes (limits.max_message_bytes)"
+        super().__init__(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
 
 
 class Guard:
@@ -74,7 +78,7 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max_body)
             return message
 
         try:
@@ -85,8 +89,7 @@ class Guard:
             await self._too_large(counted)
 
     async def _too_large(self, send: Send) -> None:
-        message = f"the request body is larger than the limit of {self.max_body} bytes (limits.max_message_bytes)"
-        response = Json({"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}]}, status_code=413)
+        response = Json({"detail": _BodyTooLarge(self.max_body).detail}, status_code=413)
         await response({"type": "http"}, _no_body, send)
 
 

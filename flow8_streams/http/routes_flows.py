@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 
 from flow8_streams.domain.bounded import check_size
 from flow8_streams.domain.flow import NAME_PATTERN, FlowDefinition
-from flow8_streams.errors import InvalidFlow, NotFound
+from flow8_streams.errors import InvalidFlow, InvalidInput, NotFound
 from flow8_streams.flowfile import flow_from_data
 from flow8_streams.http.backends import Backend
 from flow8_streams.http.common import BoundedRoute, Caller, Json, Store, problem
@@ -53,6 +53,8 @@ async def validate(document: FlowDocument, key: Caller, backend: Store) -> Respo
         flow = _checked(backend, document, "the flow document")
     except InvalidFlow as exc:
         return Json({"valid": False, "errors": exc.errors})
+    except InvalidInput as exc:  # a module no worker has; too large
+        return Json({"valid": False, "errors": [str(exc)]})
     return Json({"valid": True, "errors": [], "name": flow.name, "version": flow.version})
 
 

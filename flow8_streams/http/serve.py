@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -44,4 +46,14 @@ async def serve(settings: Settings, db: Path | None, modules: Sequence[str] = ()
         log.info(
             "serving the API of %s on http://%s:%d (docs at /docs)", where, settings.server_host, settings.server_port
         )
-        await uvicorn.Server(config).serve()
+        # uvicorn stops on SIGTERM, then raises the signal again to the handler it found: that
+        # one must let this function return, so that the backend closes (the runtime flushes)
+        previous = signal.signal(signal.SIGTERM, _stopped)
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    log.info("stopped by signal %d", signum)
