@@ -40,6 +40,8 @@ class Backend(Protocol):
     stores: Stores
     registry: ModuleRegistry
     limits: Limits
+    # why a play the projection holds may have no events in ``stores.log`` (None: it always has them)
+    events_elsewhere: str | None
 
     async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
         """Ask for a play to start (a play id that exists is left as it is)."""
@@ -56,6 +58,7 @@ class Backend(Protocol):
 
 class EmbeddedBackend:
     name = "embedded"
+    events_elsewhere: str | None = None
 
     def __init__(self, runtime: LocalRuntime) -> None:
         self.runtime = runtime
@@ -111,6 +114,10 @@ class EmbeddedBackend:
 
 class StreamsBackend:
     name = "streams"
+    events_elsewhere: str | None = (
+        "the streams runtime keeps a play's events on Kafka (the events topic), and MongoDB holds none of "
+        "this play's: its events and audit are not served over HTTP yet"
+    )
 
     def __init__(self, store: MongoStore, producer: CommandProducer, registry: ModuleRegistry, limits: Limits) -> None:
         self.mongo = store

@@ -128,6 +128,8 @@ async def play_events(
 ) -> Response:
     await _play(backend, key.company_id, play_id)
     events = await backend.stores.log.read(play_id, after_seq, company_id=key.company_id)
+    if not events and after_seq == 0 and backend.events_elsewhere:
+        raise problem(501, backend.events_elsewhere)
     return Json({"play_id": play_id, "items": [e.model_dump(mode="json") for e in events]})
 
 
@@ -163,6 +165,9 @@ async def wait(
 async def audit(play_id: PlayIdPath, key: Caller, backend: Store) -> Response:
     from flow8_streams.audit import Audit, Filter, StoreSource
 
+    await _play(backend, key.company_id, play_id)
+    if backend.events_elsewhere and not await backend.stores.log.read(play_id, company_id=key.company_id):
+        raise problem(501, backend.events_elsewhere)
     flt = Filter(key.company_id, play=play_id)
     run = Audit(flt)
     histories = StoreSource(backend.stores).histories(flt)
