@@ -4,11 +4,14 @@ its key's company before a route reads anything, and every error mapped to one s
 | status | when |
 |---|---|
 | 401 | no API key, not a flow8 key, unknown or revoked (``Unauthenticated``) |
+| 403 | a member's key on an admin's resource (``/v1/keys``) |
 | 404 | no such play, flow or key in the key's company (another company's is a 404 too, never a 403) |
 | 408 | a wait whose timeout passed first |
 | 409 | a play id another play holds; a flow version stored with another definition; a finished play cancelled |
 | 413 | a body over ``limits.max_message_bytes``, or a field over its own limit (the field named) |
 | 422 | a field or parameter of the wrong shape (FastAPI's ``detail`` list: each ``loc`` names it) |
+| 429 | a key over ``http.rate_limit_per_second`` (when set; per instance), with ``Retry-After`` |
+| 501 | ``/events`` and ``/audit`` on the streams backend (its events are on Kafka, not in MongoDB) |
 | 503 | a store that cannot be reached |
 
 Every 4xx is counted in ``flow8_http_refused_total{status}``.
@@ -27,7 +30,7 @@ from flow8_streams import __version__
 from flow8_streams.domain.bounded import TooLarge
 from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from flow8_streams.http.backends import Backend
-from flow8_streams.http.common import Json
+from flow8_streams.http.common import Json, RateLimit
 from flow8_streams.http.keys import Unauthenticated
 from flow8_streams.metrics import Metrics
 from flow8_streams.settings import Settings
@@ -130,6 +133,8 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     app.state.backend = backend
     app.state.settings = settings
     app.state.metrics = metrics
+    per_second = settings.http.rate_limit_per_second
+    app.state.rate_limit = RateLimit(per_second) if per_second is not None else None
     app.add_exception_handler(Flow8Error, _flow8_error)
     for module in (routes_plays, routes_flows, routes_kv, routes_keys, routes_ops):
         app.include_router(module.router)

@@ -3,6 +3,8 @@ and the key a request proves (``Caller``)."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -76,9 +78,38 @@ def settings_of(request: Request) -> Settings:
 _bearer = HTTPBearer(auto_error=False, description="An API key of flow8 keys create: Authorization: Bearer f8k_...")
 
 
+class RateLimit:
+    """A token bucket per API key, in this process: ``per_second`` requests, bursts of as many
+    (at least one). ``take`` answers how long to wait when the bucket is empty."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_second
+        self.burst = max(1.0, per_second)
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+
+    def take(self, key_id: str) -> float | None:
+        now = self.clock()
+        tokens, then = self.buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1:
+            self.buckets[key_id] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self.buckets[key_id] = (tokens - 1, now)
+        return None
+
+
 async def caller(request: Request, _: Annotated[Any, Depends(_bearer)]) -> ApiKey:
     """The key the request's ``Authorization: Bearer KEY`` proves; the company is the key's."""
-    return await authenticate(backend_of(request).stores.keys, request.headers.get("authorization"))
+    key = await authenticate(backend_of(request).stores.keys, request.headers.get("authorization"))
+    limit: RateLimit | None = request.app.state.rate_limit
+    if limit is not None and (wait := limit.take(key.key_id)) is not None:
+        raise HTTPException(
+            429,
+            detail=f"over {limit.rate:g} requests per second for this key (http.rate_limit_per_second)",
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+    return key
 
 
 Caller = Annotated[ApiKey, Depends(caller)]

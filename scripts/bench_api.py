@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""What the HTTP API serves: requests/s and latency percentiles of ``flow8 serve``.
+
+    scripts/bench_api.py                                   # a flow8 serve --db of its own (embedded)
+    scripts/bench_api.py --url http://H:P --key f8k_...   # a server already running (streams too)
+
+Phases, each with ``--clients`` concurrent clients (httpx, one connection each):
+  start    ``--plays`` plays of a two-flowlet echo flow, each started (POST /v1/plays) and awaited
+           (GET /v1/plays/{id}/wait): starts/s, and the start-to-result latency per play;
+  get      ``--gets`` GETs of one finished play, with ``Accept-Encoding: gzip`` and without:
+           requests/s, p50/p95/p99 and the bytes of one response.
+It prints one line per phase (``--json``: one JSON object). Numbers, not assertions: compare runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.api.server import make_key, serving  # noqa: E402  (the tests' own server runner)
+
+FLOW = {"flowlets": [{"name": "a", "module_ref": "echo"}, {"name": "b", "module_ref": "echo", "depends_on": ["a"]}]}
+
+
+def summary(name: str, latencies: list[float], seconds: float, **more: Any) -> dict[str, Any]:
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "phase": name,
+        "requests": len(latencies),
+        "per_second": round(len(latencies) / seconds, 1),
+        "p50_ms": round(cuts[49] * 1000, 2),
+        "p95_ms": round(cuts[94] * 1000, 2),
+        "p99_ms": round(cuts[98] * 1000, 2),
+        **more,
+    }
+
+
+async def drive(
+    clients: list[httpx.AsyncClient], count: int, one: Callable[[httpx.AsyncClient, int], Awaitable[None]]
+) -> tuple[list[float], float]:
+    """``count`` calls of ``one`` spread over the clients, each client one at a time: (latencies, seconds)."""
+    latencies: list[float] = []
+    next_index = iter(range(count))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in next_index:
+            began = time.perf_counter()
+            await one(client, i)
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    return latencies, time.perf_counter() - began
+
+
+async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+    def make(encoding: str) -> list[httpx.AsyncClient]:
+        return [
+            httpx.AsyncClient(base_url=url, headers={**headers, "Accept-Encoding": encoding}, limits=limits, timeout=60)
+            for _ in range(concurrency)
+        ]
+
+    results = []
+    flow = f"bench-{uuid.uuid4().hex[:8]}"
+    clients = make("identity")
+    try:
+        (await clients[0].put(f"/v1/flows/{flow}", json=FLOW)).raise_for_status()
+        ids: list[str] = []
+
+        async def start_and_wait(client: httpx.AsyncClient, i: int) -> None:
+            started = await client.post("/v1/plays", json={"flow": flow, "input": {"i": i}})
+            started.raise_for_status()
+            play_id = started.json()["play_id"]
+            done = await client.get(f"/v1/plays/{play_id}/wait", params={"timeout": 60})
+            done.raise_for_status()
+            ids.append(play_id)
+
+        latencies, seconds = await drive(clients, plays, start_and_wait)
+        results.append(summary("start+result", latencies, seconds, plays_per_second=round(plays / seconds, 1)))
+        path = f"/v1/plays/{ids[0]}"
+        for encoding in ("gzip", "identity"):
+            readers = make(encoding)
+            try:
+                first: dict[str, int] = {}
+
+                async def get(client: httpx.AsyncClient, i: int, first: dict[str, int] = first) -> None:
+                    async with client.stream("GET", path) as response:
+                        body = b"".join([chunk async for chunk in response.aiter_raw()])
+                        response.raise_for_status()
+                        if i == 0:
+                            first["bytes"] = len(body)
+                            first["gzipped"] = int(response.headers.get("content-encoding") == "gzip")
+
+                latencies, seconds = await drive(readers, gets, get)
+                results.append(
+                    summary(
+                        f"get play ({encoding})",
+                        latencies,
+                        seconds,
+                        bytes=first["bytes"],
+                        gzipped=bool(first["gzipped"]),
+                    )
+                )
+            finally:
+                await asyncio.gather(*(c.aclose() for c in readers))
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="A running flow8 serve (default: start one on a db of its own).")
+    parser.add_argument("--key", default=os.environ.get("FLOW8_API_KEY"), help="Its API key (or $FLOW8_API_KEY).")
+    parser.add_argument("--plays", type=int, default=500)
+    parser.add_argument("--gets", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.url:
+        if not args.key:
+            parser.error("--url needs --key (or $FLOW8_API_KEY)")
+        results = asyncio.run(bench(args.url, args.key, args.plays, args.gets, args.clients))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = Path(tmp)
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_"))}
+            env["FLOW8_LOG_LEVEL"] = "warning"  # the access log off: a bench measures serving, not logging
+            key = make_key("--db", cwd / "bench.db", company="bench", cwd=cwd, env=env)
+            with serving("--db", cwd / "bench.db", cwd=cwd, env=env) as server:
+                results = asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            extra = {
+                k: v for k, v in r.items() if k not in {"phase", "requests", "per_second", "p50_ms", "p95_ms", "p99_ms"}
+            }
+            print(
+                f"{r['phase']:<22} {r['requests']:>6} requests  {r['per_second']:>8.1f}/s  "
+                f"p50 {r['p50_ms']:>7.2f} ms  p95 {r['p95_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  {extra}"
+            )
+
+
+if __name__ == "__main__":
+    main()
