@@ -20,6 +20,7 @@ Every 4xx is counted in ``flow8_http_refused_total{status}``.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi_offline import FastAPIOffline
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flow8_streams import __version__
 from flow8_streams.domain.bounded import TooLarge
+from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from flow8_streams.http.backends import Backend
 from flow8_streams.http.common import Json, RateLimit
@@ -120,6 +122,23 @@ async def _flow8_error(request: Request, exc: Exception) -> Response:
     return Json({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+def _with_flow_schema(app: FastAPI) -> None:
+    """Put the flow definition's JSON Schema (schemas/flow-definition.schema.json, from the same model)
+    in the OpenAPI document's components, where the flow routes' bodies refer to it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            flow = FlowDefinition.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(flow.pop("$defs", {}))
+            schemas["FlowDefinition"] = flow
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAPI:
     """The API over an open ``backend``."""
     from flow8_streams.http import routes_flows, routes_keys, routes_kv, routes_ops, routes_plays
@@ -138,6 +157,7 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     app.add_exception_handler(Flow8Error, _flow8_error)
     for module in (routes_plays, routes_flows, routes_kv, routes_keys, routes_ops):
         app.include_router(module.router)
+    _with_flow_schema(app)
     if settings.http.compression:
         app.add_middleware(
             GZipMiddleware,

@@ -16,6 +16,9 @@ from flow8_streams.http.common import BoundedRoute, Caller, Json, Store, problem
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"], route_class=BoundedRoute)
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN, description="The flow's name.")]
+FLOW_BODY = {
+    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/FlowDefinition"}}}}
+}
 FlowDocument = Annotated[
     dict[str, Any],
     Body(description="A flow definition (schemas/flow.schema.json); version: the next one when absent."),
@@ -28,7 +31,7 @@ def _checked(backend: Backend, document: dict[str, Any], source: str) -> FlowDef
     return flow_from_data(document, source).check(backend.registry.names(), limits=backend.limits)
 
 
-@router.put("/{name}", summary="Store a version of a flow: {name, version}")
+@router.put("/{name}", summary="Store a version of a flow: {name, version}", openapi_extra=FLOW_BODY)
 async def put_flow(name: NamePath, document: FlowDocument, key: Caller, backend: Store) -> Response:
     if document.get("name", name) != name:
         raise problem(422, f"the document names flow {document.get('name')!r}, not {name!r}", field=("body", "name"))
@@ -47,7 +50,7 @@ async def put_flow(name: NamePath, document: FlowDocument, key: Caller, backend:
     return Json({"name": name, "version": flow.version}, status_code=201, headers={"Location": f"/v1/flows/{name}"})
 
 
-@router.post("/validate", summary="Check a flow document: {valid, errors}")
+@router.post("/validate", summary="Check a flow document: {valid, errors}", openapi_extra=FLOW_BODY)
 async def validate(document: FlowDocument, key: Caller, backend: Store) -> Response:
     try:
         flow = _checked(backend, document, "the flow document")

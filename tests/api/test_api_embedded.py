@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from tests.conftest import REPO
 from tests.flow8_cli import run
 
 from .conftest import HELLO, SLOW, Api
@@ -335,6 +336,11 @@ def test_docs_and_openapi_load_with_no_outside_asset(api: Api) -> None:
             assert path in spec["paths"], path
         assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
         assert "StartRequest" in spec["components"]["schemas"]
+        # the flow routes' bodies are the flow definition of schemas/flow-definition.schema.json
+        flow_body = spec["paths"]["/v1/flows/{name}"]["put"]["requestBody"]["content"]["application/json"]["schema"]
+        assert flow_body["$ref"] == "#/components/schemas/FlowDefinition"
+        published = json.loads((REPO / "schemas" / "flow-definition.schema.json").read_text())
+        assert spec["components"]["schemas"]["FlowDefinition"]["properties"].keys() == published["properties"].keys()
         docs = client.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
         assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
