@@ -2,10 +2,11 @@
 """What the HTTP API serves: requests/s and latency percentiles of ``flow8 serve``.
 
     scripts/bench_api.py                                   # a flow8 serve --db of its own (embedded)
-    scripts/bench_api.py --url http://H:P --key f8k_...   # a server already running (streams too)
+    scripts/bench_api.py --streams                         # a worker and a flow8 serve --streams of its own
+    scripts/bench_api.py --url http://H:P --key f8k_...   # a server already running
 
 Phases, each with ``--clients`` concurrent clients (httpx, one connection each):
-  start    ``--plays`` plays of a two-flowlet echo flow, each started (POST /v1/plays) and awaited
+  start    ``--plays`` plays of the 4-flowlet diamond of ``flow8 bench``, each started (POST /v1/plays) and awaited
            (GET /v1/plays/{id}/wait): starts/s, and the start-to-result latency per play;
   get      ``--gets`` GETs of one finished play, with ``Accept-Encoding: gzip`` and without:
            requests/s, p50/p95/p99 and the bytes of one response.
@@ -32,9 +33,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flow8_streams.bench import DIAMOND  # noqa: E402
 from tests.api.server import make_key, serving  # noqa: E402  (the tests' own server runner)
 
-FLOW = {"flowlets": [{"name": "a", "module_ref": "echo"}, {"name": "b", "module_ref": "echo", "depends_on": ["a"]}]}
+FLOW = DIAMOND.model_dump(mode="json", exclude={"name", "version"}, exclude_none=True)
 
 
 def summary(name: str, latencies: list[float], seconds: float, **more: Any) -> dict[str, Any]:
@@ -126,6 +128,31 @@ async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> 
     return results
 
 
+def own_server(cwd: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The bench on a ``flow8 serve`` of its own: ``--db`` in ``cwd``, or ``--streams`` with one worker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_"))}
+    env["FLOW8_LOG_LEVEL"] = "warning"  # the access log off: a bench measures serving, not logging
+    if not args.streams:
+        key = make_key("--db", cwd / "bench.db", company="bench", cwd=cwd, env=env)
+        with serving("--db", cwd / "bench.db", cwd=cwd, env=env) as server:
+            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+    from tests.conformance.streams_harness import WorkerGroup  # the launcher's, with discard()
+
+    group = WorkerGroup(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"], cwd / "workers")
+    asyncio.run(group.start())
+    try:
+        env |= {
+            "MONGODB_DATABASE": group.name,
+            "FLOW8_TOPICS__PREFIX": group.name,
+        }
+        key = make_key("--mongodb", company="bench", cwd=cwd, env=env)
+        with serving("--streams", cwd=cwd, env=env) as server:
+            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+    finally:
+        group.stop()
+        asyncio.run(group.discard())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="A running flow8 serve (default: start one on a db of its own).")
@@ -133,6 +160,9 @@ def main() -> None:
     parser.add_argument("--plays", type=int, default=500)
     parser.add_argument("--gets", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--streams", action="store_true", help="Kafka + MongoDB of $KAFKA_BOOTSTRAP_SERVERS, $MONGODB_URI."
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.url:
@@ -141,12 +171,7 @@ def main() -> None:
         results = asyncio.run(bench(args.url, args.key, args.plays, args.gets, args.clients))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            cwd = Path(tmp)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOW8_", "SERVER_"))}
-            env["FLOW8_LOG_LEVEL"] = "warning"  # the access log off: a bench measures serving, not logging
-            key = make_key("--db", cwd / "bench.db", company="bench", cwd=cwd, env=env)
-            with serving("--db", cwd / "bench.db", cwd=cwd, env=env) as server:
-                results = asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+            results = own_server(Path(tmp), args)
     for r in results:
         if args.json:
             print(json.dumps(r))
