@@ -149,6 +149,7 @@ class Flow8App:
             dead_letters,
             wakeups,
             runner.run,
+            generation=lambda: app.consumer_generation_id,
             channel_executor=channel_executor,
             channel_watch=channel_watch,
         )

@@ -44,6 +44,7 @@ from flow8_streams.runtimes.streams.channels import ChannelExecutor, ChannelWatc
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.kafka.faust_app import changelog_sent
+from flow8_streams.runtimes.streams.kafka.rules import of_this_generation
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 from flow8_streams.runtimes.streams.retrying import until_stored
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot
@@ -72,6 +73,7 @@ class Decision:
     body: bytes  # the table entry's state (empty for a finished play)
     remote: list[ev.FlowletScheduled]  # tasks for executors
     partition: int
+    generation: int | None  # the consumer group generation its input was read in
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Orchestrator:
         wakeups: Wakeups,
         run_inline: Callable[[Task], Awaitable[FlowletResult]],
         *,
+        generation: Callable[[], int],
         channel_executor: ChannelExecutor | None,
         channel_watch: ChannelWatch | None,
     ) -> None:
@@ -114,6 +117,7 @@ class Orchestrator:
         self.dead_letters = dead_letters
         self.wakeups = wakeups
         self.run_inline = run_inline  # an inline module's task -> its FlowletResult, awaited
+        self.generation = generation  # the consumer group generation now
         self.channel_executor = channel_executor
         self.channel_watch = channel_watch
         self._waiting: Any = None  # the agent's queue of inputs (see _commands_waiting)
@@ -193,7 +197,7 @@ class Orchestrator:
                 f"play {play_id!r}: a record of this decision would be {too_large} bytes, over the limit of "
                 f"{cap} (limits.max_message_bytes); nothing was written"
             )
-        return Decision(play_id, after, events, records, body, remote, message.partition)
+        return Decision(play_id, after, events, records, body, remote, message.partition, message.generation_id)
 
     def _commands_waiting(self) -> list[bytes | None]:
         """The raw commands queued behind the one in hand (read, not taken: the agent's queue
@@ -214,9 +218,17 @@ class Orchestrator:
         # decision (a play's table entry said "finished" while its PlayCompleted was
         # aborted with the worker). The commit takes the same gate (the worker's, or the
         # partition's: see partition_txn.Flow8Producer).
+        # A rebalance while it was decided (awaiting MongoDB) and its input is read again from
+        # the committed offset, here or by the partition's new owner: published, it would be
+        # twice (``rules.of_this_generation``). The revocation's commit takes the gate, so the
+        # check and the sends are on one side of it.
         wiring = self.wiring
         gate = wiring.transaction.gate if wiring.per_worker else wiring.partition_gates[d.partition]
         async with gate:
+            if not of_this_generation(d.generation, self.generation()):
+                self.metrics.stale_decisions.inc()
+                log.info("decision on %s dropped: read before a rebalance, it is read again", d.play_id)
+                return
             await self._publish(d)
 
     def restore(self, entries: Mapping[str, bytes | None]) -> None:
