@@ -20,10 +20,10 @@ in the orchestrator: see ``channels``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
+from flow8_streams.clock import utcnow
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
@@ -45,10 +45,6 @@ from flow8_streams.settings import Settings
 if TYPE_CHECKING:
     from flow8_streams.channels.pool import ChannelPool
     from flow8_streams.stores.mongo import MongoStore
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Flow8App:

@@ -15,13 +15,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import faust
 from faust.types import EventT
 
+from flow8_streams.clock import utcnow
 from flow8_streams.domain import events as ev
 from flow8_streams.domain.messages import (
     GENERATED_PREFIX,
@@ -56,10 +56,6 @@ log = logging.getLogger("flow8.streams")
 PLAY_ID_NS = uuid.UUID("5d0c7f3e-93a1-4c1e-8d2e-6b7f0f1c2a44")
 MAX_PEEK = 2048  # queued inputs looked at for play ids to claim with the one in hand
 RECORD_OVERHEAD = 8 * 1024  # a record's key, headers and batch framing, within the producer's request size
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

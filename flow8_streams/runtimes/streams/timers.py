@@ -5,9 +5,10 @@ sends again the tasks in flight on partitions just taken over."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from flow8_streams.clock import utcnow
 from flow8_streams.domain.messages import Task, Tick
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup
@@ -23,10 +24,6 @@ RESCAN_EVERY_S = 5.0
 
 Wakeups = dict[str, tuple[datetime, str, int]]
 """play id -> (when it wakes, its company, its partition): the orchestrator sets, the timers fire."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Timers:
