@@ -306,6 +306,7 @@ class Flow8Consumer(kafka_driver.Consumer):
         took before a rebalance; both are read again from the committed offset."""
         if not rules.of_this_generation(message.generation_id, self.app.consumer_generation_id):
             message.acked = True  # its final ack, counted by nobody
+            self._unacked_messages.discard(message)  # nor held as in flight by every commit after
             return False
         acked: bool = super().ack(message)
         return acked
