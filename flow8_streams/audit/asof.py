@@ -9,6 +9,9 @@ KV: the SQLite store keeps each key's latest value, its version and when it was 
 older values. So a key written at or before ``when`` and not since held that value then
 (``known``); a key first written after ``when`` did not exist then (``absent``); a key
 rewritten after ``when`` held a value this store no longer has (``unknown``): said, never guessed.
+The MongoDB store keeps every version of a key with its write time until it is pruned (older
+than the increment dedup window, oldest first): the newest version written by ``when`` is
+``known``; none kept by then is ``absent`` when version 1 is still kept, else ``unknown``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import orjson
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
+from flow8_streams.stores.ports import KVEntry
 
 KNOWN, ABSENT, UNKNOWN = "known", "absent", "unknown"
 
@@ -105,4 +109,20 @@ def sqlite_kv_at(db: sqlite3.Connection, company: str, when: datetime, limit: in
     return out, int(total)
 
 
-__all__ = ["ABSENT", "KNOWN", "UNKNOWN", "KVAt", "prefix_at", "sqlite_kv_at", "state_at"]
+def kv_from_versions(company: str, keys: Sequence[tuple[KVEntry, KVEntry | None, int]]) -> list[KVAt]:
+    """Each key at a moment from what a versioned store keeps of it: (its newest version, its
+    newest version written by then or None, the oldest version kept)."""
+    out: list[KVAt] = []
+    for newest, then, oldest in keys:
+        if then is not None:
+            note = f"version {then.version} of {newest.version}"
+            out.append(KVAt(company, newest.key, KNOWN, then.value, then.version, note=note))
+        elif oldest == 1:
+            out.append(KVAt(company, newest.key, ABSENT, note="first written after"))
+        else:
+            note = f"versions before {oldest} of {newest.version} were pruned (older than the increment dedup window)"
+            out.append(KVAt(company, newest.key, UNKNOWN, version=newest.version, note=note))
+    return out
+
+
+__all__ = ["ABSENT", "KNOWN", "UNKNOWN", "KVAt", "kv_from_versions", "prefix_at", "sqlite_kv_at", "state_at"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from flow8_streams.audit import checkpoints as cp
-from flow8_streams.audit.asof import KNOWN, KVAt, sqlite_kv_at, state_at
+from flow8_streams.audit.asof import KNOWN, KVAt, kv_from_versions, sqlite_kv_at, state_at
 from flow8_streams.audit.run import Audit
 from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import PlayHistory, Summary
@@ -40,7 +39,8 @@ from flow8_streams.domain.events import event_adapter
 from flow8_streams.errors import EngineError
 from flow8_streams.live import plain
 
-MAX_KV_KEYS = 10_000  # keys shown per company; the summary says how many there are
+MAX_KV_KEYS = 10_000  # keys shown per company (SQLite); the summary says how many there are
+MAX_MONGO_KV_KEYS = 1_000  # three queries each
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -192,27 +192,26 @@ async def _run(
         summary = report.audit.finish(packed.problems)
         kv_note = "an archive holds no KV values" if want_kv else kv_note
     else:
+        from flow8_streams.settings import load_settings
+        from flow8_streams.stores.mongo import MongoStore
+
+        settings = load_settings()
         report = _AsOf(when, Audit(flt, (), public_key=key), json_out)
-        async for history in _mongo_histories(flt):
-            report.play(history)
+        mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+        try:
+            async for history in StoreSource(mongo).histories(flt):
+                report.play(history)
+            if want_kv:
+                assert flt.company is not None
+                versions, kv_total = await mongo.kv.versions_at(flt.company, when, MAX_MONGO_KV_KEYS)
+                kv = kv_from_versions(flt.company, versions)
+                kv_note = (
+                    "the MongoDB store keeps each key's versions with their write time until they are older "
+                    "than the increment dedup window (FLOW8_KV_INCR_DEDUP_SECONDS): a key whose versions "
+                    "before TIME were pruned is 'unknown'"
+                )
+        finally:
+            await mongo.close()
         summary = report.audit.finish()
-        if want_kv:
-            kv_note = (
-                "not read from MongoDB: it keeps each key's versions with their write time only for the "
-                "increment dedup window (FLOW8_KV_INCR_DEDUP_SECONDS), so older values are gone"
-            )
     report.end(summary, kv, kv_total, kv_note)
     return summary
-
-
-async def _mongo_histories(flt: Filter) -> AsyncIterator[PlayHistory]:
-    from flow8_streams.settings import load_settings
-    from flow8_streams.stores.mongo import MongoStore
-
-    settings = load_settings()
-    mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
-    try:
-        async for history in StoreSource(mongo).histories(flt):
-            yield history
-    finally:
-        await mongo.close()
