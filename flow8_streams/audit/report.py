@@ -33,6 +33,7 @@ from flow8_streams.domain.events import event_adapter
 MAX_CHARTS = 500  # plays charted on one page
 MAX_ROWS = 5000  # plays past the charts listed in a table; past these, only counted
 MAX_FINDINGS_SHOWN = 20  # per play
+MAX_PAGE_ATTEMPTS = 20_000  # bars on one page (a few hundred bytes each); a play past them is listed
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem auto;max-width:1040px;padding:0 1rem;color:#222}
@@ -115,12 +116,15 @@ class Report:
         key_id: str | None = None,
         max_charts: int = MAX_CHARTS,
         max_rows: int = MAX_ROWS,
+        max_bars: int = MAX_PAGE_ATTEMPTS,
     ) -> None:
         self.company = company
         self.source = source
         self.key_id = key_id
         self.max_charts = max_charts
         self.max_rows = max_rows
+        self.max_bars = max_bars
+        self.bars = 0  # attempts charted so far
         self.charted: list[_Play] = []
         self.listed: list[Verdict] = []
         self.left_out = 0
@@ -135,8 +139,11 @@ class Report:
             if when is not None:
                 self.first = when if self.first is None else min(self.first, when)
                 self.last = when if self.last is None else max(self.last, when)
-        if len(self.charted) < self.max_charts:
-            self.charted.append(self._chartable(history, verdict))
+        play = self._chartable(history, verdict) if len(self.charted) < self.max_charts else None
+        drawn = play.timeline.attempts if play is not None and play.timeline is not None else 0
+        if play is not None and self.bars + drawn <= self.max_bars:
+            self.charted.append(play)
+            self.bars += drawn
         elif len(self.listed) < self.max_rows:
             self.listed.append(verdict)
         else:
@@ -271,7 +278,8 @@ class Report:
         if self.listed or self.left_out:
             more = element(body, "section", id="more")
             element(more, "h2", f"{len(self.listed) + self.left_out} more plays, not charted")
-            element(more, "p", f"The page charts at most {self.max_charts} plays and lists {self.max_rows} more; "
+            element(more, "p", f"The page charts at most {self.max_charts} plays ({self.max_bars} bars) and lists "
+                f"{self.max_rows} more; "
                 f"{self.left_out} plays past those are counted in the summary only.", class_="meta left-out",
                 data_left_out=self.left_out)  # fmt: skip
             table = element(more, "table", class_="listed")

@@ -23,6 +23,7 @@ LANE_HEIGHT = 24
 BAR_HEIGHT = 14
 AXIS_HEIGHT = 28
 MAX_LANES = 200  # flowlets drawn per play; the rest are counted in a last row
+MAX_ATTEMPTS = 100  # attempts drawn per flowlet (the retry policy's most): the latest ones
 MAX_TEXT = 300  # characters of a log string shown in a hover
 MAX_LABEL = 28  # characters of a flowlet name in its row
 
@@ -152,7 +153,8 @@ def _lane(svg: ET.Element, lane: Lane, scale: _Scale, top: float) -> None:
     if lane.on_channel:
         label.text = f"{label.text} {CHANNEL_GLYPH}"
     element(label, "title", f"{clip(lane.name)} ({clip(lane.module_ref or '?', 80)}): {lane.status.value}")
-    for w in lane.waits:
+    attempts, waits = lane.attempts[-MAX_ATTEMPTS:], lane.waits[-MAX_ATTEMPTS:]
+    for w in waits:
         line = element(
             g,
             "line",
@@ -169,8 +171,11 @@ def _lane(svg: ET.Element, lane: Lane, scale: _Scale, top: float) -> None:
         element(
             line, "title", f"{lane.name}: retry after attempt {w.after}, backoff {w.backoff_ms} ms, waited {waited}"
         )
-    for a in lane.attempts:
+    for a in attempts:
         _attempt(g, lane, a, scale, top, mid)
+    if len(lane.attempts) > len(attempts):
+        label.text = f"{label.text} (+{len(lane.attempts) - len(attempts)})"
+        element(label, "title", f"{len(lane.attempts) - len(attempts)} earlier attempts not drawn")
     if lane.skipped_at is not None:
         mark = element(g, "text", f"{SKIPPED_GLYPH} skipped", x=scale.x(lane.skipped_at), y=mid + 4, class_="skipped")
         mark.set("fill", WAIT)

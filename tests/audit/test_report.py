@@ -6,10 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from flow8_streams.audit.report import CSP, Report
+from flow8_streams.audit.timeline import build
+from flow8_streams.audit.timeline_svg import render
 from flow8_streams.audit.verify import PlayHistory, Summary, verify
+from flow8_streams.domain.events import Event, FlowletFailed, FlowletScheduled
 from tests.audit.conftest import flow8, rows, write_rows
 from tests.audit.dom import Node, parse
 from tests.audit.report_plays import COMPANY, FLOWS, HOSTILE, PLAY_IDS, Recorded, recorded
@@ -151,3 +155,31 @@ def test_hostile_ids_and_unreadable_events_are_shown_not_obeyed(recorded: Record
     written = out.read_text()
     assert written.startswith("<!DOCTYPE html>") and "<script>alert" not in written
     assert len(parse(written).find("article", "play")) == 2 and not list(tmp_path.glob(".r.html*"))
+
+
+def test_bars_are_bounded_per_flowlet_and_per_page(recorded: Recorded) -> None:
+    """A forged log with 150 attempts of one flowlet draws its latest 100 and says so; a page
+    stops charting once its bars would pass ``max_bars`` and lists the rest."""
+    events = recorded.events(PLAY_IDS["retries"])
+    scheduled = next(e for e in events if isinstance(e, FlowletScheduled))
+    failed = next(e for e in events if isinstance(e, FlowletFailed))
+    many: list[Event] = [events[0]]
+    for n in range(1, 151):
+        for e in (scheduled, failed):
+            many.append(e.model_copy(update={"payload": e.payload.model_copy(update={"attempt": n})}))
+    svg = ET.tostring(render(build(many)), encoding="unicode", method="html")
+    (lane,) = [g for g in parse(svg).find("g", "lane") if g.attrs["data-flowlet"] == "flaky"]
+    numbers = [int(g.attrs["data-attempt"]) for g in lane.find("g", "attempt")]
+    assert numbers == list(range(51, 151)) and "(+50)" in lane.find("text", "label")[0].text
+
+    report = Report(COMPANY, source="test", max_bars=5)
+    summary = Summary()
+    docs = rows(recorded.db, PLAY_IDS["retries"])  # 4 attempts a play
+    for i in range(3):
+        history = _forged(f"p{i}", COMPANY, [{**d, "play_id": f"p{i}"} for d in docs])
+        verdict = verify(history)
+        summary.add(verdict)
+        report.add(history, verdict)
+    page = parse(report.page(summary))
+    assert [a.attrs["data-play"] for a in page.find("article", "play")] == ["p0"]
+    assert [tr.find("td")[0].text for tr in page.find("table", "listed")[0].find("tr")[1:]] == ["p1", "p2"]
