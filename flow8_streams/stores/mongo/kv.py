@@ -241,7 +241,6 @@ class MongoKV:
         version, its newest version written at or before ``when`` (None if none is kept), and
         the oldest version kept (older ones were pruned); and how many keys there are."""
         company = {"company_id": company_id}
-        fields = _VALUE_FIELDS
         with self._s.errors("reading kv versions"):
             total = await self._heads.count_documents(company)
             heads = [
@@ -250,11 +249,13 @@ class MongoKV:
             out: list[tuple[KVEntry, KVEntry | None, int]] = []
             for head in heads:
                 of_key = {**company, "kv": head["_id"]}
-                newest = await self._versions.find_one(of_key, fields, sort=[("version", -1)])
+                newest = await self._versions.find_one(of_key, _VALUE_FIELDS, sort=[("version", -1)])
                 oldest = await self._versions.find_one(of_key, {"version": 1}, sort=[("version", ASCENDING)])
-                then = await self._versions.find_one({**of_key, "at": {"$lte": when}}, fields, sort=[("version", -1)])
-                if newest is None or oldest is None:
+                if newest is None or oldest is None:  # a head whose versions are gone: nothing to tell
                     continue
+                then = await self._versions.find_one(
+                    {**of_key, "at": {"$lte": when}}, _VALUE_FIELDS, sort=[("version", -1)]
+                )
                 key = str(head["key"])
                 out.append(
                     (
