@@ -33,6 +33,11 @@ class Metrics:
             registry=r,
         )
         self.events = Counter("flow8_events_total", "Events emitted, by type.", ["type"], registry=r)
+        self.stale_decisions = Counter(
+            "flow8_stale_decisions_total",
+            "Decisions not published: a rebalance came while they were made, and their input is read again.",
+            registry=r,
+        )
         self.cache_hits = Counter("flow8_cache_hits_total", "Per-instance cache hits.", ["cache"], registry=r)
         self.cache_misses = Counter("flow8_cache_misses_total", "Per-instance cache misses.", ["cache"], registry=r)
         self.dlq = Counter(

@@ -225,7 +225,7 @@ class Settings(BaseSettings):
         "(at most commit_interval_ms).",
     )
     session_timeout_ms: int = Field(
-        default=10_000,
+        default=6_000,  # the broker's least (group.min.session.timeout.ms): a dead worker's partitions move soonest
         ge=3_000,
         le=300_000,
         description="How long the group waits for a silent worker before its partitions go to the others "

@@ -45,8 +45,16 @@ STREAMS_ONLY = {
     "flow8_streams.stores.mongo",
     "flow8_streams.runtimes.streams.app",
     "flow8_streams.runtimes.streams.claims",
+    "flow8_streams.runtimes.streams.deadletters",
+    "flow8_streams.runtimes.streams.executor",
     "flow8_streams.runtimes.streams.kafka",  # faust's subclasses and the transactions they run
+    "flow8_streams.runtimes.streams.orchestrator",
+    "flow8_streams.runtimes.streams.projector",
+    "flow8_streams.runtimes.streams.retrying",
     "flow8_streams.runtimes.streams.table",
+    "flow8_streams.runtimes.streams.timers",
+    "flow8_streams.runtimes.streams.web",
+    "flow8_streams.runtimes.streams.worker",
 }
 # Each command that needs the stack: its arguments, the environment it needs it in, how the refusal names it.
 READING_MONGODB = "reading the streams runtime's MongoDB ($MONGODB_URI is set, --db is not)"

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ from flow8_streams.channels.protocol import (
 )
 from flow8_streams.channels.slot import ChannelSlot, DispatchHook, Job, MongoKV, PendingHook, WorkerCommand
 from flow8_streams.channels.tokens import new_key
+from flow8_streams.clock import utcnow
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 from flow8_streams.logs import context_for
@@ -67,10 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.channels")
 RESTART_BACKOFF_S = (0.5, 30.0)
 DEFAULT_WARM = 2
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def control_dir() -> Path:

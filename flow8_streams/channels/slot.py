@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +20,7 @@ import orjson
 from flow8_streams.channels import client
 from flow8_streams.channels.exceptions import ChannelError, PortInUse, WorkerStartFailed
 from flow8_streams.channels.protocol import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, MAX_LINE
+from flow8_streams.clock import utcnow
 
 if TYPE_CHECKING:
     from flow8_streams.domain.messages import FlowletResult, Task
@@ -43,10 +44,6 @@ DispatchHook = Callable[[str, str, int, str], None]
 PendingHook = Callable[[str, str, int, str], None]
 """``(play_id, flowlet, attempt, channel)``: the module handed its work to an outside service."""
 WORKER_MODULE = "flow8_streams.channels.worker"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _source_arg(source: str) -> str:

@@ -43,7 +43,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import IO, Any
 
 import orjson
@@ -74,6 +74,7 @@ from flow8_streams.channels.protocol import (
     encode,
 )
 from flow8_streams.channels.tokens import completion_token, fingerprint, run_mac_ok, same_token
+from flow8_streams.clock import utcnow
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error
 from flow8_streams.logs import configure as configure_logs
@@ -87,10 +88,6 @@ log = logging.getLogger("flow8.channel.worker")
 PARENT_CHECK_S = 1.0
 RUN_FRESH_S = 120.0  # a run signed longer ago (or ahead) than this is refused: no replays
 Refused = Callable[[str], None]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class NoKV:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.text import Text
 
 from flow8_streams.audit import checkpoints as cp
+from flow8_streams.audit.report import Report
 from flow8_streams.audit.run import Audit, export
 from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Summary, Verdict
@@ -226,19 +227,31 @@ def export_cmd(
     public_key: Annotated[
         Path | None, typer.Option("--public-key", help="Put this public key in the archive's header.")
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a report: one self-contained page, a verdict and timeline per play."),
+    ] = None,
 ) -> None:
     """Write a company's events, its signed checkpoints and the public key as one archive that
-    `flow8 audit verify --archive` and tools/verify-js check offline."""
+    `flow8 audit verify --archive` and tools/verify-js check offline. With --html, verify each
+    play (against the checkpoints when --public-key is given) into a report: exit 1 on findings."""
     if not company:
         raise InvalidInput("--company C is required: an export is one company's")
     if db is None:
         raise InvalidInput("give --db FILE: export reads the embedded runtime's database")
+    if html is not None and html.resolve() == out_file.resolve():
+        raise InvalidInput(f"--html {html} is the --out file: give the report a name of its own")
     flt = _filter(company, False, play, flow, status, since, until)
     key = cp.load_public_key(public_key) if public_key is not None else None
     source = SqliteSource(db)
     try:
         signed = list(source.checkpoints())
-        plays, events, n = export(out_file, source.histories(flt), signed, company=company, public_key=key)
+        histories = source.histories(flt)
+        if html is not None:
+            audit = Audit(flt, signed, public_key=key)
+            report = Report(company, source=f"{db.name} (SQLite)", key_id=cp.key_id(key) if key else None)
+            histories = report.tap(histories, audit)
+        plays, events, n = export(out_file, histories, signed, company=company, public_key=key)
     finally:
         source.close()
     out.print(
@@ -250,3 +263,9 @@ def export_cmd(
         ),
         soft_wrap=True,
     )
+    if html is not None:
+        summary = audit.finish()
+        report.write(html, summary)
+        _Report(False).end(summary)
+        out.print(Text.assemble("wrote the report ", plain(str(html))), soft_wrap=True)
+        raise typer.Exit(0 if summary.clean else 1)

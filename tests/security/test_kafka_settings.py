@@ -50,7 +50,7 @@ def test_a_login_from_the_settings_file_reaches_every_client_and_no_repr_shows_i
     assert password not in repr(settings) and password not in str(settings)
     assert password not in settings.model_dump_json()
 
-    from flow8_streams.runtimes.streams.app import kafka_credentials
+    from flow8_streams.runtimes.streams.kafka.faust_app import kafka_credentials
 
     credentials = kafka_credentials(settings)
     assert credentials is not None and credentials.password == password

@@ -131,3 +131,13 @@ def test_the_commit_wait_grows_with_the_last_commit(took: float, wait: float) ->
 def test_a_transaction_lives_a_few_commit_intervals() -> None:
     assert transaction_timeout_ms(100) == TRANSACTION_TIMEOUT_MS
     assert transaction_timeout_ms(60_000) == 180_000
+
+
+@pytest.mark.parametrize(
+    ("read_in", "current", "acts"),
+    [(7, 7, True), (None, 7, True), (6, 7, False), (0, 1, False)],
+)
+def test_only_a_record_of_the_current_generation_is_acted_on_and_acked(
+    read_in: int | None, current: int, acts: bool
+) -> None:
+    assert rules.of_this_generation(read_in, current) is acts

@@ -31,7 +31,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
@@ -41,6 +40,7 @@ from pydantic import BaseModel
 
 from flow8_streams.channels import placement
 from flow8_streams.channels.placement import runs_on_channel as runs_on_channel  # one rule, used here and by app.py
+from flow8_streams.clock import utcnow
 from flow8_streams.domain.messages import ChannelHeartbeat, FlowletDispatch, FlowletResult, Task
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight
@@ -56,10 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams.channels")
 Key = tuple[str, str, int]  # play_id, flowlet, attempt
 CLOSE_GRACE_S = 5.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:

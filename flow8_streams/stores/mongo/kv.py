@@ -234,6 +234,38 @@ class MongoKV:
             {**key, "version": {"$gte": low, "$lt": min(low + PRUNE_BATCH, newest)}, "at": {"$lt": cutoff}}
         )
 
+    async def versions_at(
+        self, company_id: str, when: datetime, limit: int
+    ) -> tuple[list[tuple[KVEntry, KVEntry | None, int]], int]:
+        """For an audit, each of the company's keys (at most ``limit``, by key): its newest
+        version, its newest version written at or before ``when`` (None if none is kept), and
+        the oldest version kept (older ones were pruned); and how many keys there are."""
+        company = {"company_id": company_id}
+        with self._s.errors("reading kv versions"):
+            total = await self._heads.count_documents(company)
+            heads = [
+                h async for h in self._heads.find(company, {"_id": 1, "key": 1}).sort("_id", ASCENDING).limit(limit)
+            ]
+            out: list[tuple[KVEntry, KVEntry | None, int]] = []
+            for head in heads:
+                of_key = {**company, "kv": head["_id"]}
+                newest = await self._versions.find_one(of_key, _VALUE_FIELDS, sort=[("version", -1)])
+                oldest = await self._versions.find_one(of_key, {"version": 1}, sort=[("version", ASCENDING)])
+                if newest is None or oldest is None:  # a head whose versions are gone: nothing to tell
+                    continue
+                then = await self._versions.find_one(
+                    {**of_key, "at": {"$lte": when}}, _VALUE_FIELDS, sort=[("version", -1)]
+                )
+                key = str(head["key"])
+                out.append(
+                    (
+                        KVEntry(key, _unpack(newest, "value"), int(newest["version"])),
+                        None if then is None else KVEntry(key, _unpack(then, "value"), int(then["version"])),
+                        int(oldest["version"]),
+                    )
+                )
+        return out, total
+
     async def _recorded(self, company_id: str, key: str, op: str) -> KVEntry | None:
         """The first result of ``op`` on this key, if it is recorded."""
         doc = await self._versions.find_one({"op": op, "company_id": company_id}, {"version": 1, **_VALUE_FIELDS})

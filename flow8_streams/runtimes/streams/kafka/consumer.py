@@ -300,6 +300,17 @@ class Flow8Consumer(kafka_driver.Consumer):
             return -1
         return await super().position(tp)
 
+    def ack(self, message: Any) -> bool:
+        """An ack counts only for a record of the current generation (``rules.of_this_generation``):
+        faust acks a record it skips for being of an earlier generation, and a stream acks one it
+        took before a rebalance; both are read again from the committed offset."""
+        if not rules.of_this_generation(message.generation_id, self.app.consumer_generation_id):
+            message.acked = True  # its final ack, counted by nobody
+            self._unacked_messages.discard(message)  # nor held as in flight by every commit after
+            return False
+        acked: bool = super().ack(message)
+        return acked
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Commit what was done (offsets with their records) before faust forgets what the
         revoked partitions acked, while the generation is still this member's: the

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
 from aiohttp import web as aiohttp_web
+from faust.auth import SASLCredentials
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.web.drivers import aiohttp as web_driver
 
@@ -15,6 +16,7 @@ from flow8_streams.runtimes.streams.kafka.consumer import Flow8Consumer
 from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Producer
 from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransactions
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
+from flow8_streams.settings import Settings
 
 log = logging.getLogger("flow8.streams")
 
@@ -52,14 +54,18 @@ class Flow8Web(web_driver.Web):
             raise
 
 
+Hook = Callable[[], Awaitable[None]]
+
+
 class FaustApp(faust.App):
-    """``flow8_on_start`` hooks run before the agents start; ``flow8_on_stop`` ones before they stop."""
+    """``on_start`` hooks run before the agents start; ``on_stop`` ones, in order, before they stop."""
 
-    flow8_on_start: tuple[Callable[[], Awaitable[None]], ...] = ()
-    flow8_on_stop: tuple[Callable[[], Awaitable[None]], ...] = ()
-
-    def __init__(self, *args: Any, wiring: Wiring, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, wiring: Wiring, on_start: Sequence[Hook] = (), on_stop: Sequence[Hook] = (), **kwargs: Any
+    ) -> None:
         self.wiring = wiring
+        self.flow8_on_start = tuple(on_start)
+        self.flow8_on_stop = tuple(on_stop)
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
@@ -92,3 +98,16 @@ def changelog_sent(table: Any) -> Callable[[Any], None]:
     """The table's callback for a changelog record sent (faust records the offset there)."""
     callback: Callable[[Any], None] = table._on_changelog_sent
     return callback
+
+
+def kafka_credentials(settings: Settings) -> SASLCredentials | None:
+    """faust's login for every client it makes (consumer, producers, admin), from the settings."""
+    if not settings.kafka_security_protocol.startswith("SASL_"):
+        return None
+    assert settings.kafka_sasl_password is not None  # the settings refuse SASL without a password
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=settings.kafka_ssl_context(),
+    )

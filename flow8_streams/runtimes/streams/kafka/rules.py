@@ -104,3 +104,13 @@ def reseeks(
         if tp in paused and offset is not None and not is_changelog(tp):
             found.append((tp, offset))
     return found
+
+
+def of_this_generation(read_in: int | None, current: int) -> bool:
+    """Whether a record read in generation ``read_in`` (None: not known, taken as current)
+    is still this member's to act on and to ack. After a rebalance every assigned partition
+    is read again from its committed offset (faust seeks there once its tables recover), so
+    a record read in an earlier generation comes again: what was decided from it is not
+    published, and its ack does not count (an ack of it would let a commit step over the
+    records before it, read again but not yet done)."""
+    return read_in is None or read_in == current

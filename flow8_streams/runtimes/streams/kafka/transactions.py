@@ -46,7 +46,7 @@ from flow8_streams.runtimes.streams.kafka.producer import GroupFenced, GroupProd
 # The broker aborts a transaction open this long. A worker killed with an open transaction
 # holds back what its successor reads of its partitions (read_committed stops at the
 # transaction's first record) until then; a transaction lives about one commit interval.
-TRANSACTION_TIMEOUT_MS = 10_000
+TRANSACTION_TIMEOUT_MS = 6_000
 
 
 def transaction_timeout_ms(commit_interval_ms: int) -> int:
