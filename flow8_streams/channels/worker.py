@@ -108,6 +108,9 @@ class NoKV:
     async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
         raise NoKVStore(self._why)
 
+    async def keys(self, company_id: str, prefix: str = "", limit: int = 50, after: str | None = None) -> list[str]:
+        raise NoKVStore(self._why)
+
 
 def load_registry(sources: Sequence[str]) -> ModuleRegistry:
     """The modules a channel runs; none inline: plain ones all run on a thread."""

@@ -97,6 +97,10 @@ class KVStore(Protocol):
     async def incr(self, company_id: str, key: str, by: float, op_id: str) -> KVEntry:
         """Atomic counter; an ``op_id`` seen before returns its first result, uncounted."""
 
+    async def keys(self, company_id: str, prefix: str = "", limit: int = 50, after: str | None = None) -> list[str]:
+        """The company's keys that start with ``prefix``, ascending by code point: at most
+        ``limit``, past ``after``. A range read of the store's index, never a scan."""
+
 
 class FlowCatalog(Protocol):
     async def put(self, company_id: str, flow: FlowDefinition) -> FlowDefinition: ...
@@ -106,6 +110,9 @@ class FlowCatalog(Protocol):
 
     async def versions(self, company_id: str, name: str) -> builtins.list[int]:
         """The stored versions of a flow, ascending (empty: no such flow)."""
+
+    async def names(self, company_id: str, limit: int = 500, after: str | None = None) -> builtins.list[str]:
+        """The company's flow names, ascending, each once: at most ``limit``, past ``after``."""
 
 
 class ApiKeys(Protocol):

@@ -26,6 +26,7 @@ from flow8_streams.engine import fold
 from flow8_streams.engine.projection import ApplyResult, Batch, Stored, project
 from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.stores.ports import ApiKey, KVEntry, PlayPage
+from flow8_streams.stores.ranges import prefix_end
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -352,6 +353,15 @@ class SqliteKV:
         ).fetchone()
         return None if row is None else KVEntry(key, orjson.loads(row[0]), row[1])
 
+    async def keys(self, company_id: str, prefix: str = "", limit: int = 50, after: str | None = None) -> list[str]:
+        end = prefix_end(prefix)
+        rows = self._s.db.execute(
+            "SELECT key FROM kv WHERE company_id = ? AND key >= ? AND key > ? AND (? IS NULL OR key < ?)"
+            " ORDER BY key LIMIT ?",
+            (company_id, prefix, after or "", end, end, limit),
+        )
+        return [r[0] for r in rows]
+
     async def set(self, company_id: str, key: str, value: Any) -> KVEntry:
         with self._s.tx() as db:
             (version,) = db.execute(
@@ -444,6 +454,13 @@ class SqliteFlows:
     async def versions(self, company_id: str, name: str) -> list[int]:
         rows = self._s.db.execute(
             "SELECT version FROM flows WHERE company_id = ? AND name = ? ORDER BY version", (company_id, name)
+        )
+        return [r[0] for r in rows]
+
+    async def names(self, company_id: str, limit: int = 500, after: str | None = None) -> list[str]:
+        rows = self._s.db.execute(
+            "SELECT DISTINCT name FROM flows WHERE company_id = ? AND name > ? ORDER BY name LIMIT ?",
+            (company_id, after or "", limit),
         )
         return [r[0] for r in rows]
 

@@ -73,6 +73,31 @@ class ApiStoreContract:
         assert await store.flows.versions(new_id("other"), FLOW.name) == []
         assert await store.flows.versions(company, "nope") == []
 
+    async def test_flow_names_once_each_ascending_per_company_by_page(self, store: Any, company: str) -> None:
+        for name, version in (("zeta", 1), ("alpha", 1), ("alpha", 2), ("mid-1", 1)):
+            await store.flows.put(company, FLOW.model_copy(update={"name": name, "version": version}))
+        await store.flows.put(new_id("other"), FLOW.model_copy(update={"name": "beta"}))
+        assert await store.flows.names(company) == ["alpha", "mid-1", "zeta"]
+        assert await store.flows.names(company, limit=2) == ["alpha", "mid-1"]
+        assert await store.flows.names(company, limit=2, after="mid-1") == ["zeta"]
+        assert await store.flows.names(new_id("none")) == []
+
+    # ------------------------------------------------------------ kv keys by prefix
+
+    async def test_kv_keys_by_prefix_ascending_per_company_by_page(self, store: Any, company: str) -> None:
+        names = ["a", "a/1", "a/2", "a/\U0010ffff", "a0", "ab", "b", "é/x", "\U0001f600"]
+        for name in reversed(names):
+            await store.kv.set(company, name, {"n": name})
+        await store.kv.set(company + "x", "a/other", 1)  # a company whose id extends this one's
+        await store.kv.set(new_id("other"), "a/3", 1)
+        assert await store.kv.keys(company, limit=100) == names  # by code point
+        assert await store.kv.keys(company, "a/") == ["a/1", "a/2", "a/\U0010ffff"]
+        assert await store.kv.keys(company, "a", limit=2) == ["a", "a/1"]
+        assert await store.kv.keys(company, "a", limit=3, after="a/1") == ["a/2", "a/\U0010ffff", "a0"]
+        assert await store.kv.keys(company, "\U0010ffff") == []
+        assert await store.kv.keys(company, "é") == ["é/x"]
+        assert await store.kv.keys(new_id("none")) == []
+
     # ------------------------------------------------------------ plays by page
 
     async def _plays(self, store: Any, company: str) -> list[Any]:

@@ -100,3 +100,13 @@ class MongoFlows:
         with self._s.errors(f"listing the versions of flow {name!r}"):
             cursor = self._s.coll(FLOWS).find({"company_id": company_id, "name": name}, {"version": 1})
             return sorted(int(doc["version"]) for doc in await cursor.to_list())
+
+    async def names(self, company_id: str, limit: int = 500, after: str | None = None) -> list[str]:
+        match: Doc = {"company_id": company_id}
+        if after is not None:
+            match["name"] = {"$gt": after}
+        group: Doc = {"$group": {"_id": "$name"}}
+        pipeline: list[Doc] = [{"$match": match}, group, {"$sort": {"_id": 1}}, {"$limit": limit}]
+        with self._s.errors("listing the flows"):
+            cursor = await self._s.coll(FLOWS).aggregate(pipeline)
+            return [str(doc["_id"]) for doc in await cursor.to_list()]

@@ -28,6 +28,7 @@ from flow8_streams.stores.mongo.common import (
     _unpack,
 )
 from flow8_streams.stores.ports import KVEntry
+from flow8_streams.stores.ranges import prefix_end
 
 if TYPE_CHECKING:
     from flow8_streams.stores.mongo.store import MongoStore
@@ -109,6 +110,19 @@ class MongoKV:
         with self._s.errors(f"reading kv key {key!r}"):
             version, value = await self._latest(company_id, _kv_id(company_id, key))
         return None if version == 0 else KVEntry(key, value, version)
+
+    async def keys(self, company_id: str, prefix: str = "", limit: int = 50, after: str | None = None) -> list[str]:
+        """From the heads: a key whose first write has no head yet (its writer stopped between
+        the two inserts) is listed once any write of it lands its head."""
+        end = prefix_end(prefix)
+        span: Doc = {"$gte": _kv_id(company_id, prefix)}
+        span["$lt"] = _kv_id(company_id, end) if end is not None else f"{len(company_id)}:{company_id}0"  # "/" + 1
+        if after is not None:
+            span["$gt"] = _kv_id(company_id, after)
+        query = {"_id": span, "company_id": company_id}
+        with self._s.errors("listing kv keys"):
+            docs = self._heads.find(query, {"key": 1}).sort("_id", ASCENDING).limit(limit)
+            return [str(doc["key"]) async for doc in docs]
 
     async def set(self, company_id: str, key: str, value: Any) -> KVEntry:
         value = _json_value(value, f"kv key {key!r}")
