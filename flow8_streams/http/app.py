@@ -141,7 +141,7 @@ def _with_flow_schema(app: FastAPI) -> None:
 
 def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAPI:
     """The API over an open ``backend``."""
-    from flow8_streams.http import routes_flows, routes_keys, routes_kv, routes_ops, routes_plays
+    from flow8_streams.http import routes_flows, routes_keys, routes_kv, routes_ops, routes_plays, ui
 
     app = FastAPIOffline(
         title="flow8",
@@ -157,6 +157,7 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     app.add_exception_handler(Flow8Error, _flow8_error)
     for module in (routes_plays, routes_flows, routes_kv, routes_keys, routes_ops):
         app.include_router(module.router)
+    ui.install(app)
     _with_flow_schema(app)
     if settings.http.compression:
         app.add_middleware(
