@@ -1,5 +1,5 @@
 // Building the page: every string from the API goes in as a text node or a plain attribute value
-// (never through innerHTML), and SVG from the API is parsed as SVG and imported as nodes.
+// (never parsed as HTML), and SVG from the API is parsed as SVG and imported as nodes.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 

@@ -7,10 +7,12 @@ import { age, badge, duration, h } from "./dom.js";
 
 const STATUSES = ["", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 25;
+const MAX_PAGE = 500; // the API's most
 
 export function playsView(main, { params, signal }) {
   const status = params.get("status") || "";
   const flow = params.get("flow") || "";
+  const limit = Math.min(MAX_PAGE, Math.max(1, Number.parseInt(params.get("limit"), 10) || PAGE));
   const cursors = [null]; // the cursor of each page seen, for "Newer"
   let page = 0;
 
@@ -36,7 +38,8 @@ export function playsView(main, { params, signal }) {
   );
   filters.addEventListener("submit", (event) => {
     event.preventDefault();
-    location.hash = `#/plays${query({ status: statusSelect.value, flow: flowInput.value.trim() })}`;
+    const limited = limit === PAGE ? undefined : limit;
+    location.hash = `#/plays${query({ status: statusSelect.value, flow: flowInput.value.trim(), limit: limited })}`;
   });
 
   const body = h("tbody");
@@ -49,15 +52,19 @@ export function playsView(main, { params, signal }) {
   const newer = h("button", { type: "button", id: "newer", disabled: true }, "← Newer");
   const older = h("button", { type: "button", id: "older", disabled: true }, "Older →");
   const updated = h("span", { class: "muted", id: "plays-updated" });
+  const pageNumber = h("span", { id: "plays-page" }); // set once a page has loaded
   const problem = h("div");
-  main.append(h("h1", {}, "Plays"), filters, problem, table, h("p", { class: "pager" }, newer, " ", older, " ", updated));
+  main.append(h("h1", {}, "Plays"), filters, problem, table, h("p", { class: "pager" }, newer, pageNumber, older, updated));
 
+  let latest = 0; // the newest load: an older answer (a poll crossing a page change) is dropped
   const load = async () => {
+    const mine = ++latest;
     try {
       const found = await call(
-        `/v1/plays${query({ status, flow, limit: PAGE, cursor: cursors[page] })}`,
+        `/v1/plays${query({ status, flow, limit, cursor: cursors[page] })}`,
         { signal },
       );
+      if (mine !== latest) return;
       const now = Date.now();
       body.replaceChildren(
         ...found.items.map((p) =>
@@ -76,6 +83,7 @@ export function playsView(main, { params, signal }) {
       cursors[page + 1] = found.next_cursor;
       older.disabled = !found.next_cursor;
       newer.disabled = page === 0;
+      pageNumber.textContent = `page ${page + 1}`;
       updated.textContent = `updated ${new Date(now).toLocaleTimeString()}`;
       problem.replaceChildren();
     } catch (error) {
