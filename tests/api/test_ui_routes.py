@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+import httpx
+
 from flow8_streams.http.ui import ASSETS
 
 from .conftest import HELLO, Api
@@ -118,9 +120,17 @@ def test_another_companys_play_flow_and_keys_are_not_found_or_absent(api: Api) -
         assert name not in [f["name"] for f in globex.get("/v1/flows", params={"limit": 500}).json()["items"]]
         assert globex.get("/v1/kv", params={"prefix": prefix}).json()["items"] == []
     with api.server.client() as anonymous:
+        before = refused(anonymous)
         for path in (f"/v1/plays/{play_id}/timeline", f"/v1/flows/{name}/dag", "/v1/flows", "/v1/kv"):
             response = anonymous.get(path)
             assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", path
+        assert refused(anonymous).get("401", 0) >= before.get("401", 0) + 4  # counted where refused
+
+
+def refused(client: httpx.Client) -> dict[str, float]:
+    """flow8_http_refused_total by status, from /metrics."""
+    page = client.get("/metrics").text
+    return {m[0]: float(m[1]) for m in re.findall(r'flow8_http_refused_total\{status="(\d+)"\} (\S+)', page)}
 
 
 def test_the_ui_assets_are_public_and_ship_no_outside_reference(api: Api) -> None:
