@@ -244,6 +244,7 @@ def test_hostile_text_from_a_play_is_shown_as_text_and_never_runs(page: Page, si
     pw.expect(page.locator("#output")).to_contain_text("note")
     page.goto(f"{site.ui}#/flows/pipeline")
     pw.expect(page.locator("#dag svg.dag")).to_be_visible()
+    pw.expect(page.locator("#flow-description")).to_have_text(HOSTILE)  # a flow's description
     # neither the <script> nor the onerror of the text ran, and no element came of it
     assert page.evaluate("document.body.dataset.pwned") is None
     assert page.locator("main img, main script").count() == 0

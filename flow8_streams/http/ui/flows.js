@@ -61,10 +61,12 @@ export async function flowView(main, { args: [name], params, signal }) {
   const problem = h("div");
   const picker = h("select", { id: "flow-version" });
   const chart = h("div", { id: "dag", class: "chart" });
+  const description = h("p", { id: "flow-description", class: "muted" });
   const body = h("tbody");
   main.append(
     h("p", {}, h("a", { href: "#/flows" }, "← Flows")),
     h("h1", {}, "Flow ", h("span", { class: "id" }, name)),
+    description,
     h("label", {}, "Version ", picker),
     problem,
     h("h2", {}, "DAG"),
@@ -89,6 +91,7 @@ export async function flowView(main, { args: [name], params, signal }) {
       ...versions.versions.map((v) => h("option", { value: v, selected: v === flow.version }, `v${v}`)),
     );
     chart.replaceChildren(importSvg(svg));
+    description.textContent = flow.description || "";
     body.replaceChildren(...flowletRows(flow));
   } catch (error) {
     failed(error, problem);
