@@ -256,6 +256,9 @@ def test_cancel_stops_a_running_play_after_a_confirmation(page: Page, site: Site
     page.goto(f"{site.ui}#/plays/{play['play_id']}")
     cancel = page.locator("#cancel")
     pw.expect(cancel).to_be_enabled()
+    attempt = page.locator("#timeline g.lane[data-flowlet='nap'] g.attempt")
+    pw.expect(attempt).to_have_attribute("data-outcome", "running")
+    assert page.locator("#output").inner_text() == "(running)"
     asked: list[str] = []
 
     def answer(dialog: pw.Dialog) -> None:
@@ -266,6 +269,8 @@ def test_cancel_stops_a_running_play_after_a_confirmation(page: Page, site: Site
     cancel.click()
     pw.expect(page.locator("#facts [data-status]").first).to_have_attribute("data-status", "cancelled")
     pw.expect(cancel).to_be_disabled()
+    pw.expect(attempt).to_have_attribute("data-outcome", "cancelled")  # the timeline was refreshed too
+    pw.expect(page.locator("#verdict")).to_have_attribute("data-verdict", "ok")  # read once it ended
     assert asked and play["play_id"] in asked[0]
     assert site.api("GET", f"/v1/plays/{play['play_id']}")["status"] == "cancelled"
 
