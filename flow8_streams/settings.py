@@ -114,6 +114,20 @@ class Topics(BaseModel):
     def dlq(self) -> str:
         return self.name("dlq")
 
+    @property
+    def checkpoints(self) -> str:
+        """Signed checkpoints of the chain heads the workers wrote (with ``FLOW8_AUDIT_SIGNING_KEY``)."""
+        return self.name("checkpoints")
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.commands, self.completions, self.tasks, self.events, self.play_results, self.dlq, self.checkpoints)
+
+    @property
+    def kept_forever(self) -> frozenset[str]:
+        """What audits read: never deleted by retention."""
+        return frozenset({self.events, self.checkpoints})
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -255,7 +269,7 @@ class Settings(BaseSettings):
     audit_signing_key: Path | None = Field(
         default=None,
         description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "
-        "signs checkpoints of the chain heads it writes with it.",
+        "and each streams worker sign checkpoints of the chain heads they write with it.",
     )
     audit_checkpoint_seconds: float = Field(
         default=60,
