@@ -26,6 +26,7 @@ from flow8_streams.cli.audit_sources import (
     ToOffsetOpt,
     audit_opened,
     kafka_range,
+    live_stores,
     open_source,
 )
 from flow8_streams.cli.common import dumps, err, out, run_async
@@ -197,11 +198,21 @@ async def _verify_kafka(
     checkpoints: Path | None,
     report: _Report,
 ) -> Summary:
-    async with open_source(
-        flt, db=None, mongodb=False, archive=None, kafka=True, partition=only, since=flt.since, checkpoints=checkpoints
-    ) as opened:
+    async with (
+        open_source(
+            flt,
+            db=None,
+            mongodb=False,
+            archive=None,
+            kafka=True,
+            partition=only,
+            since=flt.since,
+            checkpoints=checkpoints,
+        ) as opened,
+        live_stores(opened) as live,
+    ):
         audit = Audit(flt, opened.checkpoints, public_key=key, require_anchor=require_anchor)
-        return await audit_opened(opened, audit, report.play)
+        return await audit_opened(opened, audit, report.play, live)
 
 
 class _Report:

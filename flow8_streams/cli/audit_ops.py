@@ -39,6 +39,7 @@ from flow8_streams.cli.audit_sources import (
     PartitionOpt,
     ToOffsetOpt,
     kafka_range,
+    live_stores,
     open_source,
 )
 from flow8_streams.cli.common import dumps, err, out, run_async
@@ -143,31 +144,6 @@ async def _target(into_db: Path | None, into_mongodb: str | None) -> AsyncIterat
         await mongo.close()
 
 
-@contextlib.asynccontextmanager
-async def _live(opened: Opened) -> AsyncIterator[Any]:
-    """The live projection to compare with: the source's stores, or for --kafka MongoDB's when
-    $MONGODB_URI is set; None where there is none (an archive)."""
-    if opened.stores is not None or opened.kind != "kafka":
-        yield opened.stores
-        return
-    from flow8_streams.settings import load_settings
-
-    settings = load_settings()
-    if not settings.mongodb_uri:
-        yield None
-        return
-    from flow8_streams.extras import require_streams
-
-    require_streams("comparing with the MongoDB projection ($MONGODB_URI)")
-    from flow8_streams.stores.mongo import MongoStore
-
-    mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
-    try:
-        yield mongo
-    finally:
-        await mongo.close()
-
-
 async def _rebuild(
     flt: Filter,
     where: dict[str, Any],
@@ -187,7 +163,7 @@ async def _rebuild(
                 await job.add(history)
                 _advance(bar, f"rebuilding: {job.plays} plays, {job.events} events")
             await job.flush()
-            async with _live(opened) as live:
+            async with live_stores(opened) as live:
                 _advance(bar, "comparing with the live projection")
                 rebuilt = await job.compare(flt, live.plays if live is not None else None)
         return _report_rebuild(job, rebuilt, opened, job.from_source or live is not None, json_out)
@@ -294,7 +270,7 @@ async def _replay(
     flt: Filter, where: dict[str, Any], only: Any, flow: FlowDefinition | None, flow_file: Path | None, json_out: bool
 ) -> bool:
     plays = events = diverged = unreadable = 0
-    async with open_source(flt, **where, partition=only, since=flt.since) as opened, _live(opened) as stores:
+    async with open_source(flt, **where, partition=only, since=flt.since) as opened, live_stores(opened) as stores:
         flows = _Flows(flow, flow_file, stores.flows if stores is not None else None)
         async for history in opened.stream:
             plays += 1

@@ -16,7 +16,7 @@ import typer
 from flow8_streams.audit import checkpoints as cp
 from flow8_streams.audit.kafka import KafkaSource, Range
 from flow8_streams.audit.run import Audit
-from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
+from flow8_streams.audit.sources import MAX_PLAYS_LISTED, ArchiveSource, Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Finding, PlayHistory, Summary, Verdict
 from flow8_streams.errors import InvalidInput
 
@@ -117,9 +117,42 @@ async def open_source(
             await mongo.close()
 
 
-async def audit_opened(opened: Opened, audit: Audit, on_verdict: Callable[[Verdict], None]) -> Summary:
-    """Each play of ``opened`` through ``audit``, then its summary with what the source skipped."""
+@contextlib.asynccontextmanager
+async def live_stores(opened: Opened) -> AsyncIterator[Any]:
+    """The live projection to compare with: the source's stores, or for --kafka MongoDB's when
+    $MONGODB_URI is set; None where there is none (an archive)."""
+    if opened.stores is not None or opened.kind != "kafka":
+        yield opened.stores
+        return
+    from flow8_streams.settings import load_settings
+
+    settings = load_settings()
+    if not settings.mongodb_uri:
+        yield None
+        return
+    from flow8_streams.extras import require_streams
+
+    require_streams("comparing with the MongoDB projection ($MONGODB_URI)")
+    from flow8_streams.stores.mongo import MongoStore
+
+    mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+    try:
+        yield mongo
+    finally:
+        await mongo.close()
+
+
+async def audit_opened(
+    opened: Opened, audit: Audit, on_verdict: Callable[[Verdict], None], live: Any = None
+) -> Summary:
+    """Each play of ``opened`` through ``audit``, then its summary with what the source skipped.
+    ``live``: the stores whose projection each play is compared with, when the source keeps none."""
+    states = None
+    if live is not None:
+        states = {s.play_id: s for s in await live.plays.list(audit.filter.company, None, MAX_PLAYS_LISTED)}
     async for history in opened.stream:
+        if states is not None:
+            history.projection, history.has_projection = states.get(history.play_id), True
         on_verdict(audit.play(history))
     summary = audit.finish(opened.problems)
     summary.skipped.update(opened.skipped)

@@ -1,5 +1,6 @@
 """``flow8 audit verify --kafka`` reads ``flow8.events`` written by real ``flow8 worker`` processes
-on the real broker: clean when honest; after a forged record and a garbage record are produced to
+on the real broker: clean when honest; ``rebuild --kafka`` brings back a dropped MongoDB projection
+that then verifies clean; after a forged record and a garbage record are produced to
 the topic with a plain producer, the play and seq of the forgery are named, and the bad records by
 partition and offset, skipped, never a crash."""
 
@@ -12,13 +13,14 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from pymongo import MongoClient
 
 from tests.audit.conftest import findings, flow8
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
 from tests.flow8_cli import Result
 from tests.streams.support import fl, make_flow, running_group
 
-pytestmark = pytest.mark.kafka
+pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
 
 DIAMOND = make_flow(
     "payout-k",
@@ -36,13 +38,19 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
         yield group
 
 
+def kafka_env(group: WorkerGroup) -> dict[str, str]:
+    """The group's topics, and its MongoDB: the projection each play is compared with."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": group.settings.kafka_bootstrap_servers,
+        "FLOW8_TOPICS__PREFIX": group.name,
+        "MONGODB_URI": group.settings.mongodb_uri,
+        "MONGODB_DATABASE": group.name,
+    }
+
+
 def audit(group: WorkerGroup, cwd: Path, *args: str) -> tuple[Result, dict[str, Any], dict[str, Any]]:
     """``flow8 audit verify --kafka --json ARGS`` on the group's topics: the result, verdicts by play, summary."""
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": group.settings.kafka_bootstrap_servers,
-        "FLOW8_TOPICS__PREFIX": group.settings.topics.prefix,
-    }
-    result = flow8("audit", "verify", "--kafka", "--json", *args, cwd=cwd, **env)
+    result = flow8("audit", "verify", "--kafka", "--json", *args, cwd=cwd, **kafka_env(group))
     assert result.code in (0, 1), result
     lines = result.json_lines()
     assert lines[-1]["summary"] is True, result
@@ -55,8 +63,9 @@ async def test_verify_from_kafka_then_forged_and_garbage_records(
     async with StreamsHarness(group) as harness:  # closed before the garbage: its tap reads only events
         for play_id, company in PLAYS.items():
             await harness.start(DIAMOND, {"amount": 100}, company_id=company, play_id=play_id)
-        for play_id in PLAYS:
+        for play_id, company in PLAYS.items():
             await harness.wait(play_id)
+            assert await harness.projection(company, play_id) is not None  # the projector caught up
         original = harness.tap.history("k1")[2]
 
     result, verdicts, summary = audit(group, tmp_path, "--company", "acme")
@@ -64,6 +73,28 @@ async def test_verify_from_kafka_then_forged_and_garbage_records(
     assert sorted(verdicts) == ["k1", "k2"]  # globex's play is not acme's to see
     assert all(v["verdict"] == "ok" and v["status"] == "succeeded" and v["events"] == 10 for v in verdicts.values())
     assert summary["verdict"] == "ok" and summary["events"] == 20
+
+    # the projection rebuilt from the topic equals the workers'; dropped, it comes back whole from the log
+    env = kafka_env(group)
+    fresh = f"{group.name}-rebuilt"
+    try:
+        result = flow8(
+            "audit", "rebuild", "--kafka", "--all-companies", "--into-mongodb", fresh, "--json", cwd=tmp_path, **env
+        )
+        assert result.code == 0, result
+        assert result.json_lines()[-1] == {**result.json_lines()[-1], "plays": 3, "compared": True, "verdict": "ok"}
+    finally:
+        with MongoClient(group.settings.mongodb_uri) as client:
+            client.drop_database(fresh)
+            client[group.name]["plays"].drop()
+    result, verdicts, _ = audit(group, tmp_path, "--all-companies")
+    assert result.code == 1, result
+    assert {p: [f["field"] for f in v["findings"]] for p, v in verdicts.items()} == {p: ["(row)"] for p in PLAYS}
+    result = flow8("audit", "rebuild", "--kafka", "--all-companies", "--into-mongodb", group.name, cwd=tmp_path, **env)
+    assert result.code == 0, result
+    result, verdicts, summary = audit(group, tmp_path, "--all-companies")
+    assert result.code == 0, result
+    assert (summary["plays"], summary["events"], summary["verdict"]) == (3, 30, "ok")
 
     # what anyone who can write the topic does: a third seq with another output, garbage, a newer type
     assert original.type == "FlowletCompleted"
@@ -101,8 +132,7 @@ async def test_verify_from_kafka_then_forged_and_garbage_records(
     assert {"k1", "k2"} <= set(verdicts) and all(v["verdict"] == "ok" for v in verdicts.values())
 
     # the human report names the play, the seq and where the bad records are
-    env = {"KAFKA_BOOTSTRAP_SERVERS": group.settings.kafka_bootstrap_servers, "FLOW8_TOPICS__PREFIX": group.name}
-    human = flow8("audit", "verify", "--kafka", "--company", "acme", cwd=tmp_path, **env)
+    human = flow8("audit", "verify", "--kafka", "--company", "acme", cwd=tmp_path, **kafka_env(group))
     assert human.code == 1
     assert "k1 duplicated seq 3" in human.out
     assert f"partition {at_garbage.partition} offset {at_garbage.offset}" in human.out
