@@ -15,8 +15,9 @@ that ``seq`` is kept, so the verdict names it (``duplicated``).
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -143,11 +144,17 @@ class KafkaSource:
         finally:
             await consumer.stop()
 
+    def _where(self, partition: int, offset: int) -> str:
+        return f"{self.topic} partition {partition} offset {offset}"
+
     def _record(self, partition: int, offset: int, value: bytes | None) -> _Record | None:
-        where = f"{self.topic} partition {partition} offset {offset}"
         doc = _decode(value or b"")
         if isinstance(doc, str):
-            self.problems.append(Finding(UNDECODABLE, f"{where}: {doc}: skipped", partition=partition, offset=offset))
+            self.problems.append(
+                Finding(
+                    UNDECODABLE, f"{self._where(partition, offset)}: {doc}: skipped", partition=partition, offset=offset
+                )
+            )
             return None
         if self._company is not None and doc.get("company_id") != self._company:
             return None
@@ -156,7 +163,7 @@ class KafkaSource:
             self.problems.append(
                 Finding(
                     UNKNOWN_TYPE,
-                    f"{where}: event type {kind!r} is unknown to this version: skipped",
+                    f"{self._where(partition, offset)}: event type {kind!r} is unknown to this version: skipped",
                     seq if type(seq) is int else None,
                     partition=partition,
                     offset=offset,
@@ -165,7 +172,12 @@ class KafkaSource:
             return None
         if type(seq) is not int or not isinstance(doc.get("play_id"), str):
             self.problems.append(
-                Finding(UNDECODABLE, f"{where}: no play_id or seq: skipped", partition=partition, offset=offset)
+                Finding(
+                    UNDECODABLE,
+                    f"{self._where(partition, offset)}: no play_id or seq: skipped",
+                    partition=partition,
+                    offset=offset,
+                )
             )
             return None
         return _Record(offset, partition, seq, value or b"", doc)
@@ -175,10 +187,28 @@ class KafkaSource:
         its seq 1 began before the time or range read and is left out (``skipped``)."""
         plays: dict[str, list[_Record]] = {}
         self._company = flt.company
-        async for record in self._read():
-            play_id = str(record.doc["play_id"])
-            if flt.play is None or play_id == flt.play:
-                plays.setdefault(play_id, []).append(record)
+        # every record is held until the plays are yielded: the collector would walk them all again
+        # and again (most of the time a run takes); they are trees of JSON values, with no cycle, so
+        # they are left out of collections (disabled while read, frozen while yielded)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            async for record in self._read():
+                play_id = str(record.doc["play_id"])
+                if flt.play is None or play_id == flt.play:
+                    plays.setdefault(play_id, []).append(record)
+            gc.freeze()
+        finally:
+            if collecting:
+                gc.enable()
+        try:
+            for history in self._grouped(plays):
+                if flt.admits(history):
+                    yield history
+        finally:
+            gc.unfreeze()
+
+    def _grouped(self, plays: dict[str, list[_Record]]) -> Iterator[PlayHistory]:
         for play_id, records in plays.items():
             records.sort(key=lambda r: r.seq)  # stable: log order within a seq
             kept: list[_Record] = []
@@ -190,7 +220,4 @@ class KafkaSource:
             if (self.since is not None or self.only is not None) and kept[0].seq != 1:
                 self.skipped["begun before the read"] += 1
                 continue
-            first = kept[0].doc
-            history = PlayHistory(play_id, str(first.get("company_id")), [r.doc for r in kept])
-            if flt.admits(history):
-                yield history
+            yield PlayHistory(play_id, str(kept[0].doc.get("company_id")), [r.doc for r in kept])
