@@ -7,6 +7,7 @@ partition and offset, skipped, never a crash."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,19 @@ async def test_verify_from_kafka_then_forged_and_garbage_records(
     assert human.code == 1
     assert "k1 duplicated seq 3" in human.out
     assert f"partition {at_garbage.partition} offset {at_garbage.offset}" in human.out
+
+
+async def test_since_reads_from_that_time_by_offsets_for_times(
+    group: WorkerGroup, tmp_path: Path, no_leaked_tasks: None
+) -> None:
+    async with StreamsHarness(group) as harness:
+        await harness.run(DIAMOND, {"amount": 1}, company_id="acme", play_id="s1")
+        since = datetime.now(UTC)
+        await harness.run(DIAMOND, {"amount": 2}, company_id="acme", play_id="s2")
+        assert await harness.projection("acme", "s2") is not None
+    result, verdicts, summary = audit(group, tmp_path, "--company", "acme", "--since", since.isoformat())
+    assert result.code == 0, result
+    assert sorted(verdicts) == ["s2"] and summary["events"] == 10  # nothing before it read, nothing after it lost
 
 
 def test_kafka_range_flags_are_checked(tmp_path: Path) -> None:
