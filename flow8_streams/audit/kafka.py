@@ -49,7 +49,6 @@ class _Record:
     offset: int
     partition: int
     seq: int
-    body: bytes
     doc: dict[str, object]
 
 
@@ -180,7 +179,7 @@ class KafkaSource:
                 )
             )
             return None
-        return _Record(offset, partition, seq, value or b"", doc)
+        return _Record(offset, partition, seq, doc)
 
     async def histories(self, flt: Filter) -> AsyncIterator[PlayHistory]:
         """Every play the read reaches that ``flt`` admits; a play whose first record read is not
@@ -213,7 +212,7 @@ class KafkaSource:
             records.sort(key=lambda r: r.seq)  # stable: log order within a seq
             kept: list[_Record] = []
             for r in records:
-                if kept and kept[-1].seq == r.seq and kept[-1].body == r.body:
+                if kept and kept[-1].seq == r.seq and kept[-1].doc == r.doc:
                     self.skipped["redelivered"] += 1
                     continue
                 kept.append(r)
