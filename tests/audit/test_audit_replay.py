@@ -4,13 +4,19 @@ changed) is reported at the first event the engine would now decide differently.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import MongoClient
 
-from tests.audit.conftest import flow8
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.stores.mongo import MongoStore
+from tests.audit.conftest import DIAMOND, flow8
+from tests.audit.test_audit_mongo import _fill, _uri
 from tests.flow8_cli import Result
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -114,3 +120,40 @@ def test_a_flow_file_that_is_not_json_is_exit_2(tmp_path: Path) -> None:
     )
     assert result.code == 2, result
     assert "Traceback" not in result.err
+
+
+@pytest.mark.mongo
+def test_replay_from_mongodb_takes_the_catalogs_latest_flow(tmp_path: Path) -> None:
+    uri, database = _uri(), f"replay{uuid.uuid4().hex[:10]}"
+    env = {"MONGODB_URI": uri, "MONGODB_DATABASE": database}
+
+    async def put(flow: FlowDefinition) -> None:
+        async with MongoStore(uri, database) as store:
+            await store.flows.put("acme", flow)
+
+    asyncio.run(_fill(uri, database))
+    try:
+        args = ("audit", "replay", "--mongodb", "--company", "acme", "--json")
+        result = flow8(*args, cwd=tmp_path, **env)
+        assert result.code == 0, result
+        assert [p["flow"] for p in result.json_lines()[:-1]] == ["recorded v1", "recorded v1"]
+
+        asyncio.run(put(DIAMOND))
+        result = flow8(*args, cwd=tmp_path, **env)
+        assert result.code == 0, result
+        assert {p["flow"] for p in result.json_lines()[:-1]} == {"catalog v1"}
+
+        grown = DIAMOND.model_dump(mode="json")
+        grown["version"] = 2
+        grown["flowlets"].append({"name": "notify", "module_ref": "echo", "depends_on": ["pay"]})
+        asyncio.run(put(FlowDefinition.model_validate(grown)))
+        result = flow8(*args, cwd=tmp_path, **env)
+        assert result.code == 1, result
+        *plays, summary = result.json_lines()
+        assert {p["flow"] for p in plays} == {"catalog v2"} and summary["diverged"] == 2
+        assert {(p["divergence"]["expected"]["type"], p["divergence"]["got"]["type"]) for p in plays} == {
+            ("PlayCompleted", "FlowletScheduled")
+        }
+    finally:
+        with MongoClient(uri) as client:
+            client.drop_database(database)
