@@ -5,7 +5,11 @@ projection named by play and field, and an altered history reported, never folde
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +19,9 @@ import orjson
 import pytest
 from pymongo import MongoClient
 
-from tests.audit.conftest import Signed, flow8, rows, write_rows
+from tests.audit.conftest import Signed, env, flow8, rows, write_rows
 from tests.audit.test_audit_mongo import _fill, _uri
-from tests.flow8_cli import Result
+from tests.flow8_cli import FLOW8, Result
 
 
 def rebuild(cwd: Path, *args: str | Path, **env: str) -> tuple[Result, dict[str, Any], dict[str, Any]]:
@@ -132,3 +136,24 @@ def test_rebuild_into_mongodb_twice_then_verify_the_rebuilt_database(
         assert client[fresh]["events"].count_documents({}) == 0  # a projection only: the log stays where it is
     finally:
         client.close()
+
+
+def test_a_terminal_sees_the_progress_and_a_pipe_does_not(signed: Signed) -> None:
+    primary, secondary = pty.openpty()
+    args = [FLOW8, "audit", "rebuild", "--db", str(signed.db), "--company", "acme", "--into-db", "tty.db"]
+    proc = subprocess.Popen(
+        args, cwd=signed.dir, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary
+    )
+    os.close(secondary)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the process closed the terminal
+        while chunk := os.read(primary, 4096):
+            shown += chunk
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert b"rebuilding" in shown and b"rebuilt 2 plays from 20 events" in shown
+
+    piped = flow8("audit", "rebuild", "--db", signed.db, "--company", "acme", "--into-db", "pipe.db", cwd=signed.dir)
+    assert piped.code == 0 and "rebuilding" not in piped.err and "rebuilt 2 plays" in piped.err
