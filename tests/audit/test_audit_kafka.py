@@ -6,6 +6,7 @@ partition and offset, skipped, never a crash."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,6 +155,32 @@ async def test_since_reads_from_that_time_by_offsets_for_times(
     result, verdicts, summary = audit(group, tmp_path, "--company", "acme", "--since", since.isoformat())
     assert result.code == 0, result
     assert sorted(verdicts) == ["s2"] and summary["events"] == 10  # nothing before it read, nothing after it lost
+
+
+async def test_aborted_and_open_transactions_are_not_history(group: WorkerGroup, tmp_path: Path) -> None:
+    """read_committed: an aborted record is never read, and a transaction still open when the
+    read starts is past its end (the last stable offset), not waited for."""
+    topic = group.settings.topics.events
+    producer = AIOKafkaProducer(
+        bootstrap_servers=group.settings.kafka_bootstrap_servers, transactional_id=f"{group.name}-audit-test"
+    )
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        aborted = await producer.send_and_wait(topic, b"aborted garbage", key=b"acme")
+        await producer.abort_transaction()
+        await producer.begin_transaction()
+        still_open = await producer.send_and_wait(topic, b"open garbage", key=b"acme")
+        result = await asyncio.to_thread(
+            flow8, "audit", "verify", "--kafka", "--all-companies", "--json", cwd=tmp_path, **kafka_env(group)
+        )
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    assert result.code in (0, 1), result
+    places = {(f.get("partition"), f.get("offset")) for f in result.json_lines()[-1]["findings"]}
+    assert (aborted.partition, aborted.offset) not in places
+    assert (still_open.partition, still_open.offset) not in places
 
 
 def test_kafka_range_flags_are_checked(tmp_path: Path) -> None:
