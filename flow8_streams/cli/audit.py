@@ -27,6 +27,7 @@ from flow8_streams.cli.audit_sources import (
     audit_opened,
     kafka_range,
     live_stores,
+    one_source,
     open_source,
 )
 from flow8_streams.cli.common import dumps, err, out, run_async
@@ -85,9 +86,7 @@ def _filter(
     return Filter(company, play, flow, status, _time(since, "--since"), _time(until, "--until"))
 
 
-def _one_source(db: Path | None, mongodb: bool, archive: Path | None, kafka: bool = False) -> None:
-    if sum((db is not None, mongodb, archive is not None, kafka)) != 1:
-        raise InvalidInput("give one source: --db FILE, --mongodb ($MONGODB_URI), --kafka or --archive FILE")
+_one_source = one_source
 
 
 @audit_app.command()

@@ -51,6 +51,11 @@ def kafka_range(kafka: bool, partition: int | None, from_offset: int | None, to_
     return Range(partition, start, to_offset)
 
 
+def one_source(db: Path | None, mongodb: bool, archive: Path | None, kafka: bool = False) -> None:
+    if sum((db is not None, mongodb, archive is not None, kafka)) != 1:
+        raise InvalidInput("give one source: --db FILE, --mongodb ($MONGODB_URI), --kafka or --archive FILE")
+
+
 @dataclass
 class Opened:
     """An open source: its histories (``stream``), its checkpoints, and at the end what it skipped."""
@@ -82,8 +87,7 @@ async def open_source(
 ) -> AsyncIterator[Opened]:
     """The one source given; once its stream is read, ``problems`` and ``skipped`` say what it
     skipped."""
-    if sum((db is not None, mongodb, archive is not None, kafka)) != 1:
-        raise InvalidInput("give one source: --db FILE, --mongodb ($MONGODB_URI), --kafka or --archive FILE")
+    one_source(db, mongodb, archive, kafka)
     extra = list(cp.read_jsonl(checkpoints)) if checkpoints is not None and db is None else []
     if db is not None:
         source = SqliteSource(db, checkpoints=checkpoints)
