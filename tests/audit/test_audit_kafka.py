@@ -7,6 +7,7 @@ partition and offset, skipped, never a crash."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from pymongo import MongoClient
 from tests.audit.conftest import findings, flow8
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
 from tests.flow8_cli import Result
+from tests.security.test_kafka_scram import scram_login
+from tests.services import require_service
 from tests.streams.support import fl, make_flow, running_group
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
@@ -181,6 +184,27 @@ async def test_aborted_and_open_transactions_are_not_history(group: WorkerGroup,
     places = {(f.get("partition"), f.get("offset")) for f in result.json_lines()[-1]["findings"]}
     assert (aborted.partition, aborted.offset) not in places
     assert (still_open.partition, still_open.offset) not in places
+
+
+async def test_verify_logs_in_with_scram_and_a_refused_login_names_the_settings_not_the_password(
+    group: WorkerGroup, tmp_path: Path, no_leaked_tasks: None
+) -> None:
+    async with StreamsHarness(group) as harness:
+        await harness.run(DIAMOND, {"amount": 3}, company_id="scram-co", play_id="scram-1")
+    login = scram_login()
+    env = {**kafka_env(group), **login, "KAFKA_BOOTSTRAP_SERVERS": require_service("KAFKA_SASL_BOOTSTRAP_SERVERS")}
+    env.pop("MONGODB_URI")
+    result = flow8("audit", "verify", "--kafka", "--company", "scram-co", "--json", cwd=tmp_path, **env)
+    assert result.code == 0, result
+    assert result.json_lines()[-1]["plays"] == 1  # read over the SCRAM listener
+
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    result = flow8(
+        "audit", "verify", "--kafka", "--all-companies", cwd=tmp_path, **{**env, "KAFKA_SASL_PASSWORD": wrong}
+    )
+    assert result.code == 1, result
+    assert "KAFKA_SASL_PASSWORD" in result.err and wrong not in result.err + result.out
+    assert login["KAFKA_SASL_PASSWORD"] not in result.err + result.out and "Traceback" not in result.err
 
 
 def test_kafka_range_flags_are_checked(tmp_path: Path) -> None:
