@@ -8,9 +8,11 @@ groups the records into one ``PlayHistory`` per play in ``seq`` order.
 
 A record is hostile input: one that is not a JSON object of at most ``MAX_EVENT_BYTES``, or
 whose ``type`` this version does not know, is reported with its partition and offset and
-skipped (``problems``), never folded and never a crash. A record identical to one already
-read for the same play and ``seq`` is a redelivery and is read once; a different record at
-that ``seq`` is kept, so the verdict names it (``duplicated``).
+skipped (``problems``), never folded and never a crash; in one company's run only that
+company's records are read, and an undecodable one keyed by another company is not reported
+there. A record identical to one already read for the same play and ``seq`` is a redelivery
+and is read once; a different record at that ``seq`` is kept, so the verdict names it
+(``duplicated``).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ class KafkaSource:
                         if m.offset >= stop:
                             break
                         self.records += 1
-                        record = self._record(tp.partition, m.offset, m.value)
+                        record = self._record(tp.partition, m.offset, m.key, m.value)
                         if record is not None:
                             yield record
                 for tp in list(bounds):
@@ -146,9 +148,11 @@ class KafkaSource:
     def _where(self, partition: int, offset: int) -> str:
         return f"{self.topic} partition {partition} offset {offset}"
 
-    def _record(self, partition: int, offset: int, value: bytes | None) -> _Record | None:
+    def _record(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> _Record | None:
         doc = _decode(value or b"")
         if isinstance(doc, str):
+            if self._company is not None and key is not None and key != self._company.encode():
+                return None  # another company's (by its key), and nothing in it can be read as ours
             self.problems.append(
                 Finding(
                     UNDECODABLE, f"{self._where(partition, offset)}: {doc}: skipped", partition=partition, offset=offset
