@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
+from flow8_streams.audit.replay import replay as replay_history
 from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.messages import FlowletDispatch, FlowletResult, Start
+from flow8_streams.engine import step
 from flow8_streams.stores.mongo import MongoStore
 from tests.audit.conftest import DIAMOND, flow8
 from tests.audit.test_audit_mongo import _fill, _uri
@@ -157,3 +161,35 @@ def test_replay_from_mongodb_takes_the_catalogs_latest_flow(tmp_path: Path) -> N
     finally:
         with MongoClient(uri) as client:
             client.drop_database(database)
+
+
+def test_a_channel_dispatch_replays_and_a_history_past_the_engine_is_named() -> None:
+    """In process, over a history the engine decides here: a flowlet dispatched to a channel
+    (no golden history runs channels), then a record the engine would never write."""
+    flow = FlowDefinition.model_validate(
+        {"name": "deferred", "flowlets": [{"name": "long", "module_ref": "echo", "defer_after_ms": 10}]}
+    )
+    t0 = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
+    ids = {"play_id": "ch-1", "company_id": "acme"}
+    events, state = step(None, Start(**ids, flow=flow, input={"n": 1}), t0)
+    for now, message in (
+        (t0 + timedelta(seconds=1), FlowletDispatch(**ids, flowlet="long", attempt=1, channel="127.0.0.1:7701")),
+        (
+            t0 + timedelta(seconds=2),
+            FlowletResult(**ids, flowlet="long", attempt=1, ok=True, output={"n": 1}, started_at=t0, ended_at=t0),
+        ),
+    ):
+        more, state = step(state, message, now)
+        events += more
+    assert [e.type for e in events] == [
+        "PlayStarted", "FlowletScheduled", "FlowletDispatched", "FlowletCompleted", "PlayCompleted",
+    ]  # fmt: skip
+    assert replay_history(events, flow) is None
+
+    extra = events[-1].model_copy(update={"seq": events[-1].seq + 1})
+    divergence = replay_history([*events, extra], flow)
+    assert divergence is not None and divergence.seq == extra.seq and divergence.got is None
+
+    cut = replay_history(events[:-1], flow)  # the decision's last event is missing from the record
+    assert cut is not None and cut.seq == events[-1].seq and cut.expected is None
+    assert cut.got is not None and cut.got["type"] == "PlayCompleted"
