@@ -207,6 +207,22 @@ async def test_verify_logs_in_with_scram_and_a_refused_login_names_the_settings_
     assert login["KAFKA_SASL_PASSWORD"] not in result.err + result.out and "Traceback" not in result.err
 
 
+def test_a_partition_or_a_topic_kafka_lacks_is_exit_2_naming_it(group: WorkerGroup, tmp_path: Path) -> None:
+    env = kafka_env(group)
+    env.pop("MONGODB_URI")
+    partitions = group.settings.topics.partitions
+    result = flow8(
+        "audit", "verify", "--kafka", "--company", "acme", "--partition", str(partitions), cwd=tmp_path, **env
+    )
+    assert result.code == 2, result
+    assert f"--partition {partitions}: {group.name}.events has partitions 0 to {partitions - 1}" in result.err
+    result = flow8(
+        "audit", "verify", "--kafka", "--company", "acme", cwd=tmp_path, **{**env, "FLOW8_TOPICS__PREFIX": "nope"}
+    )
+    assert result.code == 2, result
+    assert "no topic nope.events" in result.err and "Traceback" not in result.err
+
+
 def test_kafka_range_flags_are_checked(tmp_path: Path) -> None:
     for args, says in (
         (["--db", "x.db", "--kafka"], "give one source"),
