@@ -18,6 +18,7 @@ and is read once; a different record at that ``seq`` is kept, so the verdict nam
 from __future__ import annotations
 
 import gc
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -30,11 +31,12 @@ from flow8_streams.audit.sources import UNDECODABLE, UNKNOWN_TYPE, Filter, _deco
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import EVENT_TYPES
 from flow8_streams.errors import InvalidInput, StoreUnavailable
-from flow8_streams.redact import scrub
+from flow8_streams.redact import redact_uri, scrub
 from flow8_streams.settings import Settings
 
 FETCH_RECORDS = 10_000  # records asked for per fetch
 FETCH_TIMEOUT_MS = 1_000
+STALL_SECONDS = 60.0  # a read that gets no record and ends no partition for this long gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,8 @@ class KafkaSource:
             consumer.assign(list(bounds))
             for tp, (start, _) in bounds.items():
                 consumer.seek(tp, start)
+            positions = {tp: start for tp, (start, _) in bounds.items()}
+            progressed = time.monotonic()  # a record read or a position moved (past aborted records too)
             while bounds:
                 fetched = await consumer.getmany(*bounds, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
                 for tp, messages in fetched.items():
@@ -135,15 +139,30 @@ class KafkaSource:
                         if record is not None:
                             yield record
                 for tp in list(bounds):
-                    if await consumer.position(tp) >= bounds[tp][1]:
+                    position = await consumer.position(tp)
+                    if position != positions[tp]:
+                        positions[tp], progressed = position, time.monotonic()
+                    if position >= bounds[tp][1]:
                         del bounds[tp]
                         consumer.pause(tp)
+                if bounds and time.monotonic() - progressed > STALL_SECONDS:
+                    raise self._stalled(bounds, positions)
         except KafkaError as exc:
             raise StoreUnavailable(
                 f"Kafka, reading {self.topic}: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}"
             ) from None
         finally:
             await consumer.stop()
+
+    def _stalled(
+        self, bounds: dict[TopicPartition, tuple[int, int]], at: dict[TopicPartition, int]
+    ) -> StoreUnavailable:
+        where = ", ".join(f"partition {tp.partition} at offset {at[tp]} of {end}" for tp, (_, end) in bounds.items())
+        servers = redact_uri(self.settings.kafka_bootstrap_servers)
+        return StoreUnavailable(
+            f"Kafka at {servers} gave no record of {self.topic} for {STALL_SECONDS:g} s ({where}); "
+            "check that the brokers run and that their partitions have a leader"
+        )
 
     def _where(self, partition: int, offset: int) -> str:
         return f"{self.topic} partition {partition} offset {offset}"
