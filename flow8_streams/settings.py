@@ -57,7 +57,7 @@ class ModuleCache(BaseModel):
 
 
 class AuditCache(BaseModel):
-    """Answers of audit filter queries (``audit.cache``), refreshed by a background job while asked."""
+    """Answers of audit filter queries (``flow8_streams.audit.cache``), refreshed in the background while asked."""
 
     model_config = ConfigDict(extra="forbid")
 
