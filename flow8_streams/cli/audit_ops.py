@@ -7,6 +7,7 @@ Exit codes: 0 the rebuilt projection equals the live one / every history replays
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.errors import InvalidInput
 from flow8_streams.live import plain
 
+DATABASE_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")  # what MongoDB and FerretDB both take
 ArchiveOpt = Annotated[Path | None, typer.Option("--archive", help="Read a flow8 audit export file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per play, then the summary.")]
 
@@ -109,6 +111,10 @@ def rebuild(
     difference named by play and field. Exit 0 the same, 1 differences, 2 bad input."""
     if (into_db is None) == (into_mongodb is None):
         raise InvalidInput("give one target: --into-db FILE or --into-mongodb DBNAME")
+    if into_mongodb is not None and not DATABASE_NAME.fullmatch(into_mongodb):
+        raise InvalidInput(
+            f"--into-mongodb {into_mongodb[:80]!r} is not a database name: letters, digits, _ and -, at most 63"
+        )
     flt = _filter(company, all_companies, play, flow, status, since, until)
     only = kafka_range(kafka, partition, from_offset, to_offset)
     where = {"db": db, "mongodb": mongodb, "archive": archive, "kafka": kafka}

@@ -98,6 +98,7 @@ def test_rebuild_needs_one_target_and_one_source(tmp_path: Path, signed: Signed)
         (["--db", signed.db, "--company", "acme", "--into-db", "a.db", "--into-mongodb", "x"], "give one target"),
         (["--company", "acme", "--into-db", "a.db"], "give one source"),
         (["--db", signed.db, "--into-db", "a.db"], "--company C"),
+        (["--db", signed.db, "--company", "acme", "--into-mongodb", "a/b.c"], "is not a database name"),
     ):
         result = flow8("audit", "rebuild", *args, cwd=tmp_path)
         assert result.code == 2, result
