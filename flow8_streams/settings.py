@@ -56,6 +56,15 @@ class ModuleCache(BaseModel):
     max_entries: int = Field(default=1000, gt=0)
 
 
+class AuditCache(BaseModel):
+    """Answers of audit filter queries (``flow8_streams.audit.cache``), refreshed in the background while asked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: float = Field(default=180, gt=0)
+    max_entries: int = Field(default=1000, gt=0)
+
+
 class Caches(BaseModel):
     """Per-instance caches (the seed's ``cache:`` block)."""
 
@@ -63,6 +72,7 @@ class Caches(BaseModel):
 
     flows: FlowCache = FlowCache()
     modules: ModuleCache = ModuleCache()
+    audit: AuditCache = AuditCache()
 
 
 class Execution(BaseModel):
