@@ -17,6 +17,7 @@ and is read once; a different record at that ``seq`` is kept, so the verdict nam
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from flow8_streams.audit import checkpoints as cp
 from flow8_streams.audit.sources import UNDECODABLE, UNKNOWN_TYPE, Filter, _decode
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import EVENT_TYPES
@@ -114,6 +116,44 @@ class KafkaSource:
             return {tp: (first[tp], end[tp]) for tp in tps}
         at = await consumer.offsets_for_times({tp: int(self.since.timestamp() * 1000) for tp in tps})
         return {tp: (found.offset if found is not None else end[tp], end[tp]) for tp, found in at.items()}
+
+    async def checkpoints(self) -> list[cp.SignedCheckpoint | Finding]:
+        """Every committed record of the checkpoints topic, the workers' signed chain heads
+        (none when the topic does not exist: no worker has signed)."""
+        topic = self.settings.topics.checkpoints
+        try:
+            consumer = await self._consumer()
+        except KafkaError as exc:
+            raise StoreUnavailable(f"Kafka: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}") from None
+        found: list[cp.SignedCheckpoint | Finding] = []
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not tps:
+                return found
+            end = await consumer.end_offsets(tps)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            left = {tp for tp in tps if end[tp] > 0}
+            async with asyncio.timeout(STALL_SECONDS):
+                while left:
+                    fetched = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
+                    for tp, messages in fetched.items():
+                        found += [
+                            cp.parse_line(m.value or b"", f"{topic}[{tp.partition}]@{m.offset}")
+                            for m in messages
+                            if m.offset < end[tp]
+                        ]
+                    left = {tp for tp in left if await consumer.position(tp) < end[tp]}
+        except TimeoutError:
+            raise StoreUnavailable(f"Kafka, reading {topic}: no progress in {STALL_SECONDS:.0f} s") from None
+        except KafkaError as exc:
+            raise StoreUnavailable(
+                f"Kafka, reading {topic}: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}"
+            ) from None
+        finally:
+            await consumer.stop()
+        return found
 
     async def _read(self) -> AsyncIterator[_Record]:
         try:

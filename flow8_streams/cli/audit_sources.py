@@ -104,7 +104,8 @@ async def open_source(
         from flow8_streams.settings import load_settings
 
         reader = KafkaSource(load_settings(), since=since, only=partition)
-        opened = Opened(reader.histories(flt), extra, "kafka", problems=reader.problems, skipped=reader.skipped)
+        signed = [*extra, *await reader.checkpoints()]  # the workers' own, beside a --checkpoints file
+        opened = Opened(reader.histories(flt), signed, "kafka", problems=reader.problems, skipped=reader.skipped)
         yield opened
     else:
         from flow8_streams.extras import require_streams

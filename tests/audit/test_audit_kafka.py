@@ -11,16 +11,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import MongoClient
 
-from tests.audit.conftest import findings, flow8
+from tests.audit.conftest import audit, findings, flow8, kafka_env
 from tests.conformance.streams_harness import StreamsHarness, WorkerGroup
-from tests.flow8_cli import Result
 from tests.security.test_kafka_scram import scram_login
 from tests.services import require_service
 from tests.streams.support import fl, make_flow, running_group
@@ -41,25 +39,6 @@ PLAYS = {"k1": "acme", "k2": "acme", "k3": "globex"}
 def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
     with running_group(tmp_path_factory.mktemp("audit-kafka")) as group:
         yield group
-
-
-def kafka_env(group: WorkerGroup) -> dict[str, str]:
-    """The group's topics, and its MongoDB: the projection each play is compared with."""
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": group.settings.kafka_bootstrap_servers,
-        "FLOW8_TOPICS__PREFIX": group.name,
-        "MONGODB_URI": group.settings.mongodb_uri,
-        "MONGODB_DATABASE": group.name,
-    }
-
-
-def audit(group: WorkerGroup, cwd: Path, *args: str) -> tuple[Result, dict[str, Any], dict[str, Any]]:
-    """``flow8 audit verify --kafka --json ARGS`` on the group's topics: the result, verdicts by play, summary."""
-    result = flow8("audit", "verify", "--kafka", "--json", *args, cwd=cwd, **kafka_env(group))
-    assert result.code in (0, 1), result
-    lines = result.json_lines()
-    assert lines[-1]["summary"] is True, result
-    return result, {v["play_id"]: v for v in lines[:-1]}, lines[-1]
 
 
 async def test_verify_from_kafka_then_forged_and_garbage_records(

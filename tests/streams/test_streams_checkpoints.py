@@ -2,7 +2,9 @@
 published, into ``flow8.checkpoints`` in the transaction of the company's partition: every
 play's signed head is its terminal event's (the ``last_seq``/``head_hash`` of its result), the
 checkpoints verify with the public key and follow one another, and none names a head the
-worker did not write."""
+worker did not write. ``flow8 audit verify --kafka --public-key`` anchors every play on them,
+and catches a history rewritten by someone who replaced the events topic (its chains
+recomputed, as anyone can) but could not sign."""
 
 from __future__ import annotations
 
@@ -10,15 +12,19 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from flow8_streams.audit import checkpoints as cp
 from flow8_streams.domain.messages import StartPlay
+from flow8_streams.runtimes.streams.admin import ensure_topics
 from flow8_streams.runtimes.streams.client import CommandProducer
 from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
+from tests.audit.conftest import audit, flow8, kafka_env, rehash
 from tests.conformance.streams_harness import WorkerGroup
 
 from .support import collecting_results, fl, make_flow, running_group
@@ -81,6 +87,52 @@ async def read_checkpoints(settings: Settings, covers: dict[str, tuple[int, str]
     return got
 
 
+async def read_all(consumer: AIOKafkaConsumer, topic: str, partitions: int) -> list[ConsumerRecord[Any, Any]]:
+    """The committed records of ``topic`` up to its end offsets as of now."""
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    end = await consumer.end_offsets(tps)
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    records: list[ConsumerRecord[Any, Any]] = []
+    left = {tp for tp in tps if end[tp] > 0}
+    while left:
+        for tp, batch in (await consumer.getmany(*left, timeout_ms=500)).items():
+            records += [r for r in batch if r.offset < end[tp]]
+        left = {tp for tp in left if await consumer.position(tp) < end[tp]}
+    return records
+
+
+async def replace_events(settings: Settings, victim: str) -> str:
+    """Copy the events and checkpoints topics to a new prefix, as an attacker who can replace
+    topics would, with ``victim``'s input rewritten and its chain recomputed; returns the prefix."""
+    prefix = f"forged-{uuid.uuid4().hex[:8]}"
+    forged = settings.model_copy(update={"topics": settings.topics.model_copy(update={"prefix": prefix})})
+    await ensure_topics(forged)
+    options = settings.kafka_client_options()
+    consumer = AIOKafkaConsumer(**options, isolation_level="read_committed", enable_auto_commit=False)
+    producer = AIOKafkaProducer(**options)
+    await consumer.start()
+    await producer.start()
+    try:
+        events = await read_all(consumer, settings.topics.events, settings.topics.partitions)
+        history = sorted(
+            (orjson.loads(r.value) for r in events if orjson.loads(r.value)["play_id"] == victim),
+            key=lambda d: d["seq"],
+        )
+        history[0]["payload"]["input"] = {"n": 1_000_000}
+        rewritten = {d["seq"]: orjson.dumps(d) for d in rehash(history)}
+        for r in events:
+            doc = orjson.loads(r.value)
+            value = rewritten[doc["seq"]] if doc["play_id"] == victim else r.value
+            await producer.send_and_wait(forged.topics.events, value, key=r.key, partition=r.partition)
+        for r in await read_all(consumer, settings.topics.checkpoints, settings.topics.partitions):
+            await producer.send_and_wait(forged.topics.checkpoints, r.value, key=r.key, partition=r.partition)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return prefix
+
+
 async def test_a_worker_signs_the_heads_it_published_and_they_are_the_results_anchors(
     signing_worker: WorkerGroup, keys: tuple[Path, Path]
 ) -> None:
@@ -112,6 +164,36 @@ async def test_a_worker_signs_the_heads_it_published_and_they_are_the_results_an
             top = max(checked.heads[play_id], key=lambda a: a.last_seq)
             assert (top.last_seq, top.head_hash) == anchors[play_id]
     assert {c.body["writer"] for c in checkpoints} == {f"{signing_worker.name}-w0-g1"}
+
+    # the auditor's command anchors every play on them
+    cwd = keys[0].parent
+    result, verdicts, summary = await asyncio.to_thread(
+        audit, signing_worker, cwd, "--all-companies", "--public-key", str(keys[1])
+    )
+    assert result.code == 0 and summary["verdict"] == "ok", result
+    assert set(verdicts) == set(plays) and all(v["anchored"] for v in verdicts.values()), verdicts
+
+    # an attacker with the topics, not the key: the events topic replaced, one play's input
+    # rewritten and its chain recomputed; the checkpoints copied as they are
+    forged = await replace_events(settings, victim := next(iter(plays)))
+    env_prefix = {"FLOW8_TOPICS__PREFIX": forged}
+    result = await asyncio.to_thread(
+        flow8,
+        "audit",
+        "verify",
+        "--kafka",
+        "--all-companies",
+        "--public-key",
+        str(keys[1]),
+        "--json",
+        cwd=cwd,
+        **{**kafka_env(signing_worker), **env_prefix},
+    )
+    assert result.code == 1, result
+    lines = result.json_lines()
+    bad = {v["play_id"]: v for v in lines[:-1] if v["findings"]}
+    assert set(bad) == {victim}, bad
+    assert [f["seq"] for f in bad[victim]["findings"] if f["kind"] == "rewritten"] == [anchors[victim][0]], bad
 
     # another key's public half verifies none of them
     _, other_public, _ = cp.keygen(keys[0].parent.parent / f"other-{uuid.uuid4().hex[:6]}")
