@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +22,7 @@ from flow8_streams.domain.events import Event
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.state import PlayState
+from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import Stores
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from flow8_streams.stores.mongo import MongoStore
 
 log = logging.getLogger("flow8.http")
+START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
 STREAMS_POLL_SECONDS = (0.05, 0.5)  # a streams wait reads the projection this often, backing off to the second
 
 
@@ -78,19 +80,37 @@ class EmbeddedBackend:
             yield cls(runtime)
 
     async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
-        await self.runtime.start(flow, input, company_id=company_id, play_id=play_id)
+        """Returns once the play is recorded, so that its Location answers at once."""
+        changed, unsubscribe = self._watch(play_id)
+        try:
+            await self.runtime.start(flow, input, company_id=company_id, play_id=play_id)
+            try:
+                async with asyncio.timeout(START_SECONDS):
+                    while True:
+                        changed.clear()
+                        if await self.stores.plays.get(None, play_id) is not None:
+                            return
+                        await changed.wait()
+            except TimeoutError:
+                raise Flow8Error(f"play {play_id} was not recorded within {START_SECONDS:g}s (see the log)") from None
+        finally:
+            unsubscribe()
 
     async def cancel(self, company_id: str, play_id: str) -> None:
         await self.runtime.cancel(play_id, company_id, reason="cancelled over the HTTP API")
 
-    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+    def _watch(self, play_id: str) -> tuple[asyncio.Event, Callable[[], None]]:
+        """An event set by each committed batch holding an event of ``play_id``, and its unsubscribe."""
         changed = asyncio.Event()
 
         def listener(events: Sequence[Event]) -> None:
             if any(e.play_id == play_id for e in events):
                 changed.set()
 
-        unsubscribe = self.runtime.subscribe(listener)
+        return changed, self.runtime.subscribe(listener)
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+        changed, unsubscribe = self._watch(play_id)
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
