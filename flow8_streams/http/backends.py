@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flow8.http")
 START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
-STREAMS_POLL_SECONDS = (0.05, 0.5)  # a streams wait reads the projection this often, backing off to the second
+STREAMS_POLL_SECONDS = (0.02, 0.2)  # a streams wait reads the projection this often, backing off to the second
 
 
 class Backend(Protocol):
