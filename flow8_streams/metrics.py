@@ -69,7 +69,8 @@ class Metrics:
         )
         self.http_refused = Counter(
             "flow8_http_refused_total",
-            "Requests the worker's HTTP port refused, by status (404: a path it does not serve, 405: a method).",
+            "Requests an HTTP port refused, by status: a worker's (404: a path it does not serve, 405: a method) "
+            "or flow8 serve's (every 4xx: 401 a key, 413 a body, 422 a field, 429 a rate...).",
             ["status"],
             registry=r,
         )

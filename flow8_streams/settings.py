@@ -90,6 +90,22 @@ class Execution(BaseModel):
     )
 
 
+class Http(BaseModel):
+    """The seed's ``http:`` block: how ``flow8 serve`` answers."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
+
+    compression: bool = Field(default=True, description="gzip a response when the client accepts it.")
+    compression_level: int = Field(default=6, ge=1, le=9, description="1-9, higher = slower but smaller.")
+    compression_min_bytes: int = Field(default=500, ge=0, description="Smaller responses are sent as they are.")
+    max_wait_seconds: float = Field(
+        default=60, gt=0, le=3600, description="The longest GET /v1/plays/{id}/wait?timeout= holds a request."
+    )
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0, le=1_000_000, description="Requests one API key may make per second (unset: no limit)."
+    )
+
+
 class Topics(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
 
@@ -250,6 +266,7 @@ class Settings(BaseSettings):
     topics: Topics = Topics()
     cache: Caches = Caches()
     execution: Execution = Execution()
+    http: Http = Http()
     limits: Limits = Limits()
     channel_token_key: SecretStr | None = Field(
         default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from flow8_streams.domain.events import Event
@@ -22,6 +23,39 @@ class KVEntry:
     key: str
     value: Any
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlayPage:
+    """What ``plays.list`` narrows to besides company and status: a flow, a start-time range
+    (``since`` inclusive, ``until`` exclusive) and, to page, the ``(started_at, play_id)`` of the
+    last play of the page before (plays come newest first, ties by play id descending)."""
+
+    flow: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after: tuple[datetime, str] | None = None
+
+    def admits(self, state: PlayState) -> bool:
+        if self.flow is not None and state.flow.name != self.flow:
+            return False
+        if self.since is not None and state.started_at < self.since:
+            return False
+        if self.until is not None and state.started_at >= self.until:
+            return False
+        return self.after is None or (state.started_at, state.play_id) < self.after
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An HTTP API key's record; the key itself is never stored, only its SHA-256 (``digest``)."""
+
+    key_id: str
+    company_id: str
+    role: str
+    digest: bytes
+    created_at: datetime
+    revoked_at: datetime | None = None
 
 
 class EventLog(Protocol):
@@ -46,8 +80,9 @@ class PlayProjection(Protocol):
     async def get(self, company_id: str | None, play_id: str) -> PlayState | None: ...
 
     async def list(
-        self, company_id: str | None = None, status: str | None = None, limit: int = 50
-    ) -> builtins.list[PlayState]: ...
+        self, company_id: str | None = None, status: str | None = None, limit: int = 50, page: PlayPage | None = None
+    ) -> builtins.list[PlayState]:
+        """Newest first by ``started_at``, ties by ``play_id`` descending."""
 
 
 class KVStore(Protocol):
@@ -69,6 +104,22 @@ class FlowCatalog(Protocol):
     async def get(self, company_id: str, name: str, version: int | None = None) -> FlowDefinition | None:
         """A version of a flow; the latest when ``version`` is None."""
 
+    async def versions(self, company_id: str, name: str) -> builtins.list[int]:
+        """The stored versions of a flow, ascending (empty: no such flow)."""
+
+
+class ApiKeys(Protocol):
+    async def add(self, key: ApiKey) -> None: ...
+
+    async def get(self, key_id: str, company_id: str | None = None) -> ApiKey | None:
+        """A key, revoked or not; with ``company_id``, none unless it is that company's."""
+
+    async def list(self, company_id: str | None = None) -> builtins.list[ApiKey]:
+        """Oldest first."""
+
+    async def revoke(self, key_id: str, at: datetime, company_id: str | None = None) -> ApiKey | None:
+        """Mark a key revoked (a key revoked before keeps its first date); None if there is none."""
+
 
 class Stores(Protocol):
     """One deployment's stores: the SQLite file of the embedded runtime, or MongoDB."""
@@ -84,3 +135,6 @@ class Stores(Protocol):
 
     @property
     def flows(self) -> FlowCatalog: ...
+
+    @property
+    def keys(self) -> ApiKeys: ...

@@ -25,7 +25,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
 from flow8_streams.engine.projection import ApplyResult, Batch, Stored, project
 from flow8_streams.errors import InvalidInput, StoreUnavailable
-from flow8_streams.stores.ports import KVEntry
+from flow8_streams.stores.ports import ApiKey, KVEntry, PlayPage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -67,6 +67,15 @@ CREATE TABLE IF NOT EXISTS kv_ops (
     at REAL,
     PRIMARY KEY (company_id, op_id)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    company_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS api_keys_company ON api_keys (company_id, created_at);
 CREATE TABLE IF NOT EXISTS flows (
     company_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -138,6 +147,7 @@ class SqliteStore:
         self.plays = SqlitePlays(self)
         self.kv = SqliteKV(self, kv_incr_dedup_seconds, clock)
         self.flows = SqliteFlows(self)
+        self.keys = SqliteApiKeys(self)
 
     def close(self) -> None:
         self.db.close()
@@ -285,18 +295,34 @@ class SqlitePlays:
         row = self._s.db.execute(sql, args).fetchone()
         return None if row is None else PlayState.model_validate_json(row[0])
 
-    async def list(self, company_id: str | None = None, status: str | None = None, limit: int = 50) -> list[PlayState]:
-        where, args = [], []
+    async def list(
+        self, company_id: str | None = None, status: str | None = None, limit: int = 50, page: PlayPage | None = None
+    ) -> list[PlayState]:
+        where: list[str] = []
+        args: list[Any] = []
         if company_id is not None:
             where.append("company_id = ?")
             args.append(company_id)
         if status is not None:
             where.append("status = ?")
             args.append(status)
+        if page is not None:  # created_at is started_at as ISO text in UTC: it sorts as the time does
+            if page.flow is not None:
+                where.append("flow = ?")
+                args.append(page.flow)
+            if page.since is not None:
+                where.append("created_at >= ?")
+                args.append(_iso(page.since.astimezone(UTC)))
+            if page.until is not None:
+                where.append("created_at < ?")
+                args.append(_iso(page.until.astimezone(UTC)))
+            if page.after is not None:
+                where.append("(created_at, play_id) < (?, ?)")
+                args += [_iso(page.after[0].astimezone(UTC)), page.after[1]]
         sql = "SELECT state FROM plays"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC LIMIT ?"
+        sql += " ORDER BY created_at DESC, play_id DESC LIMIT ?"
         rows = self._s.db.execute(sql, [*args, limit]).fetchall()
         return [PlayState.model_validate_json(r[0]) for r in rows]
 
@@ -414,3 +440,56 @@ class SqliteFlows:
             return FlowDefinition.model_validate_json(row[0])
         except ValidationError as exc:  # pragma: no cover - written by put()
             raise StoreUnavailable(f"stored flow {name!r} does not validate: {exc}") from exc
+
+    async def versions(self, company_id: str, name: str) -> list[int]:
+        rows = self._s.db.execute(
+            "SELECT version FROM flows WHERE company_id = ? AND name = ? ORDER BY version", (company_id, name)
+        )
+        return [r[0] for r in rows]
+
+
+class SqliteApiKeys:
+    """The ``ApiKeys`` port: HTTP API keys by id, each stored as its SHA-256 only."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def add(self, key: ApiKey) -> None:
+        with self._s.tx() as db:
+            db.execute(
+                "INSERT INTO api_keys (key_id, company_id, role, digest, created_at) VALUES (?,?,?,?,?)",
+                (key.key_id, key.company_id, key.role, key.digest, _iso(key.created_at)),
+            )
+
+    async def get(self, key_id: str, company_id: str | None = None) -> ApiKey | None:
+        sql, args = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", [key_id]
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args.append(company_id)
+        row = self._s.db.execute(sql, args).fetchone()
+        return None if row is None else _api_key(row)
+
+    async def list(self, company_id: str | None = None) -> list[ApiKey]:
+        sql, args = f"SELECT {_KEY_COLUMNS} FROM api_keys", []
+        if company_id is not None:
+            sql += " WHERE company_id = ?"
+            args.append(company_id)
+        return [_api_key(r) for r in self._s.db.execute(sql + " ORDER BY created_at, key_id", args)]
+
+    async def revoke(self, key_id: str, at: datetime, company_id: str | None = None) -> ApiKey | None:
+        sql, args = "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?", [_iso(at), key_id]
+        if company_id is not None:
+            sql += " AND company_id = ?"
+            args.append(company_id)
+        with self._s.tx() as db:
+            db.execute(sql, args)
+        return await self.get(key_id, company_id)
+
+
+_KEY_COLUMNS = "key_id, company_id, role, digest, created_at, revoked_at"
+
+
+def _api_key(row: tuple[Any, ...]) -> ApiKey:
+    key_id, company_id, role, digest, created_at, revoked_at = row
+    revoked = datetime.fromisoformat(revoked_at) if revoked_at is not None else None
+    return ApiKey(key_id, company_id, role, bytes(digest), datetime.fromisoformat(created_at), revoked)

@@ -18,6 +18,7 @@ Doc = dict[str, Any]
 PLAYS, EVENTS, KV, KV_VERSIONS, FLOWS, MODULES = "plays", "events", "kv", "kv_versions", "flows", "modules"
 PLAYS_LIVE = "plays_live"  # the plays in flight, as versions (see stores.mongo.plays)
 PLAY_IDS = "play_ids"  # a client's own play id -> the company that claimed it (see MongoPlays.claim)
+API_KEYS = "api_keys"  # HTTP API keys by id, each as its SHA-256 only (see stores.mongo.keys)
 
 INDEXES: dict[str, list[IndexModel]] = {
     FLOWS: [
@@ -46,6 +47,7 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("company_id", ASCENDING), ("kv", ASCENDING), ("version", ASCENDING)], name="company_kv_version"),
     ],
     MODULES: [IndexModel([("company_id", ASCENDING), ("name", ASCENDING)], name="company_name")],
+    API_KEYS: [IndexModel([("company_id", ASCENDING), ("created_at", ASCENDING)], name="company_created")],
 }
 
 _INT64 = (-(2**63), 2**63 - 1)

@@ -95,3 +95,8 @@ class MongoFlows:
         if generation == self._generation:
             self._cache[key] = flow
         return flow
+
+    async def versions(self, company_id: str, name: str) -> list[int]:
+        with self._s.errors(f"listing the versions of flow {name!r}"):
+            cursor = self._s.coll(FLOWS).find({"company_id": company_id, "name": name}, {"version": 1})
+            return sorted(int(doc["version"]) for doc in await cursor.to_list())

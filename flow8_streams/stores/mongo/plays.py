@@ -43,6 +43,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine.projection import ApplyResult, Batch, Gap, Stored, latest, project
 from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.stores.mongo.common import PLAY_IDS, PLAYS, PLAYS_LIVE, Doc, _now, _pack, _unpack
+from flow8_streams.stores.ports import PlayPage
 
 if TYPE_CHECKING:
     from flow8_streams.stores.mongo.store import MongoStore
@@ -399,29 +400,48 @@ class MongoPlays:
         return running if doc is None else _state(doc)
 
     async def list(
-        self, company_id: str | None = None, status: str | None = None, limit: int = 50
+        self, company_id: str | None = None, status: str | None = None, limit: int = 50, page: PlayPage | None = None
     ) -> builtins.list[PlayState]:
-        """Newest first (by start). Without ``company_id``: every company, the operator path."""
+        """Newest first (by start, ties by play id descending). Without ``company_id``: every
+        company, the operator path.
+
+        ``created_at`` is the start in milliseconds, so the query takes a superset of ``page``'s
+        range and ``page.admits`` cuts it exactly; the plays of the last millisecond a page reaches
+        are read whole, so a play never falls between two pages."""
         if limit <= 0:
             return []
+        page = page or PlayPage()
         query: Doc = {}
         if company_id is not None:
             query["company_id"] = company_id
         with self._s.errors("listing plays"):
             states: builtins.list[PlayState] = []
             if status is None or str(status) == "running":
-                states += await self._running(query)
+                states += [s for s in await self._running(query) if page.admits(s)]
             if str(status) != "running":
                 final = {**query, **({"status": str(status)} if status is not None else {})}
-                cursor = self._s.coll(PLAYS).find(
-                    final, {"state": 1, "state_json": 1}, sort=[("created_at", DESCENDING)], limit=limit
-                )
-                states += [s for s in map(_state, await cursor.to_list()) if s is not None]
+                if page.flow is not None:
+                    final["flow"] = page.flow
+                fields = {"state": 1, "state_json": 1, "created_at": 1}
+                if page.since is not None:
+                    final["created_at"] = {"$gte": page.since}
+                found: builtins.list[Doc] = []
+                ends = [t for t in (page.until, page.after[0] if page.after else None) if t is not None]
+                if ends:  # the millisecond of the end whole, then the plays before it
+                    found += await self._s.coll(PLAYS).find({**final, "created_at": min(ends)}, fields).to_list()
+                    final["created_at"] = {**final.get("created_at", {}), "$lt": min(ends)}
+                newest_first = [("created_at", DESCENDING)]
+                before = await self._s.coll(PLAYS).find(final, fields, sort=newest_first, limit=limit).to_list()
+                if len(before) == limit:  # the rest of the last millisecond reached
+                    edge = {**final, "created_at": before[-1]["created_at"]}
+                    before += await self._s.coll(PLAYS).find(edge, fields).to_list()
+                found += before
+                states += [s for s in map(_state, found) if s is not None and page.admits(s)]
         newest: dict[str, PlayState] = {}
         for s in states:  # a play that ended while being listed: its final state
             if s.play_id not in newest or s.seq > newest[s.play_id].seq:
                 newest[s.play_id] = s
-        return sorted(newest.values(), key=lambda s: s.started_at, reverse=True)[:limit]
+        return sorted(newest.values(), key=lambda s: (s.started_at, s.play_id), reverse=True)[:limit]
 
     async def _running(self, query: Doc) -> builtins.list[PlayState]:
         """The plays in flight: the highest version of each play in ``plays_live`` that is no tombstone."""

@@ -26,6 +26,7 @@ from flow8_streams.stores.mongo.common import (
 )
 from flow8_streams.stores.mongo.events import MongoEventLog
 from flow8_streams.stores.mongo.flows import MongoFlows
+from flow8_streams.stores.mongo.keys import MongoApiKeys
 from flow8_streams.stores.mongo.kv import KV_INCR_DEDUP_SECONDS, MongoKV
 from flow8_streams.stores.mongo.plays import MongoPlays
 
@@ -77,6 +78,7 @@ class MongoStore:
         self.plays = MongoPlays(self)
         self.kv = MongoKV(self, kv_incr_dedup_seconds, clock or _now)
         self.flows = MongoFlows(self, ttl=flow_cache_ttl, max_entries=flow_cache_max)
+        self.keys = MongoApiKeys(self)
 
     def coll(self, name: str) -> AsyncCollection[Doc]:
         return self.db[name]

@@ -1,0 +1,256 @@
+"""What the HTTP routes run on: one small protocol, two backends.
+
+- ``EmbeddedBackend``: the SQLite file and a ``LocalRuntime`` in the server's process; plays
+  started over HTTP run here, and those left unfinished resume when it starts.
+- ``StreamsBackend``: commands produced to Kafka as ``flow8 produce`` does, reads from MongoDB;
+  it holds no state, so any number of instances answer alike.
+
+Reads go through the ``Stores`` port (``backend.stores``); only starting, cancelling, waiting and
+readiness differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flow8_streams.domain.events import Event
+from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.limits import Limits
+from flow8_streams.domain.state import PlayState
+from flow8_streams.errors import Flow8Error
+from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.stores.ports import Stores
+
+if TYPE_CHECKING:
+    from flow8_streams.runtimes.local import LocalRuntime
+    from flow8_streams.runtimes.streams.client import CommandProducer
+    from flow8_streams.settings import Settings
+    from flow8_streams.stores.mongo import MongoStore
+
+log = logging.getLogger("flow8.http")
+TERMINAL = frozenset({"PlayCompleted", "PlayFailed", "PlayCancelled"})
+START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
+STREAMS_POLL_SECONDS = (0.02, 0.2)  # a streams wait reads the projection this often, backing off to the second
+
+
+class PlayBusy(Flow8Error):
+    """Another flow8 process drives the play (``flow8 run``, ``plays resume``...): HTTP 409."""
+
+    reason = "play_busy"
+
+
+class Backend(Protocol):
+    name: str
+    stores: Stores
+    registry: ModuleRegistry
+    limits: Limits
+    # why a play the projection holds may have no events in ``stores.log`` (None: it always has them)
+    events_elsewhere: str | None
+
+    async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
+        """Ask for a play to start (a play id that exists is left as it is)."""
+
+    async def cancel(self, company_id: str, play_id: str) -> None:
+        """Ask for a running play of ``company_id`` to be cancelled."""
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+        """The play once finished, or as it stands when ``timeout`` seconds pass (None: no such play)."""
+
+    async def ready(self) -> str | None:
+        """None when requests can be served, else why not."""
+
+
+class EmbeddedBackend:
+    """Plays of one SQLite file, driven in this process. Like ``flow8 run``, it holds each play's
+    ``play_lock`` while it drives it (from its start, or its resume, to its end), so no other
+    flow8 process writes that play's events meanwhile; one it cannot lock is refused (409)."""
+
+    name = "embedded"
+    events_elsewhere: str | None = None
+
+    def __init__(self, runtime: LocalRuntime, db: Path) -> None:
+        self.runtime = runtime
+        self.db = db
+        self.stores: Stores = runtime.store
+        self.registry = runtime.registry
+        self.limits = runtime.limits
+        self._locks: dict[str, contextlib.ExitStack] = {}
+        runtime.subscribe(self._release_ended)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, db: Path, settings: Settings, modules: Sequence[str] = ()) -> AsyncIterator[EmbeddedBackend]:
+        from flow8_streams.runtimes.local import LocalRuntime
+
+        async with LocalRuntime.open(db, modules=modules, settings=settings) as runtime:
+            backend = cls(runtime, db)
+            try:
+                for _, play_id in runtime.store.plays.unfinished():
+                    backend._hold(play_id)  # another process drives it: refused before anything runs
+                resumed = await runtime.resume_unfinished()
+                if resumed:
+                    log.info("resumed %d unfinished plays of %s", len(resumed), db)
+                yield backend
+            finally:
+                for stack in backend._locks.values():
+                    stack.close()
+
+    def _hold(self, play_id: str) -> None:
+        """Take ``play_id``'s lock unless held; ``PlayBusy`` if another process holds it."""
+        from flow8_streams.runtimes.local import play_lock
+
+        if play_id in self._locks:
+            return
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(play_lock(self.db, play_id))
+        except Flow8Error as exc:
+            raise PlayBusy(str(exc)) from None
+        self._locks[play_id] = stack
+
+    def _release(self, play_id: str) -> None:
+        stack = self._locks.pop(play_id, None)
+        if stack is not None:
+            stack.close()
+
+    def _release_ended(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if event.type in TERMINAL:
+                self._release(event.play_id)
+
+    async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
+        """Returns once the play is recorded, so that its Location answers at once."""
+        changed, unsubscribe = self._watch(play_id)
+        self._hold(play_id)
+        try:
+            await self.runtime.start(flow, input, company_id=company_id, play_id=play_id)
+            async with asyncio.timeout(START_SECONDS):
+                while True:
+                    changed.clear()
+                    if await self.stores.plays.get(None, play_id) is not None:
+                        return
+                    await changed.wait()
+        except BaseException as exc:
+            if await self.stores.plays.get(None, play_id) is None:
+                self._release(play_id)  # refused before it was recorded: nothing of it to drive
+            if isinstance(exc, TimeoutError):
+                raise Flow8Error(f"play {play_id} was not recorded within {START_SECONDS:g}s (see the log)") from None
+            raise
+        finally:
+            unsubscribe()
+
+    async def cancel(self, company_id: str, play_id: str) -> None:
+        self._hold(play_id)
+        await self.runtime.cancel(play_id, company_id, reason="cancelled over the HTTP API")
+
+    def _watch(self, play_id: str) -> tuple[asyncio.Event, Callable[[], None]]:
+        """An event set by each committed batch holding an event of ``play_id``, and its unsubscribe."""
+        changed = asyncio.Event()
+
+        def listener(events: Sequence[Event]) -> None:
+            if any(e.play_id == play_id for e in events):
+                changed.set()
+
+        return changed, self.runtime.subscribe(listener)
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+        changed, unsubscribe = self._watch(play_id)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    while True:
+                        changed.clear()
+                        state = await self.stores.plays.get(company_id, play_id)
+                        if state is None or state.finished:
+                            return state
+                        await changed.wait()
+            return await self.stores.plays.get(company_id, play_id)
+        finally:
+            unsubscribe()
+
+    async def ready(self) -> str | None:
+        try:
+            self.runtime._raise_if_dead()
+        except Exception as exc:
+            return str(exc)
+        return None
+
+
+class StreamsBackend:
+    name = "streams"
+    events_elsewhere: str | None = (
+        "the streams runtime keeps a play's events on Kafka (the events topic), and MongoDB holds none of "
+        "this play's: its events and audit are not served over HTTP yet"
+    )
+
+    def __init__(self, store: MongoStore, producer: CommandProducer, registry: ModuleRegistry, limits: Limits) -> None:
+        self.mongo = store
+        self.stores: Stores = store
+        self.producer = producer
+        self.registry = registry
+        self.limits = limits
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, modules: Sequence[str] = ()) -> AsyncIterator[StreamsBackend]:
+        from flow8_streams.extras import require_streams
+
+        require_streams("flow8 serve --streams")
+        from flow8_streams.runtimes.streams.admin import ensure_topics
+        from flow8_streams.runtimes.streams.client import CommandProducer
+        from flow8_streams.stores.mongo import MongoStore
+
+        await ensure_topics(settings)
+        store = MongoStore(
+            settings.mongodb_uri,
+            settings.mongodb_database,
+            flow_cache_ttl=settings.cache.flows.ttl_seconds,
+            flow_cache_max=settings.cache.flows.max_entries,
+            timeout_ms=settings.store_timeout_ms,
+        )
+        try:
+            await store.open()
+            async with CommandProducer(settings) as producer:
+                yield cls(store, producer, ModuleRegistry.default(list(modules)), settings.limits)
+        finally:
+            await store.close()
+
+    async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
+        from flow8_streams.domain.messages import StartPlay
+
+        command = StartPlay(
+            company_id=company_id, flow=flow.name, flow_version=flow.version, play_id=play_id, input=input
+        )
+        await (await self.producer.enqueue(command))  # the broker has it
+
+    async def cancel(self, company_id: str, play_id: str) -> None:
+        from flow8_streams.domain.messages import CancelPlay
+
+        command = CancelPlay(company_id=company_id, play_id=play_id, reason="cancelled over the HTTP API")
+        await (await self.producer.enqueue(command))
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+        """The projection read until the play has ended: MongoDB tells no one when a document changes
+        (FerretDB has no change streams), so a wait polls, backing off."""
+        pause, longest = STREAMS_POLL_SECONDS
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            state = await self.stores.plays.get(company_id, play_id)
+            left = deadline - loop.time()
+            if (state is not None and state.finished) or left <= 0:
+                return state  # a play just started may not be projected yet: None is waited on too
+            await asyncio.sleep(min(pause, left))  # a poll period: there is no event to await
+            pause = min(pause * 2, longest)
+
+    async def ready(self) -> str | None:
+        try:
+            await self.mongo.db.command("ping")
+        except Exception as exc:
+            return f"MongoDB at {self.mongo.hosts} does not answer: {type(exc).__name__}"
+        return None

@@ -1,0 +1,41 @@
+"""One ``flow8 serve --db`` per test module, with keys of two companies (and an admin of one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .server import Server, clean_env, make_key, serving
+
+HELLO = {"flowlets": [{"name": "a", "module_ref": "echo"}, {"name": "b", "module_ref": "echo", "depends_on": ["a"]}]}
+SLOW = {"flowlets": [{"name": "nap", "module_ref": "sleep", "input": {"seconds": 30}}]}
+
+
+@dataclass
+class Api:
+    server: Server
+    acme: str  # a member key of company acme
+    acme_admin: str
+    globex: str  # a member key of company globex
+    db: Path
+    cwd: Path
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    cwd = tmp_path_factory.mktemp("serve")
+    db = cwd / "flow8.db"
+    env = clean_env(FLOW8_LOG_LEVEL="info")
+    keys = {
+        name: make_key("--db", db, company=company, role=role, cwd=cwd, env=env)
+        for name, company, role in (
+            ("acme", "acme", "member"),
+            ("admin", "acme", "admin"),
+            ("globex", "globex", "member"),
+        )
+    }
+    with serving("--db", db, cwd=cwd, env=env) as server:
+        yield Api(server, keys["acme"], keys["admin"], keys["globex"], db, cwd)
