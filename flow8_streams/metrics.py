@@ -33,6 +33,9 @@ class Metrics:
             registry=r,
         )
         self.events = Counter("flow8_events_total", "Events emitted, by type.", ["type"], registry=r)
+        self.checkpoints = Counter(
+            "flow8_audit_checkpoints_total", "Signed checkpoints of chain heads written (audits).", registry=r
+        )
         self.stale_decisions = Counter(
             "flow8_stale_decisions_total",
             "Decisions not published: a rebalance came while they were made, and their input is read again.",

@@ -56,6 +56,15 @@ class ModuleCache(BaseModel):
     max_entries: int = Field(default=1000, gt=0)
 
 
+class AuditCache(BaseModel):
+    """Answers of audit filter queries (``flow8_streams.audit.cache``), refreshed in the background while asked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_seconds: float = Field(default=180, gt=0)
+    max_entries: int = Field(default=1000, gt=0)
+
+
 class Caches(BaseModel):
     """Per-instance caches (the seed's ``cache:`` block)."""
 
@@ -63,6 +72,7 @@ class Caches(BaseModel):
 
     flows: FlowCache = FlowCache()
     modules: ModuleCache = ModuleCache()
+    audit: AuditCache = AuditCache()
 
 
 class Execution(BaseModel):
@@ -129,6 +139,20 @@ class Topics(BaseModel):
     @property
     def dlq(self) -> str:
         return self.name("dlq")
+
+    @property
+    def checkpoints(self) -> str:
+        """Signed checkpoints of the chain heads the workers wrote (with ``FLOW8_AUDIT_SIGNING_KEY``)."""
+        return self.name("checkpoints")
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.commands, self.completions, self.tasks, self.events, self.play_results, self.dlq, self.checkpoints)
+
+    @property
+    def kept_forever(self) -> frozenset[str]:
+        """What audits read: never deleted by retention."""
+        return frozenset({self.events, self.checkpoints})
 
 
 class Settings(BaseSettings):
@@ -272,7 +296,7 @@ class Settings(BaseSettings):
     audit_signing_key: Path | None = Field(
         default=None,
         description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "
-        "signs checkpoints of the chain heads it writes with it.",
+        "and each streams worker sign checkpoints of the chain heads they write with it.",
     )
     audit_checkpoint_seconds: float = Field(
         default=60,

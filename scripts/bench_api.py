@@ -9,7 +9,8 @@ Phases, each with ``--clients`` concurrent clients (httpx, one connection each):
   start    ``--plays`` plays of the 4-flowlet diamond of ``flow8 bench``, each started (POST /v1/plays) and awaited
            (GET /v1/plays/{id}/wait): starts/s, and the start-to-result latency per play;
   get      ``--gets`` GETs of one finished play, with ``Accept-Encoding: gzip`` and without:
-           requests/s, p50/p95/p99 and the bytes of one response.
+           requests/s, p50/p95/p99, the bytes of one response and (for a server of its own) the
+           server's CPU per request, a figure the machine's other load does not move much.
 It prints one line per phase (``--json``: one JSON object). Numbers, not assertions: compare runs.
 """
 
@@ -70,7 +71,18 @@ async def drive(
     return latencies, time.perf_counter() - began
 
 
-async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> list[dict[str, Any]]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` (0 when not known or not on Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench(
+    url: str, key: str, plays: int, gets: int, concurrency: int, server_pid: int | None = None
+) -> list[dict[str, Any]]:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
 
@@ -96,9 +108,9 @@ async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> 
             ids.append(play_id)
 
         latencies, seconds = await drive(clients, plays, start_and_wait)
-        results.append(summary("start+result", latencies, seconds, plays_per_second=round(plays / seconds, 1)))
+        results.append(summary("start+result", latencies, seconds))
         path = f"/v1/plays/{ids[0]}"
-        for encoding in ("gzip", "identity"):
+        for encoding in ("identity", "gzip", "identity", "gzip"):  # alternated: a machine's load drifts
             readers = make(encoding)
             try:
                 first: dict[str, int] = {}
@@ -111,7 +123,9 @@ async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> 
                             first["bytes"] = len(body)
                             first["gzipped"] = int(response.headers.get("content-encoding") == "gzip")
 
+                cpu = cpu_seconds(server_pid)
                 latencies, seconds = await drive(readers, gets, get)
+                cpu_ms = round((cpu_seconds(server_pid) - cpu) * 1000 / gets, 3) if server_pid else None
                 results.append(
                     summary(
                         f"get play ({encoding})",
@@ -119,6 +133,7 @@ async def bench(url: str, key: str, plays: int, gets: int, concurrency: int) -> 
                         seconds,
                         bytes=first["bytes"],
                         gzipped=bool(first["gzipped"]),
+                        server_cpu_ms=cpu_ms,
                     )
                 )
             finally:
@@ -135,7 +150,7 @@ def own_server(cwd: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.streams:
         key = make_key("--db", cwd / "bench.db", company="bench", cwd=cwd, env=env)
         with serving("--db", cwd / "bench.db", cwd=cwd, env=env) as server:
-            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients, server.proc.pid))
     from tests.conformance.streams_harness import WorkerGroup  # the launcher's, with discard()
 
     group = WorkerGroup(os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["MONGODB_URI"], cwd / "workers")
@@ -147,7 +162,7 @@ def own_server(cwd: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         }
         key = make_key("--mongodb", company="bench", cwd=cwd, env=env)
         with serving("--streams", cwd=cwd, env=env) as server:
-            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients))
+            return asyncio.run(bench(server.url, key, args.plays, args.gets, args.clients, server.proc.pid))
     finally:
         group.stop()
         asyncio.run(group.discard())

@@ -54,7 +54,6 @@ STREAMS_ONLY = {
     "flow8_streams.runtimes.streams.table",
     "flow8_streams.runtimes.streams.timers",
     "flow8_streams.runtimes.streams.web",
-    "flow8_streams.runtimes.streams.worker",
 }
 # Each command that needs the stack: its arguments, the environment it needs it in, how the refusal names it.
 READING_MONGODB = "reading the streams runtime's MongoDB ($MONGODB_URI is set, --db is not)"

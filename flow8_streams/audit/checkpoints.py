@@ -130,21 +130,82 @@ class SignedCheckpoint:
         return orjson.dumps({"checkpoint": self.body, "signature": self.signature}) + b"\n"
 
 
+def body_hash(body: dict[str, Any]) -> str:
+    """What the next checkpoint of the company names as ``previous``."""
+    return hashlib.sha256(jcs(body)).hexdigest()
+
+
+class Signer:
+    """Signs checkpoints with the writer's key: ``schemas/hashing.md``'s format, each linked to the
+    company's checkpoint before it by ``number`` and ``previous``."""
+
+    def __init__(self, key: Ed25519PrivateKey, writer: str) -> None:
+        self._key = key
+        self.key_id = key_id(key.public_key())
+        self.writer = writer
+
+    def sign(
+        self, company: str, heads: list[dict[str, Any]], now: datetime, before: dict[str, Any] | None
+    ) -> SignedCheckpoint:
+        """The checkpoint after ``before`` (the company's last one's body, None for its first)."""
+        body = {
+            "format": FORMAT,
+            "version": VERSION,
+            "company_id": company,
+            "number": 1 if before is None else int(before["number"]) + 1,
+            "at": now.isoformat().replace("+00:00", "Z"),
+            "writer": self.writer,
+            "key_id": self.key_id,
+            "previous": None if before is None else body_hash(before),
+            "heads": heads,
+        }
+        return SignedCheckpoint(body, base64.b64encode(self._key.sign(jcs(body))).decode())
+
+
+class Heads:
+    """The chain head of each play written since the last checkpoint, by company."""
+
+    def __init__(self) -> None:
+        self._heads: dict[str, tuple[str, int, str]] = {}  # play_id -> (company, last_seq, head_hash)
+
+    def note(self, play_id: str, company: str, seq: int, head: str) -> None:
+        known = self._heads.get(play_id)
+        if known is None or seq > known[1]:
+            self._heads[play_id] = (company, seq, head)
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def by_company(self) -> dict[str, list[dict[str, Any]]]:
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for play_id, (company, seq, head) in sorted(self._heads.items()):
+            grouped.setdefault(company, []).append(
+                {"play_id": play_id, "company_id": company, "last_seq": seq, "head_hash": head}
+            )
+        return grouped
+
+    def forget(self, signed: dict[str, list[dict[str, Any]]]) -> None:
+        """Drop the heads just signed, unless a later one was noted meanwhile."""
+        for heads in signed.values():
+            for h in heads:
+                known = self._heads.get(h["play_id"])
+                if known is not None and known[1] == h["last_seq"]:
+                    del self._heads[h["play_id"]]
+
+
 class Checkpointer:
     """Signs the chain heads a db's writer notes, per company, into the db and a JSONL file."""
 
     def __init__(self, db: Any, key: Ed25519PrivateKey, *, writer: str, jsonl: Path) -> None:
         self._db = db  # a sqlite3.Connection in autocommit mode (SqliteStore.db)
-        self._key = key
-        self._key_id = key_id(key.public_key())
-        self._writer = writer
+        self._signer = Signer(key, writer)
         self._jsonl = jsonl
-        self._heads: dict[str, tuple[str, int, str]] = {}  # play_id -> (company, last_seq, head_hash)
+        self._heads = Heads()
         self._db.execute(TABLE)
 
     def note(self, states: Iterable[PlayState]) -> None:
         for s in states:
-            self._heads[s.play_id] = (s.company_id, s.seq, s.last_hash)
+            self._heads.note(s.play_id, s.company_id, s.seq, s.last_hash)
 
     @property
     def pending(self) -> int:
@@ -161,38 +222,22 @@ class Checkpointer:
             raise StoreUnavailable(f"writing a signed checkpoint to {self._jsonl} and its db: {exc}") from exc
 
     def _flush(self, now: datetime) -> list[SignedCheckpoint]:
-        by_company: dict[str, list[dict[str, Any]]] = {}
-        for play_id, (company, seq, head) in sorted(self._heads.items()):
-            by_company.setdefault(company, []).append(
-                {"play_id": play_id, "company_id": company, "last_seq": seq, "head_hash": head}
-            )
+        grouped = self._heads.by_company()
         written: list[SignedCheckpoint] = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for company, heads in by_company.items():
+            for company, heads in grouped.items():
                 row = self._db.execute(
-                    "SELECT number, body FROM audit_checkpoints WHERE company_id = ? ORDER BY number DESC LIMIT 1",
+                    "SELECT body FROM audit_checkpoints WHERE company_id = ? ORDER BY number DESC LIMIT 1",
                     (company,),
                 ).fetchone()
-                number = 1 if row is None else row[0] + 1
-                previous = None if row is None else hashlib.sha256(jcs(orjson.loads(row[1]))).hexdigest()
-                body = {
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "company_id": company,
-                    "number": number,
-                    "at": now.isoformat().replace("+00:00", "Z"),
-                    "writer": self._writer,
-                    "key_id": self._key_id,
-                    "previous": previous,
-                    "heads": heads,
-                }
-                signature = base64.b64encode(self._key.sign(jcs(body))).decode()
+                signed = self._signer.sign(company, heads, now, None if row is None else orjson.loads(row[0]))
+                body = signed.body
                 self._db.execute(
                     "INSERT INTO audit_checkpoints (company_id, number, at, body, signature) VALUES (?,?,?,?,?)",
-                    (company, number, body["at"], orjson.dumps(body), signature),
+                    (company, body["number"], body["at"], orjson.dumps(body), signed.signature),
                 )
-                written.append(SignedCheckpoint(body, signature))
+                written.append(signed)
             fd = os.open(self._jsonl, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "ab") as f:
                 f.write(b"".join(c.line() for c in written))
@@ -202,7 +247,7 @@ class Checkpointer:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        self._heads.clear()
+        self._heads.forget(grouped)
         return written
 
 
@@ -310,7 +355,7 @@ def check(checkpoints: Iterable[SignedCheckpoint | Finding], public: Ed25519Publ
             findings.append(
                 Finding(CHECKPOINT_FORGED, f"checkpoint {number} of {owner!r} does not follow checkpoint {before[0]}")
             )
-        previous[owner] = (number, hashlib.sha256(jcs(c)).hexdigest())
+        previous[owner] = (number, body_hash(c))
         source = f"checkpoint {number} of {owner} ({c.get('at')})"
         for head in c.get("heads", []):
             play_id = head["play_id"]

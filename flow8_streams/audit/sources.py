@@ -22,11 +22,13 @@ from pydantic import ValidationError
 
 from flow8_streams.audit import checkpoints as cp
 from flow8_streams.audit.verify import PROJECTION, Finding, PlayHistory
+from flow8_streams.domain.events import EVENT_TYPES
 from flow8_streams.domain.state import PlayState
 from flow8_streams.errors import InvalidInput, NotFound, StoreUnavailable
 from flow8_streams.stores.ports import Stores
 
 UNDECODABLE = "undecodable"
+UNKNOWN_TYPE = "unknown_type"  # an event type this version does not know (from a newer one?): skipped
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # an event or archive line larger than this is refused, not parsed
 READ_CHUNK = 1024 * 1024  # what an archive is read (and decompressed) by: memory stays bounded
 MAX_PLAYS_LISTED = 10_000_000  # what a StoreSource asks the projection for at most
@@ -139,6 +141,9 @@ class SqliteSource:
                     doc = _decode(body)
                     if isinstance(doc, str):
                         history.problems.append(Finding(UNDECODABLE, f"event row ({play_id!r}, {seq}): {doc}", seq))
+                    elif doc.get("type") not in EVENT_TYPES:
+                        what = f"event row ({play_id!r}, {seq}): event type {doc.get('type')!r} is unknown"
+                        history.problems.append(Finding(UNKNOWN_TYPE, what, seq))
                     else:
                         history.documents.append(doc)
                 self._project(history, projections.pop(play_id, None))
@@ -277,6 +282,10 @@ class ArchiveSource:
             if not isinstance(doc, dict) or not isinstance(doc.get("play_id"), str):
                 what = "a checkpoint after the events" if "checkpoint" in record else "not an event"
                 self.problems.append(Finding(UNDECODABLE, f"{self.path}:{n}: {what}: skipped"))
+                continue
+            if doc.get("type") not in EVENT_TYPES:
+                what = f"event type {doc.get('type')!r} is unknown to this version"
+                self.problems.append(Finding(UNKNOWN_TYPE, f"{self.path}:{n}: {what}: skipped", doc.get("seq")))
                 continue
             play_id = doc["play_id"]
             if current is None or current.play_id != play_id:

@@ -46,11 +46,15 @@ class Finding:
     detail: str
     seq: int | None = None
     field: str | None = None
+    partition: int | None = None  # where a bad record of a Kafka topic is
+    offset: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "seq": self.seq, "detail": self.detail}
         if self.field is not None:
             out["field"] = self.field
+        if self.partition is not None:
+            out["partition"], out["offset"] = self.partition, self.offset
         return out
 
 
@@ -310,6 +314,7 @@ class Summary:
     by_kind: Counter[str] = field(default_factory=Counter)
     checkpoints: int = 0
     findings: list[Finding] = field(default_factory=list)  # not of one play: checkpoints, absent plays
+    skipped: Counter[str] = field(default_factory=Counter)  # left out, not findings: why -> how many
 
     def add(self, verdict: Verdict) -> None:
         self.plays += 1
@@ -341,5 +346,6 @@ class Summary:
             "checkpoints": self.checkpoints,
             "findings_by_kind": dict(sorted(self.by_kind.items())),
             "findings": [f.as_json() for f in self.findings],
+            "skipped": dict(sorted(self.skipped.items())),
             "verdict": "ok" if self.clean else "findings",
         }

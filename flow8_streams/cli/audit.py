@@ -15,10 +15,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.text import Text
 
 from flow8_streams.audit import checkpoints as cp
+from flow8_streams.audit.kafka import Range
 from flow8_streams.audit.report import Report
 from flow8_streams.audit.run import Audit, export
 from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Summary, Verdict
+from flow8_streams.cli.audit_sources import (
+    FromOffsetOpt,
+    KafkaOpt,
+    PartitionOpt,
+    ToOffsetOpt,
+    audit_opened,
+    kafka_range,
+    live_stores,
+    one_source,
+    open_source,
+)
 from flow8_streams.cli.common import dumps, err, out, run_async
 from flow8_streams.cli.options import id_option, name_option
 from flow8_streams.domain.state import PlayStatus
@@ -75,9 +87,7 @@ def _filter(
     return Filter(company, play, flow, status, _time(since, "--since"), _time(until, "--until"))
 
 
-def _one_source(db: Path | None, mongodb: bool, archive: Path | None) -> None:
-    if sum((db is not None, mongodb, archive is not None)) != 1:
-        raise InvalidInput("give one source: --db FILE, --mongodb ($MONGODB_URI) or --archive FILE")
+_one_source = one_source
 
 
 @audit_app.command()
@@ -104,6 +114,10 @@ def verify_cmd(
     db: DbSourceOpt = None,
     mongodb: MongoOpt = False,
     archive: Annotated[Path | None, typer.Option("--archive", help="Audit a flow8 audit export file.")] = None,
+    kafka: KafkaOpt = False,
+    partition: PartitionOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
     company: CompanyOpt = None,
     all_companies: AllCompaniesOpt = False,
     play: PlayOpt = None,
@@ -127,13 +141,16 @@ def verify_cmd(
     """Verify each play: its hash chain (the first bad seq named: altered, reordered, missing,
     duplicated), that a finished play ends in its terminal event, its projection, and with
     --public-key the signed checkpoints. Exit 0 clean, 1 findings, 2 bad input."""
-    _one_source(db, mongodb, archive)
+    _one_source(db, mongodb, archive, kafka)
     flt = _filter(company, all_companies, play, flow, status, since, until)
+    only = kafka_range(kafka, partition, from_offset, to_offset)
     key = cp.load_public_key(public_key) if public_key is not None else None
     if require_anchor and key is None:
         raise InvalidInput("--require-anchor needs --public-key FILE")
     report = _Report(json_out)
-    if db is not None:
+    if kafka:
+        summary = run_async(_verify_kafka(flt, only, key, require_anchor, checkpoints, report))
+    elif db is not None:
         source = SqliteSource(db, checkpoints=checkpoints)
         try:
             audit = Audit(flt, source.checkpoints(), public_key=key, require_anchor=require_anchor)
@@ -173,6 +190,31 @@ async def _verify_mongodb(
     return audit.finish()
 
 
+async def _verify_kafka(
+    flt: Filter,
+    only: Range | None,
+    key: Ed25519PublicKey | None,
+    require_anchor: bool,
+    checkpoints: Path | None,
+    report: _Report,
+) -> Summary:
+    async with (
+        open_source(
+            flt,
+            db=None,
+            mongodb=False,
+            archive=None,
+            kafka=True,
+            partition=only,
+            since=flt.since,
+            checkpoints=checkpoints,
+        ) as opened,
+        live_stores(opened) as live,
+    ):
+        audit = Audit(flt, opened.checkpoints, public_key=key, require_anchor=require_anchor)
+        return await audit_opened(opened, audit, report.play, live)
+
+
 class _Report:
     """Verdicts as they come: a line per play with findings (every play with --json), then the summary."""
 
@@ -208,6 +250,8 @@ class _Report:
             f"{summary.plays} plays, {summary.events} events: {summary.ok} ok, {summary.with_findings} with findings"
             f"{f' ({kinds})' if kinds else ''}; {summary.unanchored} unanchored; {summary.checkpoints} checkpoints"
         )
+        if summary.skipped:
+            line += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(summary.skipped.items()))
         mark = "[green]✔[/]" if summary.clean else "[red]✘[/]"
         err.print(f"{mark} {line}", soft_wrap=True)
 

@@ -7,7 +7,8 @@ its key's company before a route reads anything, and every error mapped to one s
 | 403 | a member's key on an admin's resource (``/v1/keys``) |
 | 404 | no such play, flow or key in the key's company (another company's is a 404 too, never a 403) |
 | 408 | a wait whose timeout passed first |
-| 409 | a play id another play holds; a flow version stored with another definition; a finished play cancelled |
+| 409 | a play another flow8 process drives (``flow8 run``) or a play id another play holds; a flow
+  version stored with another definition; a finished play cancelled |
 | 413 | a body over ``limits.max_message_bytes``, or a field over its own limit (the field named) |
 | 422 | a field or parameter of the wrong shape (FastAPI's ``detail`` list: each ``loc`` names it) |
 | 429 | a key over ``http.rate_limit_per_second`` (when set; per instance), with ``Retry-After`` |
@@ -31,7 +32,7 @@ from flow8_streams import __version__
 from flow8_streams.domain.bounded import TooLarge
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
-from flow8_streams.http.backends import Backend
+from flow8_streams.http.backends import Backend, PlayBusy
 from flow8_streams.http.common import Json, RateLimit
 from flow8_streams.http.keys import Unauthenticated
 from flow8_streams.metrics import Metrics
@@ -106,6 +107,7 @@ async def _no_body() -> Message:  # pragma: no cover - a response never reads
 STATUSES: tuple[tuple[type[Flow8Error], int], ...] = (
     (Unauthenticated, 401),
     (NotFound, 404),
+    (PlayBusy, 409),
     (LimitExceeded, 413),
     (TooLarge, 413),
     (InvalidInput, 422),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +22,7 @@ from flow8_streams.domain.events import Event
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.state import PlayState
+from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import Stores
 
@@ -32,7 +33,15 @@ if TYPE_CHECKING:
     from flow8_streams.stores.mongo import MongoStore
 
 log = logging.getLogger("flow8.http")
-STREAMS_POLL_SECONDS = (0.05, 0.5)  # a streams wait reads the projection this often, backing off to the second
+TERMINAL = frozenset({"PlayCompleted", "PlayFailed", "PlayCancelled"})
+START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
+STREAMS_POLL_SECONDS = (0.02, 0.2)  # a streams wait reads the projection this often, backing off to the second
+
+
+class PlayBusy(Flow8Error):
+    """Another flow8 process drives the play (``flow8 run``, ``plays resume``...): HTTP 409."""
+
+    reason = "play_busy"
 
 
 class Backend(Protocol):
@@ -57,14 +66,21 @@ class Backend(Protocol):
 
 
 class EmbeddedBackend:
+    """Plays of one SQLite file, driven in this process. Like ``flow8 run``, it holds each play's
+    ``play_lock`` while it drives it (from its start, or its resume, to its end), so no other
+    flow8 process writes that play's events meanwhile; one it cannot lock is refused (409)."""
+
     name = "embedded"
     events_elsewhere: str | None = None
 
-    def __init__(self, runtime: LocalRuntime) -> None:
+    def __init__(self, runtime: LocalRuntime, db: Path) -> None:
         self.runtime = runtime
+        self.db = db
         self.stores: Stores = runtime.store
         self.registry = runtime.registry
         self.limits = runtime.limits
+        self._locks: dict[str, contextlib.ExitStack] = {}
+        runtime.subscribe(self._release_ended)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -72,25 +88,78 @@ class EmbeddedBackend:
         from flow8_streams.runtimes.local import LocalRuntime
 
         async with LocalRuntime.open(db, modules=modules, settings=settings) as runtime:
-            resumed = await runtime.resume_unfinished()
-            if resumed:
-                log.info("resumed %d unfinished plays of %s", len(resumed), db)
-            yield cls(runtime)
+            backend = cls(runtime, db)
+            try:
+                for _, play_id in runtime.store.plays.unfinished():
+                    backend._hold(play_id)  # another process drives it: refused before anything runs
+                resumed = await runtime.resume_unfinished()
+                if resumed:
+                    log.info("resumed %d unfinished plays of %s", len(resumed), db)
+                yield backend
+            finally:
+                for stack in backend._locks.values():
+                    stack.close()
+
+    def _hold(self, play_id: str) -> None:
+        """Take ``play_id``'s lock unless held; ``PlayBusy`` if another process holds it."""
+        from flow8_streams.runtimes.local import play_lock
+
+        if play_id in self._locks:
+            return
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(play_lock(self.db, play_id))
+        except Flow8Error as exc:
+            raise PlayBusy(str(exc)) from None
+        self._locks[play_id] = stack
+
+    def _release(self, play_id: str) -> None:
+        stack = self._locks.pop(play_id, None)
+        if stack is not None:
+            stack.close()
+
+    def _release_ended(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if event.type in TERMINAL:
+                self._release(event.play_id)
 
     async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
-        await self.runtime.start(flow, input, company_id=company_id, play_id=play_id)
+        """Returns once the play is recorded, so that its Location answers at once."""
+        changed, unsubscribe = self._watch(play_id)
+        self._hold(play_id)
+        try:
+            await self.runtime.start(flow, input, company_id=company_id, play_id=play_id)
+            async with asyncio.timeout(START_SECONDS):
+                while True:
+                    changed.clear()
+                    if await self.stores.plays.get(None, play_id) is not None:
+                        return
+                    await changed.wait()
+        except BaseException as exc:
+            if await self.stores.plays.get(None, play_id) is None:
+                self._release(play_id)  # refused before it was recorded: nothing of it to drive
+            if isinstance(exc, TimeoutError):
+                raise Flow8Error(f"play {play_id} was not recorded within {START_SECONDS:g}s (see the log)") from None
+            raise
+        finally:
+            unsubscribe()
 
     async def cancel(self, company_id: str, play_id: str) -> None:
+        self._hold(play_id)
         await self.runtime.cancel(play_id, company_id, reason="cancelled over the HTTP API")
 
-    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+    def _watch(self, play_id: str) -> tuple[asyncio.Event, Callable[[], None]]:
+        """An event set by each committed batch holding an event of ``play_id``, and its unsubscribe."""
         changed = asyncio.Event()
 
         def listener(events: Sequence[Event]) -> None:
             if any(e.play_id == play_id for e in events):
                 changed.set()
 
-        unsubscribe = self.runtime.subscribe(listener)
+        return changed, self.runtime.subscribe(listener)
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+        changed, unsubscribe = self._watch(play_id)
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):

@@ -65,12 +65,15 @@ class BoundedRoute(APIRoute):
         return bounded
 
 
-def backend_of(request: Request) -> Backend:
+# dependencies are coroutines: FastAPI runs a plain function in a worker thread, per request
+
+
+async def backend_of(request: Request) -> Backend:
     backend: Backend = request.app.state.backend
     return backend
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -101,7 +104,8 @@ class RateLimit:
 
 async def caller(request: Request, _: Annotated[Any, Depends(_bearer)]) -> ApiKey:
     """The key the request's ``Authorization: Bearer KEY`` proves; the company is the key's."""
-    key = await authenticate(backend_of(request).stores.keys, request.headers.get("authorization"))
+    backend: Backend = request.app.state.backend
+    key = await authenticate(backend.stores.keys, request.headers.get("authorization"))
     limit: RateLimit | None = request.app.state.rate_limit
     if limit is not None and (wait := limit.take(key.key_id)) is not None:
         raise HTTPException(

@@ -84,6 +84,7 @@ def test_a_play_started_over_http_runs_and_reads_back_as_flow8_shows_it(api: Api
         assert accepted.status_code == 202, accepted.text
         play_id = accepted.json()["play_id"]
         assert accepted.headers["location"] == f"/v1/plays/{play_id}"
+        assert client.get(accepted.headers["location"]).status_code == 200  # recorded before the 202
         assert accepted.json() == {
             "play_id": play_id, "company_id": "acme", "flow": name, "flow_version": 1, "status": "running",
         }  # fmt: skip

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,9 @@ from flow8_streams.domain.events import GENESIS_HASH, chain_hash, event_adapter
 from flow8_streams.engine import fold
 from flow8_streams.settings import Settings
 from tests.flow8_cli import Result, run
+
+if TYPE_CHECKING:
+    from tests.conformance.streams_harness import WorkerGroup
 
 DIAMOND = FlowDefinition.model_validate(
     {
@@ -145,3 +148,22 @@ def refold(db: Path, play_id: str) -> None:
             (state.status.value, state.seq, state.model_dump_json(), play_id),
         )
     conn.close()
+
+
+def kafka_env(group: WorkerGroup) -> dict[str, str]:
+    """The group's topics, and its MongoDB: the projection each play is compared with."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": group.settings.kafka_bootstrap_servers,
+        "FLOW8_TOPICS__PREFIX": group.name,
+        "MONGODB_URI": group.settings.mongodb_uri,
+        "MONGODB_DATABASE": group.name,
+    }
+
+
+def audit(group: WorkerGroup, cwd: Path, *args: str) -> tuple[Result, dict[str, Any], dict[str, Any]]:
+    """``flow8 audit verify --kafka --json ARGS`` on the group's topics: the result, verdicts by play, summary."""
+    result = flow8("audit", "verify", "--kafka", "--json", *args, cwd=cwd, **kafka_env(group))
+    assert result.code in (0, 1), result
+    lines = result.json_lines()
+    assert lines[-1]["summary"] is True, result
+    return result, {v["play_id"]: v for v in lines[:-1]}, lines[-1]

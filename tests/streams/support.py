@@ -34,6 +34,10 @@ def running_group(workdir: Path, count: int = 1, **options: Any) -> Iterator[Wor
     mongodb_uri = require_service("MONGODB_URI")
     # FLOW8_TEST_WORKER_LOG_LEVEL=info makes the workers' logs (in ``workdir``) tell more when a test fails
     log_level = os.environ.get("FLOW8_TEST_WORKER_LOG_LEVEL", "warning")
+    # FLOW8_TEST_TRANSACTIONS=worker runs them with one transaction per worker (FLOW8_TRANSACTIONS)
+    mode = os.environ.get("FLOW8_TEST_TRANSACTIONS")
+    if mode:
+        options["extra_env"] = {"FLOW8_TRANSACTIONS": mode, **options.get("extra_env", {})}
     group = WorkerGroup(kafka, mongodb_uri, workdir, count=count, log_level=log_level, **options)
     try:
         asyncio.run(group.start())

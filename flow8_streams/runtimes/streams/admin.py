@@ -19,8 +19,8 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     t = settings.topics
     keep_forever = {"retention.ms": "-1"}
     return [
-        NewTopic(name, t.partitions, t.replication_factor, topic_configs=keep_forever if name == t.events else {})
-        for name in (t.commands, t.completions, t.tasks, t.events, t.play_results, t.dlq)
+        NewTopic(name, t.partitions, t.replication_factor, topic_configs=keep_forever if name in t.kept_forever else {})
+        for name in t.all
     ]
 
 

@@ -28,6 +28,7 @@ from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.runtimes.streams.channels import ChannelExecutor, DirectProducer, watch_for
+from flow8_streams.runtimes.streams.checkpoints import StreamCheckpoints
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.executor import Executor, TaskRunner
@@ -69,7 +70,7 @@ class Flow8App:
         threads = ModuleThreads(s.module_threads, on_stuck=metrics.module_threads_stuck.set)
         runner = TaskRunner(registry, store.kv, threads, metrics, utcnow)
         on_start: tuple[Hook, ...] = (direct.start,)
-        on_stop: tuple[Hook, ...] = (direct.stop, runner.close)
+        on_stop: tuple[Hook, ...] = (self._last_checkpoint, direct.stop, runner.close)
         # channels: the executor runs long flowlets on the pool, the orchestrator watches them
         channel_executor = channel_watch = None
         if channels is not None:
@@ -79,7 +80,7 @@ class Flow8App:
             )
             channel_watch = watch_for(registry, heartbeat_timeout)
             on_start = (direct.start, channel_executor.start)
-            on_stop = (channel_executor.close, direct.stop, runner.close)
+            on_stop = (self._last_checkpoint, channel_executor.close, direct.stop, runner.close)
 
         transaction = WorkerTransaction(
             transactional_id=f"{s.group_id}-{s.worker_id}",
@@ -139,7 +140,13 @@ class Flow8App:
             store.flows,
             store.plays.owner,
             PlayIdClaims(store.plays.claim, s.limits),
-            Outputs(events=topic(t.events), tasks=topic(t.tasks), results=topic(t.play_results), plays=plays),
+            Outputs(
+                events=topic(t.events),
+                tasks=topic(t.tasks),
+                results=topic(t.play_results),
+                checkpoints=topic(t.checkpoints),
+                plays=plays,
+            ),
             wiring,
             metrics,
             dead_letters,
@@ -148,7 +155,10 @@ class Flow8App:
             generation=lambda: app.consumer_generation_id,
             channel_executor=channel_executor,
             channel_watch=channel_watch,
+            checkpoints=stream_checkpoints(s),
         )
+        if self.orchestrator.checkpoints is not None:
+            app.timer(s.audit_checkpoint_seconds, name="flow8-checkpoints")(self.orchestrator.checkpoint)
         self.executor = Executor(runner, topic(t.completions), dead_letters, s.limits, channel_executor)
         self.projector = Projector(s, store.plays, metrics, dead_letters)
         self.timers = Timers(
@@ -175,7 +185,15 @@ class Flow8App:
         self.timers.register()
         self.web.register()
 
-    @property
-    def topic_names(self) -> list[str]:
-        t = self.settings.topics
-        return [t.commands, t.completions, t.tasks, t.events, t.play_results, t.dlq]
+    async def _last_checkpoint(self) -> None:
+        """At a graceful stop, the heads noted since the last checkpoint are signed."""
+        await self.orchestrator.checkpoint()
+
+
+def stream_checkpoints(settings: Settings) -> StreamCheckpoints | None:
+    """The signer of the worker's checkpoints, when the settings name a signing key."""
+    if settings.audit_signing_key is None:
+        return None
+    from flow8_streams.audit.checkpoints import Signer, load_private_key
+
+    return StreamCheckpoints(Signer(load_private_key(settings.audit_signing_key), settings.worker_id))

@@ -41,6 +41,7 @@ from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams import codec
 from flow8_streams.runtimes.streams.channels import ChannelExecutor, ChannelWatch
+from flow8_streams.runtimes.streams.checkpoints import StreamCheckpoints, last_body, table_entry, table_key
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.kafka.faust_app import changelog_sent
@@ -79,7 +80,8 @@ class Outputs:
     events: Any
     tasks: Any
     results: Any
-    plays: Any  # faust.Table of play id -> Slot
+    checkpoints: Any
+    plays: Any  # faust.Table of play id -> Slot (and company -> its last signed checkpoint)
 
 
 class Orchestrator:
@@ -100,6 +102,7 @@ class Orchestrator:
         generation: Callable[[], int],
         channel_executor: ChannelExecutor | None,
         channel_watch: ChannelWatch | None,
+        checkpoints: StreamCheckpoints | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -116,6 +119,7 @@ class Orchestrator:
         self.generation = generation  # the consumer group generation now
         self.channel_executor = channel_executor
         self.channel_watch = channel_watch
+        self.checkpoints = checkpoints  # signs the heads published, with FLOW8_AUDIT_SIGNING_KEY
         self._waiting: Any = None  # the agent's queue of inputs (see _commands_waiting)
         wiring.transaction.restore = self.restore
 
@@ -227,8 +231,33 @@ class Orchestrator:
                 return
             await self._publish(d)
 
+    async def checkpoint(self) -> None:
+        """Sign, per company, the heads published since its last checkpoint, each partition's in
+        that partition's transaction (see ``checkpoints``)."""
+        cps = self.checkpoints
+        if cps is None:
+            return
+        generation = self.generation()
+        for partition in cps.partitions(generation):
+            wiring = self.wiring
+            gate = wiring.transaction.gate if wiring.per_worker else wiring.partition_gates[partition]
+            async with gate:
+                if not of_this_generation(generation, self.generation()):
+                    return  # a rebalance while waiting for the gate: the next round looks again
+                grouped = cps.due(partition)
+                for company, heads in grouped.items():
+                    key = table_key(company)
+                    raw = self.plays.get(key)
+                    signed = cps.sign(company, heads, None if raw is None else last_body(Slot.unpack(raw)[1]))
+                    await self._store(key, Slot.pack(partition, table_entry(signed)), partition)
+                    await self.out.checkpoints.send(key=company.encode(), value=signed.line(), partition=partition)
+                    self.metrics.checkpoints.inc()
+                cps.signed(partition, grouped)
+
     def restore(self, entries: Mapping[str, bytes | None]) -> None:
         """Put table entries back as they were before an aborted transaction wrote them."""
+        if self.checkpoints is not None:
+            self.checkpoints.forget()
         data: Any = self.plays.data  # the table's store
         for play_id, before in entries.items():
             if before is None:
@@ -278,6 +307,8 @@ class Orchestrator:
             self.metrics.events.labels(event.type).inc()
             if isinstance(event, ev.PlayStarted):
                 self.metrics.plays_started.inc()
+        if self.checkpoints is not None:
+            self.checkpoints.note(partition, d.events, self.generation())
         for task in d.remote:
             await out.tasks.send(key=key, value=codec.encode(Task.scheduled(task)), partition=partition)
         if after.finished:

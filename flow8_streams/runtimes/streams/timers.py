@@ -15,6 +15,7 @@ from flow8_streams.engine import in_flight, next_wakeup
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams.channels import ChannelWatch, DirectProducer, runs_on_channel
+from flow8_streams.runtimes.streams.checkpoints import is_checkpoint_key
 from flow8_streams.runtimes.streams.kafka.faust_app import FaustApp
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot
 
@@ -90,6 +91,8 @@ class Timers:
         found: Wakeups = {}
         owned: list[tuple[PlayState, int]] = []
         for play_id, raw in list(self.plays.items()):
+            if is_checkpoint_key(play_id):
+                continue
             partition, body = Slot.unpack(raw)
             if body.startswith(TOMBSTONE):
                 continue

@@ -1,0 +1,285 @@
+"""Audited histories from the ``flow8.events`` topic on Kafka.
+
+``KafkaSource`` reads the topic as a reader, never a member: no consumer group, no offset
+commit, ``read_committed`` (a transaction the runtime aborted is not history). It reads every
+partition from its beginning, from a time (``since``: offsets-for-times), or one partition's
+``[from_offset, to_offset)`` range, up to the end offsets as they were when it started, and
+groups the records into one ``PlayHistory`` per play in ``seq`` order.
+
+A record is hostile input: one that is not a JSON object of at most ``MAX_EVENT_BYTES``, or
+whose ``type`` this version does not know, is reported with its partition and offset and
+skipped (``problems``), never folded and never a crash; in one company's run only that
+company's records are read, and an undecodable one keyed by another company is not reported
+there. A record identical to one already read for the same play and ``seq`` is a redelivery
+and is read once; a different record at that ``seq`` is kept, so the verdict names it
+(``duplicated``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from flow8_streams.audit import checkpoints as cp
+from flow8_streams.audit.sources import UNDECODABLE, UNKNOWN_TYPE, Filter, _decode
+from flow8_streams.audit.verify import Finding, PlayHistory
+from flow8_streams.domain.events import EVENT_TYPES
+from flow8_streams.errors import InvalidInput, StoreUnavailable
+from flow8_streams.redact import redact_uri, scrub
+from flow8_streams.settings import Settings
+
+FETCH_RECORDS = 10_000  # records asked for per fetch
+FETCH_TIMEOUT_MS = 1_000
+STALL_SECONDS = 60.0  # a read that gets no record and ends no partition for this long gives up
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """One partition's offsets ``[start, stop)``; ``stop`` None: to the end as of start."""
+
+    partition: int
+    start: int
+    stop: int | None = None
+
+
+@dataclass(slots=True)
+class _Record:
+    offset: int
+    partition: int
+    seq: int
+    doc: dict[str, object]
+
+
+class KafkaSource:
+    """The events topic named by ``settings`` (``topics.events``), read once."""
+
+    def __init__(self, settings: Settings, *, since: datetime | None = None, only: Range | None = None) -> None:
+        if since is not None and only is not None:
+            raise InvalidInput("give --since or a --partition range, not both")
+        self.settings = settings
+        self.topic = settings.topics.events
+        self.since = since
+        self.only = only
+        self.problems: list[Finding] = []  # records skipped: reported in the summary
+        self.skipped: Counter[str] = Counter()  # what was left out and why (not findings)
+        self.records = 0
+        self._company: str | None = None  # a company's run leaves other companies' records unread
+
+    async def _consumer(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka_client_options(),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id="flow8-audit",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        try:
+            await consumer.start()
+        except KafkaConnectionError as exc:
+            await consumer.stop()
+            from flow8_streams.runtimes.streams.admin import kafka_unavailable
+
+            raise await kafka_unavailable(self.settings, exc) from None
+        return consumer
+
+    async def _bounds(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, tuple[int, int]]:
+        """Each partition to read: where to start and the end offset as of now."""
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise InvalidInput(f"Kafka has no topic {self.topic} (check FLOW8_TOPICS__PREFIX)")
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if self.only is not None:
+            if self.only.partition not in partitions:
+                raise InvalidInput(
+                    f"--partition {self.only.partition}: {self.topic} has partitions 0 to {max(partitions)}"
+                )
+            tps = [TopicPartition(self.topic, self.only.partition)]
+        first = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        if self.only is not None:
+            tp = tps[0]
+            stop = end[tp] if self.only.stop is None else min(self.only.stop, end[tp])
+            return {tp: (max(self.only.start, first[tp]), stop)}
+        if self.since is None:
+            return {tp: (first[tp], end[tp]) for tp in tps}
+        at = await consumer.offsets_for_times({tp: int(self.since.timestamp() * 1000) for tp in tps})
+        return {tp: (found.offset if found is not None else end[tp], end[tp]) for tp, found in at.items()}
+
+    async def checkpoints(self) -> list[cp.SignedCheckpoint | Finding]:
+        """Every committed record of the checkpoints topic, the workers' signed chain heads
+        (none when the topic does not exist: no worker has signed)."""
+        topic = self.settings.topics.checkpoints
+        try:
+            consumer = await self._consumer()
+        except KafkaError as exc:
+            raise StoreUnavailable(f"Kafka: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}") from None
+        found: list[cp.SignedCheckpoint | Finding] = []
+        try:
+            await consumer._client.force_metadata_update()
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not tps:
+                return found
+            end = await consumer.end_offsets(tps)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            left = {tp for tp in tps if end[tp] > 0}
+            async with asyncio.timeout(STALL_SECONDS):
+                while left:
+                    fetched = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
+                    for tp, messages in fetched.items():
+                        found += [
+                            cp.parse_line(m.value or b"", f"{topic}[{tp.partition}]@{m.offset}")
+                            for m in messages
+                            if m.offset < end[tp]
+                        ]
+                    left = {tp for tp in left if await consumer.position(tp) < end[tp]}
+        except TimeoutError:
+            raise StoreUnavailable(f"Kafka, reading {topic}: no progress in {STALL_SECONDS:.0f} s") from None
+        except KafkaError as exc:
+            raise StoreUnavailable(
+                f"Kafka, reading {topic}: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}"
+            ) from None
+        finally:
+            await consumer.stop()
+        return found
+
+    async def _read(self) -> AsyncIterator[_Record]:
+        try:
+            consumer = await self._consumer()
+        except KafkaError as exc:
+            raise StoreUnavailable(f"Kafka: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}") from None
+        try:
+            bounds = {tp: b for tp, b in (await self._bounds(consumer)).items() if b[0] < b[1]}
+            consumer.assign(list(bounds))
+            for tp, (start, _) in bounds.items():
+                consumer.seek(tp, start)
+            positions = {tp: start for tp, (start, _) in bounds.items()}
+            progressed = time.monotonic()  # a record read or a position moved (past aborted records too)
+            while bounds:
+                fetched = await consumer.getmany(*bounds, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
+                for tp, messages in fetched.items():
+                    stop = bounds[tp][1] if tp in bounds else -1
+                    for m in messages:
+                        if m.offset >= stop:
+                            break
+                        self.records += 1
+                        record = self._record(tp.partition, m.offset, m.key, m.value)
+                        if record is not None:
+                            yield record
+                for tp in list(bounds):
+                    position = await consumer.position(tp)
+                    if position != positions[tp]:
+                        positions[tp], progressed = position, time.monotonic()
+                    if position >= bounds[tp][1]:
+                        del bounds[tp]
+                        consumer.pause(tp)
+                if bounds and time.monotonic() - progressed > STALL_SECONDS:
+                    raise self._stalled(bounds, positions)
+        except KafkaError as exc:
+            raise StoreUnavailable(
+                f"Kafka, reading {self.topic}: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}"
+            ) from None
+        finally:
+            await consumer.stop()
+
+    def _stalled(
+        self, bounds: dict[TopicPartition, tuple[int, int]], at: dict[TopicPartition, int]
+    ) -> StoreUnavailable:
+        where = ", ".join(f"partition {tp.partition} at offset {at[tp]} of {end}" for tp, (_, end) in bounds.items())
+        servers = redact_uri(self.settings.kafka_bootstrap_servers)
+        return StoreUnavailable(
+            f"Kafka at {servers} gave no record of {self.topic} for {STALL_SECONDS:g} s ({where}); "
+            "check that the brokers run and that their partitions have a leader"
+        )
+
+    def _where(self, partition: int, offset: int) -> str:
+        return f"{self.topic} partition {partition} offset {offset}"
+
+    def _record(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> _Record | None:
+        doc = _decode(value or b"")
+        if isinstance(doc, str):
+            if self._company is not None and key is not None and key != self._company.encode():
+                return None  # another company's (by its key), and nothing in it can be read as ours
+            self.problems.append(
+                Finding(
+                    UNDECODABLE, f"{self._where(partition, offset)}: {doc}: skipped", partition=partition, offset=offset
+                )
+            )
+            return None
+        if self._company is not None and doc.get("company_id") != self._company:
+            return None
+        kind, seq = doc.get("type"), doc.get("seq")
+        if kind not in EVENT_TYPES:
+            self.problems.append(
+                Finding(
+                    UNKNOWN_TYPE,
+                    f"{self._where(partition, offset)}: event type {kind!r} is unknown to this version: skipped",
+                    seq if type(seq) is int else None,
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+            return None
+        if type(seq) is not int or not isinstance(doc.get("play_id"), str):
+            self.problems.append(
+                Finding(
+                    UNDECODABLE,
+                    f"{self._where(partition, offset)}: no play_id or seq: skipped",
+                    partition=partition,
+                    offset=offset,
+                )
+            )
+            return None
+        return _Record(offset, partition, seq, doc)
+
+    async def histories(self, flt: Filter) -> AsyncIterator[PlayHistory]:
+        """Every play the read reaches that ``flt`` admits; a play whose first record read is not
+        its seq 1 began before the time or range read and is left out (``skipped``)."""
+        plays: dict[str, list[_Record]] = {}
+        self._company = flt.company
+        # every record is held until the plays are yielded: the collector would walk them all again
+        # and again (most of the time a run takes); they are trees of JSON values, with no cycle, so
+        # they are left out of collections (disabled while read, frozen while yielded)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            async for record in self._read():
+                play_id = str(record.doc["play_id"])
+                if flt.play is None or play_id == flt.play:
+                    plays.setdefault(play_id, []).append(record)
+            gc.freeze()
+        finally:
+            if collecting:
+                gc.enable()
+        try:
+            for history in self._grouped(plays):
+                if flt.admits(history):
+                    yield history
+        finally:
+            gc.unfreeze()
+
+    def _grouped(self, plays: dict[str, list[_Record]]) -> Iterator[PlayHistory]:
+        for play_id, records in plays.items():
+            records.sort(key=lambda r: r.seq)  # stable: log order within a seq
+            kept: list[_Record] = []
+            for r in records:
+                if kept and kept[-1].seq == r.seq and kept[-1].doc == r.doc:
+                    self.skipped["redelivered"] += 1
+                    continue
+                kept.append(r)
+            if (self.since is not None or self.only is not None) and kept[0].seq != 1:
+                self.skipped["begun before the read"] += 1
+                continue
+            yield PlayHistory(play_id, str(kept[0].doc.get("company_id")), [r.doc for r in kept])
