@@ -126,11 +126,18 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
             marked = tap.mark()  # from here, the victim's partitions are silent until a survivor takes them over
             assert len(done_before_kill) < PLAYS, "every play finished before the kill: nothing was in flight"
 
-            await tap.wait_until(
-                lambda: plays.keys() <= tap.terminal.keys(),
-                GUARD_S,
-                lambda: f"all {PLAYS} plays finished ({PLAYS - len(plays.keys() & tap.terminal.keys())} still running)",
-            )
+            def unfinished() -> str:
+                """Which plays still run, where, and how far their logs got: what a failure needs."""
+                running = sorted(plays.keys() - tap.terminal.keys())
+                shown = "; ".join(
+                    f"{p} (company {plays[p]}, partition {tap.partition.get(p)}, "
+                    f"{'victim' if tap.partition.get(p) in owned[victim] else 'survivor'}): "
+                    + ", ".join(f"{e.seq} {e.type}" for e in tap.history(p)[-4:])
+                    for p in running[:3]
+                )
+                return f"all {PLAYS} plays finished ({len(running)} still running: {shown})"
+
+            await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), GUARD_S, unfinished)
             await results.wait_for(set(plays), 60)
             last_result = time.monotonic()
             took = last_result - t0
