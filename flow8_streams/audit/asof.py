@@ -19,11 +19,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from flow8_streams.clock import parse_aware
 from flow8_streams.domain.events import Event
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
@@ -72,16 +73,6 @@ class KVAt:
         }
 
 
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
 def sqlite_kv_at(db: sqlite3.Connection, company: str, when: datetime, limit: int) -> tuple[list[KVAt], int]:
     """The company's keys (at most ``limit``, by key) at ``when`` from a flow8 SQLite db, and
     how many keys it holds in all."""
@@ -91,7 +82,7 @@ def sqlite_kv_at(db: sqlite3.Connection, company: str, when: datetime, limit: in
     )
     out: list[KVAt] = []
     for key, blob, version, updated in rows:
-        written = _parse_time(updated)
+        written = parse_aware(updated)
         if written is None:
             out.append(KVAt(company, key, UNKNOWN, version=version, note="its write time cannot be read"))
         elif written <= when:

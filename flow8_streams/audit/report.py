@@ -28,6 +28,7 @@ from flow8_streams.audit.run import Audit
 from flow8_streams.audit.timeline import Timeline, build
 from flow8_streams.audit.timeline_svg import clip, duration, element, legend, render
 from flow8_streams.audit.verify import Finding, PlayHistory, Summary, Verdict
+from flow8_streams.clock import parse_aware
 from flow8_streams.domain.events import event_adapter
 
 MAX_CHARTS = 500  # plays charted on one page
@@ -95,14 +96,7 @@ def _iso(when: datetime | None) -> str:
 
 
 def _at(doc: dict[str, object] | None) -> datetime | None:
-    value = doc.get("at") if doc else None
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return parse_aware(doc.get("at") if doc else None)
 
 
 class Report:

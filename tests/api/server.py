@@ -95,3 +95,13 @@ def make_key(*store: str | Path, company: str, role: str = "member", cwd: Path, 
     made = run("keys", "create", "--company", company, "--role", role, *store, cwd=cwd, env=env)
     assert made.code == 0, made.err
     return made.lines()[-1]
+
+
+@dataclass
+class Two:
+    """Two ``flow8 serve --streams`` instances over one Kafka and MongoDB, and a key of each company."""
+
+    a: Server
+    b: Server
+    acme: str
+    globex: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -14,17 +13,9 @@ from tests.conformance.streams_harness import WorkerGroup
 from tests.streams.support import running_group
 
 from .conftest import HELLO, SLOW
-from .server import Server, clean_env, make_key, serving
+from .server import Two, clean_env, make_key, serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
-
-
-@dataclass
-class Two:
-    a: Server
-    b: Server
-    acme: str
-    globex: str
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,15 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from flow8_streams.settings import Settings
 
 from .conftest import HELLO
-from .server import Server, clean_env, make_key, serving
+from .server import Two, clean_env, make_key, serving
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo]
-
-
-@dataclass
-class Two:
-    a: Server
-    b: Server
-    acme: str
-    globex: str
 
 
 @pytest.fixture(scope="module")
