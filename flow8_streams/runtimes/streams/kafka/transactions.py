@@ -25,7 +25,9 @@ the group's generation (``producer``). The rules it keeps:
 - a commit the group refuses (this member's generation is over, or it is rejoining) is
   aborted, never retried: the table entries the transaction wrote are put back as they
   were (``WorkerTransaction.undo``), and the inputs are read again from the committed
-  offsets when the consumer rejoins. A producer fenced (its transactional id taken over,
+  offsets when the consumer rejoins. Until that next assignment nothing more is committed:
+  the inputs acked meanwhile include those whose outputs were just aborted, and a commit of
+  their offsets (the revocation's) would lose them. A producer fenced (its transactional id taken over,
   or its transaction timed out) stops the worker.
 """
 
@@ -79,6 +81,7 @@ class WorkerTransactions(TransactionManager):
         self.worker = worker
         self._producer: GroupProducer | None = None
         self._unsettled = False  # records sent since the last commit
+        self._refused = False  # the group refused a commit: nothing is committed until the next assignment
         self._known: dict[TopicPartition, int] = {}  # committed offsets (see _with_known)
         self._open = asyncio.Event()  # a transaction is open: sends may go
         self._sending = 0  # sends under way
@@ -157,6 +160,7 @@ class WorkerTransactions(TransactionManager):
         if producer is not None and self._unsettled:
             reason = "sent between the revocation's commit and the assignment"
             await asyncio.shield(self._locked_abort(producer, reason))
+        self._refused = False  # the inputs are read again from the committed offsets from here
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Nothing: ``Flow8Consumer`` commits before faust forgets the revoked partitions' acks."""
@@ -188,6 +192,8 @@ class WorkerTransactions(TransactionManager):
             self._open.clear()
             try:
                 await self._idle.wait()
+                if self._refused:  # see the module's rules: not before the next assignment
+                    return False
                 sending = self._with_known(offsets)
                 if not sending:  # nothing to prove this member's generation with: not now
                     return False
@@ -198,6 +204,7 @@ class WorkerTransactions(TransactionManager):
                     await producer.commit_transaction()
                 except GroupFenced as exc:
                     await self._abort(producer, f"commit refused: {exc}")
+                    self._refused = True
                     return False
                 except ProducerFenced as exc:
                     self.log.error("this worker's producer was fenced (%s): stopping; nothing more is committed", exc)
