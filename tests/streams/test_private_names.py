@@ -55,6 +55,7 @@ LIBRARY: dict[str, tuple[type, ...]] = {
     "_bootstrap_servers": (AIOKafkaClient,),
     "_is_changelog_tp": (FaustConsumer,),
     "_acked": (FaustConsumer,),
+    "_acked_index": (FaustConsumer,),
     "_unacked_messages": (FaustConsumer,),
     "_paused_partitions": (FaustConsumer,),
     "_read_offset": (FaustConsumer,),

@@ -311,6 +311,18 @@ class Flow8Consumer(kafka_driver.Consumer):
         acked: bool = super().ack(message)
         return acked
 
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        """What was acked before this assignment and not committed by the revocation's commit
+        is void: its records were acked between the revocation and now, and their outputs went
+        in the transaction aborted at this assignment (worker mode) or to a stopped partition
+        producer. faust forgot the committed offsets at the revocation, so nothing held those
+        acks back, and the first commit of the new generation committed past records whose
+        outputs were lost (a play on a survivor's partition then waited for its completion
+        forever). Every partition is read again from its committed offset now."""
+        self._acked.clear()
+        self._acked_index.clear()
+        await super().on_partitions_assigned(assigned, generation_id)
+
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Commit what was done (offsets with their records) before faust forgets what the
         revoked partitions acked, while the generation is still this member's: the
