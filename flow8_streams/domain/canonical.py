@@ -11,11 +11,14 @@ below U+D800 (where UTF-16 and code-point order part) and floats, but for an int
 (orjson ``2.0``, RFC 8785 ``2``), one of magnitude in [1e-6, 1e-5) (``1.5e-6``, ``0.0000015``)
 and one from 1e16 on (``1e+16``, ``10000000000000000``). So ``jcs`` takes the first of:
 
+orjson is asked to refuse an integer past ±(2**53 - 1) (``OPT_STRICT_INTEGER``), so such a value
+always reaches the library, which refuses it.
+
 1. orjson's output when no key can sort differently (ASCII, or no character from U+E000 on)
    and a few literal searches show no number that needs more than ``X.0`` written ``X`` (the
    fast path; a number-like text inside a string is told apart by the quotes before it);
 2. the value walked, integral floats up to 2**53 passed as ints, and dumped by orjson (a key
-   past U+E000, an escape, an exponent, sixteen digits in a row, in a number or a string);
+   past U+E000, an escape, an exponent, in a number or a string);
 3. the ``rfc8785`` library (a key at or past U+D800, an integral float past 2**53, a float in
    [1e-6, 1e-5), an integer past 2**53 - 1, which it refuses).
 """
@@ -31,20 +34,16 @@ import rfc8785
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _PLAIN = frozenset({str, bool, int, type(None)})  # what orjson writes as RFC 8785 does (ints: see jcs)
-# sixteen digits in an object or array: an integer that may be past 2**53 - 1 (or such text in
-# a string: it only sends the value down a slower exact path)
-_LONG_INTEGER = re.compile(rb"[:,\[]-?\d{16}")
 # what orjson writes unlike RFC 8785, each found by a search for a literal (the fastest scan re
 # and bytes offer): an integral float ``X.0``; an exponent, ``1e+16`` or ``1.5e-6`` (``1e-7`` is
-# alike, but rare enough to take the walk); sixteen digits in a row, in a copy whose digits are
-# all ``\x01``; a character from U+E000 on (its UTF-8 lead byte), which may be in a key
+# alike, but rare enough to take the walk); a character from U+E000 on (its UTF-8 lead byte),
+# which may be in a key
 _INTEGRAL_FLOAT = re.compile(rb"\.0[,\]}]")
 _NEGATIVE_EXPONENT = re.compile(rb"e-\d{1,3}[,\]}]")
-_DIGITS_MARKED = bytes.maketrans(b"0123456789", b"\x01" * 10)
-_SIXTEEN_DIGITS = b"\x01" * 16
 _PAST_U_E000 = re.compile(rb"[\xee-\xf4]")
 _DIGIT_OR_MINUS = frozenset(b"0123456789-")
 _BEFORE_NUMBER = frozenset(b":,[")
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class NotCanonical(ValueError):
@@ -97,9 +96,9 @@ def _for_orjson(value: Any) -> Any:
 
 def _fix_numbers(out: bytes) -> bytes | None:
     """orjson's output of an object or array in RFC 8785's form: each integral float ``X.0``
-    written ``X``; None if a number may need more (an exponent, sixteen digits) or quotes cannot
-    tell a number from a string (an escape)."""
-    if b"+" in out or _NEGATIVE_EXPONENT.search(out) is not None or _SIXTEEN_DIGITS in out.translate(_DIGITS_MARKED):
+    written ``X``; None if a number may need more (an exponent) or quotes cannot tell a number
+    from a string (an escape)."""
+    if b"+" in out or _NEGATIVE_EXPONENT.search(out) is not None:
         return None
     found = _INTEGRAL_FLOAT.search(out)
     if found is None:
@@ -129,22 +128,20 @@ def jcs(value: Any) -> bytes:
     """The RFC 8785 canonical bytes of ``value``; ``NotCanonical`` if it has none."""
     try:
         container = type(value) is dict or type(value) is list
-        out = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        out = orjson.dumps(value, option=_OPTIONS)
         if container and (out.isascii() or _PAST_U_E000.search(out) is None):  # keys sort alike
             fixed = _fix_numbers(out)
             if fixed is not None:
                 return fixed
         prepared = _for_orjson(value)
         if container:
-            out = orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
-            if _LONG_INTEGER.search(out) is None:
-                return out
+            return orjson.dumps(prepared, option=_OPTIONS)
     except (
         _Library,
         orjson.JSONEncodeError,
         TypeError,
         RecursionError,
-    ):  # orjson: a lone surrogate; the library decides
+    ):  # orjson: a lone surrogate, an integer past 2**53 - 1; the library decides
         pass
     try:
         return rfc8785.dumps(value)

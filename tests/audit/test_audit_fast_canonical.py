@@ -74,8 +74,10 @@ def test_the_section_3_2_2_sample_inside_an_event() -> None:
         {"path": "C:\\dir\\", "amount": 7.0},  # an escaped backslash before a quote
         {"n": 1e16, "m": 1.5e16, "s": 1.5e-6, "t": 1e-7, "u": 0.00001},
         {"long": 1234567890123456, "edge": 9007199254740991, "neg": -9007199254740991},
+        {"past": [2.0**53, 2.0**53 + 2, -(2.0**53) - 2, 9999999999999998.0, 1234567890123456.5]},  # 16 digits
         {"text": "1234567890123456", "hex": "e-12,", "plus": "a+b"},  # what the searches see in strings
         {"big": 2**53},  # not I-JSON: refused by both
+        {"big": [-(2**53)], "also": 2**64},
         {"name": "Zoë", "city": "Zürich", "yen": "¥", "x": 2.0},  # non-ASCII below U+E000
         {"\ue000": 1.0, "\U0001f600": 2, "é": [3.0]},  # keys whose UTF-16 order is not code-point order
         {"emoji": "\U0001f600", "private": "\ue000", "k": 1.0},  # such characters in values only
@@ -91,6 +93,7 @@ edgy_text = st.text(alphabet=st.sampled_from(list('0123456789.e+-,]}[:{"\\ Zé�
 edgy_floats = (
     st.floats(allow_nan=False, allow_infinity=False)
     | st.integers(min_value=-(2**60), max_value=2**60).map(float)
+    | st.integers(min_value=2**53, max_value=10**16).map(float)  # integral, sixteen digits, no exponent
     | st.sampled_from([0.0, -0.0, 1e16, 1e-6, 1.5e-6, 9.99e-6, 1e-5, 1e-7, 1e21, 2.0**53, 123.0])
 )
 edgy_ints = st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1) | st.integers(min_value=10**15, max_value=10**17)
