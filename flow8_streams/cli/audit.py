@@ -311,7 +311,7 @@ def export_cmd(
     key = cp.load_public_key(public_key) if public_key is not None else None
     where = {"db": db, "mongodb": mongodb, "archive": archive, "kafka": kafka}
     written, summary = run_async(_export(out_file, flt, where, only, checkpoints, key, html))
-    plays, events, n = written
+    plays, events, n, skipped = written
     out.print(
         Text.assemble(
             f"wrote {plays} plays, {events} events and {n} checkpoints of ",
@@ -322,6 +322,12 @@ def export_cmd(
         soft_wrap=True,
     )
     if summary is None:
+        if skipped:
+            err.print(
+                f"[yellow]![/] skipped {skipped} records that are not events this version can read "
+                "(flow8 audit verify names each)",
+                soft_wrap=True,
+            )
         return
     assert html is not None
     _Report(False).end(summary)
@@ -345,8 +351,9 @@ async def _export(
     checkpoints: Path | None,
     key: Ed25519PublicKey | None,
     html: Path | None,
-) -> tuple[tuple[int, int, int], Summary | None]:
-    """The archive written (plays, events, checkpoints) and, with ``html``, the report's summary."""
+) -> tuple[tuple[int, int, int, int], Summary | None]:
+    """The archive written (plays, events, checkpoints, source records skipped) and, with
+    ``html``, the report's summary."""
     company = flt.company
     assert company is not None
     async with open_source(flt, **where, partition=only, since=flt.since, checkpoints=checkpoints) as opened:
@@ -364,8 +371,9 @@ async def _export(
                     if report is not None and audit is not None:
                         report.add(history, audit.play(history))
                     writer.add(history)
+        written = (writer.plays, writer.events, writer.signed, len(opened.problems))
         if report is None or audit is None or html is None:
-            return (writer.plays, writer.events, writer.signed), None
+            return written, None
         summary = finish(audit, opened)
         report.write(html, summary)
-        return (writer.plays, writer.events, writer.signed), summary
+        return written, summary
