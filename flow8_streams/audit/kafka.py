@@ -29,9 +29,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from flow8_streams.audit import checkpoints as cp
-from flow8_streams.audit.sources import UNDECODABLE, UNKNOWN_TYPE, Filter, _decode
+from flow8_streams.audit.sources import UNDECODABLE, UNKNOWN_TYPE, Filter, _decode, known_type
 from flow8_streams.audit.verify import Finding, PlayHistory
-from flow8_streams.domain.events import EVENT_TYPES
 from flow8_streams.errors import InvalidInput, StoreUnavailable
 from flow8_streams.redact import redact_uri, scrub
 from flow8_streams.settings import Settings
@@ -221,7 +220,7 @@ class KafkaSource:
         if self._company is not None and doc.get("company_id") != self._company:
             return None
         kind, seq = doc.get("type"), doc.get("seq")
-        if kind not in EVENT_TYPES:
+        if not known_type(kind):
             self.problems.append(
                 Finding(
                     UNKNOWN_TYPE,

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, cast
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -57,6 +58,75 @@ class Audit:
         return self.summary
 
 
+class ArchiveWriter:
+    """``company``'s events and checkpoints as gzipped JSONL (a header, the checkpoints, then each
+    play's events together, ``add``ed one play at a time). Written beside ``out`` and renamed onto
+    it when the ``with`` block ends without an error, so ``out`` is whole or untouched."""
+
+    def __init__(
+        self,
+        out: Path,
+        checkpoints: Iterable[cp.SignedCheckpoint | Finding],
+        *,
+        company: str,
+        public_key: Ed25519PublicKey | None,
+    ) -> None:
+        self.out = out
+        self.company = company
+        self.public_key = public_key
+        self.checkpoints = checkpoints
+        self.plays = self.events = self.signed = 0
+        self._tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        self._file: IO[bytes] | None = None
+
+    def __enter__(self) -> ArchiveWriter:
+        header = {
+            "format": ARCHIVE_FORMAT,
+            "version": ARCHIVE_VERSION,
+            "company_id": self.company,
+            "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "public_key": cp.public_pem(self.public_key) if self.public_key is not None else None,
+            "hashing": "schemas/hashing.md",
+        }
+        self._file = f = cast(IO[bytes], gzip.open(self._tmp, "wb", compresslevel=6))
+        try:
+            f.write(orjson.dumps({"header": header}) + b"\n")
+            written: set[tuple[object, object, str]] = set()  # the db's and the JSONL file's copies are one
+            for c in self.checkpoints:
+                if isinstance(c, cp.SignedCheckpoint) and c.body.get("company_id") == self.company:
+                    key = (c.body.get("company_id"), c.body.get("number"), c.signature)
+                    if key not in written:
+                        written.add(key)
+                        f.write(c.line())
+                        self.signed += 1
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def add(self, history: PlayHistory) -> None:
+        assert self._file is not None, "add() inside the with block"
+        self.plays += 1
+        self._file.writelines(orjson.dumps({"event": doc}) + b"\n" for doc in history.documents)
+        self.events += len(history.documents)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self._discard()
+            return
+        assert self._file is not None
+        try:
+            self._file.close()
+            os.replace(self._tmp, self.out)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 def export(
     out: Path,
     histories: Iterable[PlayHistory],
@@ -65,36 +135,9 @@ def export(
     company: str,
     public_key: Ed25519PublicKey | None,
 ) -> tuple[int, int, int]:
-    """Write ``company``'s events and checkpoints as gzipped JSONL (a header, the checkpoints,
-    then each play's events together); returns (plays, events, checkpoints). Written beside
-    ``out`` and renamed onto it, so ``out`` is whole or untouched."""
-    header = {
-        "format": ARCHIVE_FORMAT,
-        "version": ARCHIVE_VERSION,
-        "company_id": company,
-        "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "public_key": cp.public_pem(public_key) if public_key is not None else None,
-        "hashing": "schemas/hashing.md",
-    }
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    plays = events = signed = 0
-    try:
-        with gzip.open(tmp, "wb", compresslevel=6) as f:
-            f.write(orjson.dumps({"header": header}) + b"\n")
-            written: set[tuple[object, object, str]] = set()  # the db's and the JSONL file's copies are one
-            for c in checkpoints:
-                if isinstance(c, cp.SignedCheckpoint) and c.body.get("company_id") == company:
-                    key = (c.body.get("company_id"), c.body.get("number"), c.signature)
-                    if key not in written:
-                        written.add(key)
-                        f.write(c.line())
-                        signed += 1
-            for history in histories:
-                plays += 1
-                for doc in history.documents:
-                    f.write(orjson.dumps({"event": doc}) + b"\n")
-                    events += 1
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return plays, events, signed
+    """``histories`` and ``checkpoints`` of ``company`` written by an ``ArchiveWriter`` to ``out``;
+    returns (plays, events, checkpoints)."""
+    with ArchiveWriter(out, checkpoints, company=company, public_key=public_key) as writer:
+        for history in histories:
+            writer.add(history)
+    return writer.plays, writer.events, writer.signed

@@ -83,6 +83,11 @@ def _started_at(first: dict[str, Any] | None, projection: PlayState | None) -> d
     return projection.started_at if projection is not None else None
 
 
+def known_type(kind: object) -> bool:
+    """``kind`` names an event type of this version (a list or an object names none: never hashed)."""
+    return type(kind) is str and kind in EVENT_TYPES
+
+
 def _decode(body: bytes) -> dict[str, Any] | str:
     """A JSON object, or what is wrong with ``body`` (the caller says where it is)."""
     if len(body) > MAX_EVENT_BYTES:
@@ -141,7 +146,7 @@ class SqliteSource:
                     doc = _decode(body)
                     if isinstance(doc, str):
                         history.problems.append(Finding(UNDECODABLE, f"event row ({play_id!r}, {seq}): {doc}", seq))
-                    elif doc.get("type") not in EVENT_TYPES:
+                    elif not known_type(doc.get("type")):
                         what = f"event row ({play_id!r}, {seq}): event type {doc.get('type')!r} is unknown"
                         history.problems.append(Finding(UNKNOWN_TYPE, what, seq))
                     else:
@@ -283,7 +288,7 @@ class ArchiveSource:
                 what = "a checkpoint after the events" if "checkpoint" in record else "not an event"
                 self.problems.append(Finding(UNDECODABLE, f"{self.path}:{n}: {what}: skipped"))
                 continue
-            if doc.get("type") not in EVENT_TYPES:
+            if not known_type(doc.get("type")):
                 what = f"event type {doc.get('type')!r} is unknown to this version"
                 self.problems.append(Finding(UNKNOWN_TYPE, f"{self.path}:{n}: {what}: skipped", doc.get("seq")))
                 continue

@@ -126,7 +126,7 @@ def _sequence_finding(docs: Sequence[Mapping[str, Any]], i: int, seq: Any) -> Fi
         return Finding(ALTERED, f"the event at position {expected} has no valid seq ({seq!r})", expected)
     if i > 0 and seq == docs[i - 1].get("seq"):
         return Finding(DUPLICATED, f"seq {seq} appears twice", seq)
-    later = {d.get("seq") for d in docs[i + 1 :]}
+    later = {s for d in docs[i + 1 :] if type(s := d.get("seq")) is int}
     if seq > expected and expected not in later:
         return Finding(MISSING, f"seq {expected} is missing: seq {seq} follows seq {expected - 1}", expected)
     return Finding(REORDERED, f"seq {seq} stands where seq {expected} belongs", expected)
@@ -147,15 +147,15 @@ def verify(
     hashes: list[str] = []  # hash of seq n at index n-1, as far as the chain holds
     previous = GENESIS_HASH
     chain_ok = not findings
-    for i, doc in enumerate(docs):
-        if not chain_ok:
-            break
+    play_id, company_id = history.play_id, history.company_id
+    after: str | None = None  # the type of the event before, when it is terminal
+    for i, doc in enumerate(docs if chain_ok else ()):
         seq = doc.get("seq")
         if seq != i + 1:
             findings.append(_sequence_finding(docs, i, seq))
             chain_ok = False
             break
-        if doc.get("play_id") != history.play_id or doc.get("company_id") != history.company_id:
+        if doc.get("play_id") != play_id or doc.get("company_id") != company_id:
             findings.append(
                 Finding(ALTERED, f"seq {seq} names play {doc.get('play_id')!r} of {doc.get('company_id')!r}", seq)
             )
@@ -182,10 +182,12 @@ def verify(
             )
             chain_ok = False
             break
-        if i > 0 and docs[i - 1].get("type") in TERMINAL_EVENT_TYPES:
-            findings.append(Finding(AFTER_TERMINAL, f"seq {seq} follows the terminal event {docs[i - 1]['type']}", seq))
+        if after is not None:
+            findings.append(Finding(AFTER_TERMINAL, f"seq {seq} follows the terminal event {after}", seq))
             chain_ok = False
             break
+        kind = doc.get("type")
+        after = kind if type(kind) is str and kind in TERMINAL_EVENT_TYPES else None
         hashes.append(expected)
         previous = expected
     last_type = docs[-1].get("type") if docs else None

@@ -5,10 +5,11 @@ Exit codes of ``verify``: 0 every play clean, 1 findings, 2 bad input.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,7 +18,7 @@ from rich.text import Text
 from flow8_streams.audit import checkpoints as cp
 from flow8_streams.audit.kafka import Range
 from flow8_streams.audit.report import Report
-from flow8_streams.audit.run import Audit, export
+from flow8_streams.audit.run import ArchiveWriter, Audit
 from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Summary, Verdict
 from flow8_streams.cli.audit_sources import (
@@ -26,10 +27,12 @@ from flow8_streams.cli.audit_sources import (
     PartitionOpt,
     ToOffsetOpt,
     audit_opened,
+    finish,
     kafka_range,
     live_stores,
     one_source,
     open_source,
+    with_projections,
 )
 from flow8_streams.cli.common import dumps, err, out, run_async
 from flow8_streams.cli.options import id_option, name_option
@@ -256,10 +259,26 @@ class _Report:
         err.print(f"{mark} {line}", soft_wrap=True)
 
 
+CheckpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoints", help="Signed checkpoints (JSONL) to use besides the source's (default DB.checkpoints.jsonl)."
+    ),
+]
+
+
 @audit_app.command("export")
 def export_cmd(
     out_file: Annotated[Path, typer.Option("--out", help="The archive to write (gzipped JSONL, FILE.jsonl.gz).")],
     db: DbSourceOpt = None,
+    mongodb: MongoOpt = False,
+    archive: Annotated[
+        Path | None, typer.Option("--archive", help="Export from a flow8 audit export file (a part of it, again).")
+    ] = None,
+    kafka: KafkaOpt = False,
+    partition: PartitionOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
     company: Annotated[
         str, typer.Option("--company", help="The company to export (required).", callback=id_option("--company"))
     ] = "",
@@ -271,33 +290,28 @@ def export_cmd(
     public_key: Annotated[
         Path | None, typer.Option("--public-key", help="Put this public key in the archive's header.")
     ] = None,
+    checkpoints: CheckpointsOpt = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", help="Also write a report: one self-contained page, a verdict and timeline per play."),
     ] = None,
 ) -> None:
-    """Write a company's events, its signed checkpoints and the public key as one archive that
-    `flow8 audit verify --archive` and tools/verify-js check offline. With --html, verify each
+    """Write a company's events from any source (--db, --mongodb, --kafka, --archive), its signed
+    checkpoints (--kafka: the workers', from flow8.checkpoints) and the public key as one archive
+    that `flow8 audit verify --archive` and tools/verify-js check offline. With --html, verify each
     play (against the checkpoints when --public-key is given) into a report: exit 1 on findings."""
+    _one_source(db, mongodb, archive, kafka)
     if not company:
         raise InvalidInput("--company C is required: an export is one company's")
-    if db is None:
-        raise InvalidInput("give --db FILE: export reads the embedded runtime's database")
-    if html is not None and html.resolve() == out_file.resolve():
-        raise InvalidInput(f"--html {html} is the --out file: give the report a name of its own")
+    for given, flag in ((html, "--html"), (archive, "--archive"), (db, "--db")):
+        if given is not None and given.resolve() == out_file.resolve():
+            raise InvalidInput(f"{flag} {given} is the --out file: write the archive to a name of its own")
     flt = _filter(company, False, play, flow, status, since, until)
+    only = kafka_range(kafka, partition, from_offset, to_offset)
     key = cp.load_public_key(public_key) if public_key is not None else None
-    source = SqliteSource(db)
-    try:
-        signed = list(source.checkpoints())
-        histories = source.histories(flt)
-        if html is not None:
-            audit = Audit(flt, signed, public_key=key)
-            report = Report(company, source=f"{db.name} (SQLite)", key_id=cp.key_id(key) if key else None)
-            histories = report.tap(histories, audit)
-        plays, events, n = export(out_file, histories, signed, company=company, public_key=key)
-    finally:
-        source.close()
+    where = {"db": db, "mongodb": mongodb, "archive": archive, "kafka": kafka}
+    written, summary = run_async(_export(out_file, flt, where, only, checkpoints, key, html))
+    plays, events, n, skipped = written
     out.print(
         Text.assemble(
             f"wrote {plays} plays, {events} events and {n} checkpoints of ",
@@ -307,9 +321,59 @@ def export_cmd(
         ),
         soft_wrap=True,
     )
-    if html is not None:
-        summary = audit.finish()
+    if summary is None:
+        if skipped:
+            err.print(
+                f"[yellow]![/] skipped {skipped} records that are not events this version can read "
+                "(flow8 audit verify names each)",
+                soft_wrap=True,
+            )
+        return
+    assert html is not None
+    _Report(False).end(summary)
+    out.print(Text.assemble("wrote the report ", plain(str(html))), soft_wrap=True)
+    raise typer.Exit(0 if summary.clean else 1)
+
+
+def _source_label(db: Path | None, mongodb: bool, archive: Path | None) -> str:
+    if db is not None:
+        return f"{db.name} (SQLite)"
+    if archive is not None:
+        return f"{archive.name} (archive)"
+    return "MongoDB" if mongodb else "Kafka"
+
+
+async def _export(
+    out_file: Path,
+    flt: Filter,
+    where: dict[str, Any],
+    only: Range | None,
+    checkpoints: Path | None,
+    key: Ed25519PublicKey | None,
+    html: Path | None,
+) -> tuple[tuple[int, int, int, int], Summary | None]:
+    """The archive written (plays, events, checkpoints, source records skipped) and, with
+    ``html``, the report's summary."""
+    company = flt.company
+    assert company is not None
+    async with open_source(flt, **where, partition=only, since=flt.since, checkpoints=checkpoints) as opened:
+        report = audit = None
+        stream = opened.stream
+        async with contextlib.AsyncExitStack() as stack:
+            if html is not None:
+                live = await stack.enter_async_context(live_stores(opened))
+                stream = with_projections(opened, flt, live)
+                audit = Audit(flt, opened.checkpoints, public_key=key)
+                label = _source_label(where["db"], where["mongodb"], where["archive"])
+                report = Report(company, source=label, key_id=cp.key_id(key) if key else None)
+            with ArchiveWriter(out_file, opened.checkpoints, company=company, public_key=key) as writer:
+                async for history in stream:
+                    if report is not None and audit is not None:
+                        report.add(history, audit.play(history))
+                    writer.add(history)
+        written = (writer.plays, writer.events, writer.signed, len(opened.problems))
+        if report is None or audit is None or html is None:
+            return written, None
+        summary = finish(audit, opened)
         report.write(html, summary)
-        _Report(False).end(summary)
-        out.print(Text.assemble("wrote the report ", plain(str(html))), soft_wrap=True)
-        raise typer.Exit(0 if summary.clean else 1)
+        return written, summary

@@ -152,13 +152,25 @@ async def audit_opened(
 ) -> Summary:
     """Each play of ``opened`` through ``audit``, then its summary with what the source skipped.
     ``live``: the stores whose projection each play is compared with, when the source keeps none."""
-    states = None
-    if live is not None:
-        states = {s.play_id: s for s in await live.plays.list(audit.filter.company, None, MAX_PLAYS_LISTED)}
-    async for history in opened.stream:
-        if states is not None:
-            history.projection, history.has_projection = states.get(history.play_id), True
+    async for history in with_projections(opened, audit.filter, live):
         on_verdict(audit.play(history))
+    return finish(audit, opened)
+
+
+async def with_projections(opened: Opened, flt: Filter, live: Any) -> AsyncIterator[PlayHistory]:
+    """The histories of ``opened``, each with its projection in ``live`` (stores) when given."""
+    if live is None:
+        async for history in opened.stream:
+            yield history
+        return
+    states = {s.play_id: s for s in await live.plays.list(flt.company, None, MAX_PLAYS_LISTED)}
+    async for history in opened.stream:
+        history.projection, history.has_projection = states.get(history.play_id), True
+        yield history
+
+
+def finish(audit: Audit, opened: Opened) -> Summary:
+    """The summary of ``audit`` over ``opened``'s stream, once read, with what the source skipped."""
     summary = audit.finish(opened.problems)
     summary.skipped.update(opened.skipped)
     return summary

@@ -11,10 +11,14 @@ below U+D800 (where UTF-16 and code-point order part) and floats, but for an int
 (orjson ``2.0``, RFC 8785 ``2``), one of magnitude in [1e-6, 1e-5) (``1.5e-6``, ``0.0000015``)
 and one from 1e16 on (``1e+16``, ``10000000000000000``). So ``jcs`` takes the first of:
 
-1. orjson's output when it is ASCII, its number tokens checked: ``X.0`` is written ``X`` and
-   a number-like text inside a string is told apart by the quotes before it (the fast path);
-2. the value walked, integral floats up to 2**53 passed as ints, and dumped by orjson (a
-   non-ASCII key, an escaped quote, an exponent path 1 does not rewrite);
+orjson is asked to refuse an integer past ±(2**53 - 1) (``OPT_STRICT_INTEGER``), so such a value
+always reaches the library, which refuses it.
+
+1. orjson's output when no key can sort differently (ASCII, or no character from U+E000 on)
+   and a few literal searches show no number that needs more than ``X.0`` written ``X`` (the
+   fast path; a number-like text inside a string is told apart by the quotes before it);
+2. the value walked, integral floats up to 2**53 passed as ints, and dumped by orjson (a key
+   past U+E000, an escape, an exponent, in a number or a string);
 3. the ``rfc8785`` library (a key at or past U+D800, an integral float past 2**53, a float in
    [1e-6, 1e-5), an integer past 2**53 - 1, which it refuses).
 """
@@ -30,16 +34,16 @@ import rfc8785
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _PLAIN = frozenset({str, bool, int, type(None)})  # what orjson writes as RFC 8785 does (ints: see jcs)
-# sixteen digits in an object or array: an integer that may be past 2**53 - 1 (or such text in
-# a string: it only sends the value down a slower exact path)
-_LONG_INTEGER = re.compile(rb"[:,\[]-?\d{16}")
-# a number token as orjson writes one, and what stands around it in an object or array
-_FLOAT = re.compile(rb"-?\d+(?:\.\d+)?(?:e[+-]\d+)?")
-_ZEROS = bytes.maketrans(b"123456789", b"000000000")
-_DIGIT_OR_MINUS = frozenset(b"0-")
+# what orjson writes unlike RFC 8785, each found by a search for a literal (the fastest scan re
+# and bytes offer): an integral float ``X.0``; an exponent, ``1e+16`` or ``1.5e-6`` (``1e-7`` is
+# alike, but rare enough to take the walk); a character from U+E000 on (its UTF-8 lead byte),
+# which may be in a key
+_INTEGRAL_FLOAT = re.compile(rb"\.0[,\]}]")
+_NEGATIVE_EXPONENT = re.compile(rb"e-\d{1,3}[,\]}]")
+_PAST_U_E000 = re.compile(rb"[\xee-\xf4]")
+_DIGIT_OR_MINUS = frozenset(b"0123456789-")
 _BEFORE_NUMBER = frozenset(b":,[")
-_AFTER_NUMBER = (b",", b"]", b"}")
-MAX_TOKENS = 64  # more floats than this in one value: walked instead of counting quotes for each
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class NotCanonical(ValueError):
@@ -91,47 +95,32 @@ def _for_orjson(value: Any) -> Any:
 
 
 def _fix_numbers(out: bytes) -> bytes | None:
-    """orjson's ASCII output of an object or array in RFC 8785's form: each integral float
-    ``X.0`` written ``X``; None if a number needs more (an exponent of +, or -6; an integer past
-    2**53 - 1) or quotes cannot tell a number from a string (an escaped quote).
-
-    Found with bytes.find on a copy whose digits are all ``0`` (a regex scan costs more): a
-    float has a digit before a ``.`` or an ``e``; sixteen digits in a row may be a long integer."""
-    digits = out.translate(_ZEROS)
-    if b"0000000000000000" in digits:
+    """orjson's output of an object or array in RFC 8785's form: each integral float ``X.0``
+    written ``X``; None if a number may need more (an exponent) or quotes cannot tell a number
+    from a string (an escape)."""
+    if b"+" in out or _NEGATIVE_EXPONENT.search(out) is not None:
         return None
-    starts: list[int] = []
-    for marker in (b"0.", b"0e"):
-        at = digits.find(marker)
-        while at != -1:
-            starts.append(at)
-            at = digits.find(marker, at + 2)
-    if not starts:
+    found = _INTEGRAL_FLOAT.search(out)
+    if found is None:
         return out
-    if len(starts) > MAX_TOKENS or b'\\"' in out:  # an escaped quote: the quote count does not hold
+    if b"\\" in out:  # an escaped quote would break the quote count
         return None
     pieces: list[bytes] = []
-    last = seen = 0  # end of the last rewritten token, of the last token read
-    for at in sorted(starts):
-        if at < seen or out.count(b'"', 0, at) & 1:
-            continue  # inside a token read already, or inside a string (a timestamp's seconds)
+    last = counted = quotes = 0  # end of the last rewritten token; quotes in out[:counted]
+    for match in _INTEGRAL_FLOAT.finditer(out, found.start()):
+        at = match.start()
+        quotes += out.count(b'"', counted, at)
+        counted = at
+        if quotes & 1:
+            continue  # inside a string ("version 1.0, ...")
         start = at
-        while start > 0 and digits[start - 1] in _DIGIT_OR_MINUS:
+        while out[start - 1] in _DIGIT_OR_MINUS:
             start -= 1
-        if out[start - 1] not in _BEFORE_NUMBER:
+        if start == at or out[start - 1] not in _BEFORE_NUMBER:
             return None
-        token = _FLOAT.match(out, start)
-        if token is None or out[token.end() : token.end() + 1] not in _AFTER_NUMBER:
-            return None
-        seen, text = token.end(), token.group()
-        if b"e" in text:
-            if b"e-" in text and not text.endswith(b"e-6"):
-                continue  # under 1e-6: written alike
-            return None
-        if text.endswith(b".0"):
-            whole = text[:-2]
-            pieces += (out[last:start], b"0" if whole == b"-0" else whole)
-            last = seen
+        whole = out[start:at]
+        pieces += (out[last:start], b"0" if whole == b"-0" else whole)
+        last = at + 2
     return b"".join((*pieces, out[last:])) if pieces else out
 
 
@@ -139,22 +128,20 @@ def jcs(value: Any) -> bytes:
     """The RFC 8785 canonical bytes of ``value``; ``NotCanonical`` if it has none."""
     try:
         container = type(value) is dict or type(value) is list
-        out = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-        if container and out.isascii():  # every key ASCII: only numbers may need rewriting
+        out = orjson.dumps(value, option=_OPTIONS)
+        if container and (out.isascii() or _PAST_U_E000.search(out) is None):  # keys sort alike
             fixed = _fix_numbers(out)
             if fixed is not None:
                 return fixed
         prepared = _for_orjson(value)
         if container:
-            out = orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
-            if _LONG_INTEGER.search(out) is None:
-                return out
+            return orjson.dumps(prepared, option=_OPTIONS)
     except (
         _Library,
         orjson.JSONEncodeError,
         TypeError,
         RecursionError,
-    ):  # orjson: a lone surrogate; the library decides
+    ):  # orjson: a lone surrogate, an integer past 2**53 - 1; the library decides
         pass
     try:
         return rfc8785.dumps(value)
