@@ -275,7 +275,8 @@ class StreamsBackend:
         command = StartPlay(
             company_id=company_id, flow=flow.name, flow_version=flow.version, play_id=play_id, input=input
         )
-        await (await self.producer.enqueue(command))  # the broker has it
+        self.results.starting(play_id)  # before the broker has it: its result may come at once
+        await (await self.producer.enqueue(command))
 
     async def cancel(self, company_id: str, play_id: str) -> None:
         from flow8_streams.domain.messages import CancelPlay
@@ -298,7 +299,8 @@ class StreamsBackend:
     async def wait(self, company_id: str, play_id: str, timeout: float) -> Play | None:
         """The play's result as soon as it is read off Kafka. A play that ended before this
         instance started, or long enough ago to have left the map, is in the projection: looked
-        at once, if its result has not come within ``STREAMS_LOOK_SECONDS``."""
+        at once, if its result has not come within ``STREAMS_LOOK_SECONDS``, unless the play was
+        started through this instance and its result has not been read yet."""
         from flow8_streams.http.results import Finished
 
         ended = self.results.get(company_id, play_id)
@@ -307,18 +309,19 @@ class StreamsBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self.results.awaiting(company_id, play_id) as arrival:
+            if not self.results.coming(play_id):  # not started here since the reader started: may have ended unseen
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(timeout, STREAMS_LOOK_SECONDS)):
+                        await asyncio.shield(arrival)
+                if not arrival.done():
+                    state = await self.stores.plays.get(company_id, play_id)
+                    if (state is not None and state.finished) or loop.time() >= deadline:
+                        return state
             try:
-                async with asyncio.timeout(min(timeout, STREAMS_LOOK_SECONDS)):
-                    result = await asyncio.shield(arrival)
+                async with asyncio.timeout_at(deadline):
+                    result = await arrival
             except TimeoutError:
-                state = await self.stores.plays.get(company_id, play_id)
-                if (state is not None and state.finished) or loop.time() >= deadline:
-                    return state
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        result = await arrival
-                except TimeoutError:
-                    return await self.stores.plays.get(company_id, play_id)
+                return await self.stores.plays.get(company_id, play_id)
         return Finished.of(result) or await self._poll(company_id, play_id, deadline)
 
     async def _poll(self, company_id: str, play_id: str, deadline: float) -> PlayState | None:

@@ -57,6 +57,8 @@ class PlayResults:
         from cachetools import TTLCache  # the [streams] extra: imported only where --streams runs
 
         self._ended: TTLCache[str, Finished] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+        # plays started through this instance whose result is not read yet: it is still to come
+        self._coming: TTLCache[str, None] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
         self._waits: dict[tuple[str, str], set[asyncio.Future[PlayResult]]] = {}
         self._metrics = metrics
 
@@ -68,8 +70,17 @@ class PlayResults:
         (self._metrics.cache_hits if found is not None else self._metrics.cache_misses).labels(CACHE).inc()
         return found
 
+    def starting(self, play_id: str) -> None:
+        """``play_id`` is being started through this instance: its result is still to come."""
+        self._coming[play_id] = None
+
+    def coming(self, play_id: str) -> bool:
+        """Whether ``play_id``'s result is known to be still to come (so no one need look for it)."""
+        return play_id in self._coming
+
     def put(self, result: PlayResult) -> None:
         """Keep ``result`` (when it carries its play) and hand it to each wait on its play."""
+        self._coming.pop(result.play_id, None)
         key = (result.company_id, result.play_id)
         finished = Finished.of(result)
         if finished is not None:
@@ -96,7 +107,10 @@ class PlayResults:
     def listed(self, company_id: str, status: str | None, page: PlayPage) -> list[Finished]:
         """The finished plays held of ``company_id`` that a page of ``plays.list`` admits."""
         found = []
-        for finished in list(self._ended.values()):
+        for play_id in list(self._ended):
+            finished = self._ended.get(play_id)  # None: expired since the list was taken
+            if finished is None:
+                continue
             view = finished.view
             if view["company_id"] != company_id or (status is not None and view["status"] != status):
                 continue
