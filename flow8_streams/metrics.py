@@ -74,6 +74,9 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.http_waits = Gauge(
+            "flow8_http_waits", "Waits (GET /v1/plays/{id}/wait) flow8 serve holds now.", registry=r
+        )
         self.inflight_plays = Gauge("flow8_inflight_plays", "Plays in this instance's table.", registry=r)
         # channels: the pool of background worker processes, one per port
         self.channels_busy = Gauge(

@@ -104,6 +104,19 @@ class Http(BaseModel):
     rate_limit_per_second: float | None = Field(
         default=None, gt=0, le=1_000_000, description="Requests one API key may make per second (unset: no limit)."
     )
+    max_waits: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Waits (GET /v1/plays/{id}/wait) one instance holds at once (503 past it).",
+    )
+    max_waits_per_key: int = Field(
+        default=1_000, ge=1, le=1_000_000, description="Of those, held for one API key (429 past it)."
+    )
+    results_max_entries: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Finished plays from flow8.play-results kept by --streams."
+    )
+    results_ttl_seconds: float = Field(default=300, gt=0, le=86_400, description="How long one of them is kept.")
 
 
 class Topics(BaseModel):

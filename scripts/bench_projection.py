@@ -4,9 +4,13 @@
     scripts/bench_projection.py fill --database D --plays 100000   # bulk-insert final diamond plays
     scripts/bench_projection.py ops --database D                  # time the projector's calls there
     scripts/bench_projection.py run --database D --plays 1000      # a worker, c=50, then the lag
+    scripts/bench_projection.py reads --database D --live 2000     # what reading one play costs (the API's GET)
 
 ``ops`` times each call shape the projector could use, on 20 plays, against a collection
 of whatever size ``fill`` left: a cost that grows with the collection is a full scan.
+``reads`` puts ``--live`` tombstones and one running play in ``plays_live`` (the tombstones kept
+after the run: a second run reuses them), then times each query shape a GET of one play could send, and
+``MongoPlays.get`` itself, for a finished play and a running one.
 ``run`` starts one ``flow8 worker`` on topics of its own and the database ``D`` (filled
 first), drives ``--plays`` diamond plays at ``--concurrency``, waits until every play's
 document is final and prints the projection lag of each play's last event (``updated_at``
@@ -331,6 +335,49 @@ def histogram(text: str, name: str) -> dict[str, float]:
     return {"p50": quantile(0.5), "p99": quantile(0.99), "mean": total / count if count else 0.0, "count": count}
 
 
+async def reads(database: str, live: int) -> None:
+    """Time the reads of one play against ``plays`` as ``fill`` left it and ``live`` tombstones."""
+    from flow8_streams.stores.mongo import MongoStore
+    from flow8_streams.stores.mongo.plays import _LIVE_FIELDS, _tombstone, _version
+
+    mongo = client()
+    db = mongo[database]
+    history = diamond_history("reads-running", COMPANIES[0], datetime.now(UTC))
+    running, ended = fold(history[:5]), fold(history)
+    assert running is not None and ended is not None
+    now = datetime.now(UTC)
+    have = await db["plays_live"].count_documents({"final": True})
+    tombs = [_tombstone(ended.model_copy(update={"play_id": f"reads-ended-{i}"}), now) for i in range(have, live)]
+    if tombs:
+        await db["plays_live"].insert_many(tombs, ordered=False)
+    await db["plays_live"].delete_many({"play_id": running.play_id})  # a recent version, as a live play has
+    await db["plays_live"].insert_one(_version(running, now))
+    size = await db["plays"].estimated_document_count()
+    print(f"{database}: plays {size}, plays_live {await db['plays_live'].estimated_document_count()}")
+    done, company = f"fill-{size // 2}", COMPANIES[(size // 2) % len(COMPANIES)]
+    live_coll, plays = db["plays_live"], db["plays"]
+    shapes: dict[str, Callable[[], Awaitable[Any]]] = {
+        "plays_live find {play_id: {$in: [id]}}": lambda: live_coll.find(
+            {"play_id": {"$in": [done]}}, _LIVE_FIELDS
+        ).to_list(),
+        "plays_live find {play_id: id}": lambda: live_coll.find({"play_id": done}, _LIVE_FIELDS).to_list(),
+        "plays find_one {_id, company_id}": lambda: plays.find_one({"_id": done, "company_id": company}),
+        "plays find_one {_id}": lambda: plays.find_one({"_id": done}),
+        "plays find_one {_id} {state}": lambda: plays.find_one({"_id": done}, {"state": 1, "state_json": 1}),
+    }
+    for what, call in shapes.items():
+        await timed(what, call, rounds=5)
+    store = MongoStore(os.environ["MONGODB_URI"], database)
+    await store.open()
+    try:
+        await timed("MongoPlays.get of a finished play", lambda: store.plays.get(company, done), rounds=5)
+        await timed("MongoPlays.get of a running play", lambda: store.plays.get(COMPANIES[0], running.play_id), 5)
+        await timed("MongoPlays.get of no play", lambda: store.plays.get(company, "reads-none"), rounds=5)
+    finally:
+        await store.close()
+        await mongo.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,6 +387,9 @@ def main() -> None:
     p = sub.add_parser("ops")
     p.add_argument("--database", required=True)
     p.add_argument("--n", type=int, default=20)
+    p = sub.add_parser("reads")
+    p.add_argument("--database", required=True)
+    p.add_argument("--live", type=int, default=2000, help="tombstones in plays_live")
     p = sub.add_parser("run")
     p.add_argument("--database", required=True)
     p.add_argument("--plays", type=int, default=1000)
@@ -350,6 +400,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "fill":
         asyncio.run(fill(args.database, args.plays))
+    elif args.command == "reads":
+        asyncio.run(reads(args.database, args.live))
     elif args.command == "ops":
         asyncio.run(ops(args.database, args.n))
     else:

@@ -11,9 +11,10 @@ its key's company before a route reads anything, and every error mapped to one s
   version stored with another definition; a finished play cancelled |
 | 413 | a body over ``limits.max_message_bytes``, or a field over its own limit (the field named) |
 | 422 | a field or parameter of the wrong shape (FastAPI's ``detail`` list: each ``loc`` names it) |
-| 429 | a key over ``http.rate_limit_per_second`` (when set; per instance), with ``Retry-After`` |
+| 429 | a key over ``http.rate_limit_per_second`` (when set; per instance), with ``Retry-After``; a wait past
+  ``http.max_waits_per_key`` held for the key by this instance |
 | 501 | ``/events`` and ``/audit`` on the streams backend (its events are on Kafka, not in MongoDB) |
-| 503 | a store that cannot be reached |
+| 503 | a store that cannot be reached; a wait past ``http.max_waits`` held by this instance (``Retry-After``) |
 
 Every 4xx is counted in ``flow8_http_refused_total{status}``.
 """
@@ -33,7 +34,7 @@ from flow8_streams.domain.bounded import TooLarge
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from flow8_streams.http.backends import Backend, PlayBusy
-from flow8_streams.http.common import Json, RateLimit
+from flow8_streams.http.common import Json, RateLimit, WaitSlots
 from flow8_streams.http.keys import Unauthenticated
 from flow8_streams.metrics import Metrics
 from flow8_streams.settings import Settings
@@ -156,6 +157,7 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     app.state.metrics = metrics
     per_second = settings.http.rate_limit_per_second
     app.state.rate_limit = RateLimit(per_second) if per_second is not None else None
+    app.state.waits = WaitSlots(settings.http.max_waits, settings.http.max_waits_per_key, metrics.http_waits)
     app.add_exception_handler(Flow8Error, _flow8_error)
     for module in (routes_plays, routes_flows, routes_kv, routes_keys, routes_ops):
         app.include_router(module.router)

@@ -5,8 +5,9 @@
 - ``StreamsBackend``: commands produced to Kafka as ``flow8 produce`` does, reads from MongoDB;
   it holds no state, so any number of instances answer alike.
 
-Reads go through the ``Stores`` port (``backend.stores``); only starting, cancelling, waiting and
-readiness differ.
+Reads go through the ``Stores`` port (``backend.stores``); only starting, cancelling, waiting,
+reading one play and readiness differ: the streams backend answers a finished play from the
+results it reads off Kafka (``http.results``) when it has it.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.state import PlayState
 from flow8_streams.errors import Flow8Error
 from flow8_streams.modules.registry import ModuleRegistry
-from flow8_streams.stores.ports import Stores
+from flow8_streams.stores.ports import PlayPage, Stores
 
 if TYPE_CHECKING:
+    from flow8_streams.http.results import PlayResults
+    from flow8_streams.metrics import Metrics
     from flow8_streams.runtimes.local import LocalRuntime
     from flow8_streams.runtimes.streams.client import CommandProducer
     from flow8_streams.settings import Settings
@@ -35,7 +38,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.http")
 TERMINAL = frozenset({"PlayCompleted", "PlayFailed", "PlayCancelled"})
 START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
-STREAMS_POLL_SECONDS = (0.02, 0.2)  # a streams wait reads the projection this often, backing off to the second
+STREAMS_POLL_SECONDS = (0.02, 0.2)  # a large play's wait reads the projection this often, backing off to the second
+STREAMS_LOOK_SECONDS = 0.25  # a streams wait whose result has not come by then looks in the projection once
+
+
+class Play(Protocol):
+    """A play as the API shows it: a ``PlayState``, or a finished play from its result."""
+
+    @property
+    def finished(self) -> bool: ...
+
+    def public(self) -> dict[str, Any]: ...
+
+
+def _newest_first(play: Play) -> tuple[Any, str]:
+    """The order of ``plays.list``: by start, ties by play id (both descending)."""
+    shown = play.public()
+    return shown["started_at"], shown["play_id"]
 
 
 class PlayBusy(Flow8Error):
@@ -58,7 +77,14 @@ class Backend(Protocol):
     async def cancel(self, company_id: str, play_id: str) -> None:
         """Ask for a running play of ``company_id`` to be cancelled."""
 
-    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
+    async def play(self, company_id: str | None, play_id: str) -> Play | None:
+        """``company_id``'s play ``play_id`` (None: no such play in that company; ``company_id``
+        None: of any company)."""
+
+    async def plays(self, company_id: str, status: str | None, limit: int, page: PlayPage) -> Sequence[Play]:
+        """A page of ``company_id``'s plays, newest first (``PlayProjection.list``)."""
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> Play | None:
         """The play once finished, or as it stands when ``timeout`` seconds pass (None: no such play)."""
 
     async def ready(self) -> str | None:
@@ -158,6 +184,12 @@ class EmbeddedBackend:
 
         return changed, self.runtime.subscribe(listener)
 
+    async def play(self, company_id: str | None, play_id: str) -> Play | None:
+        return await self.stores.plays.get(company_id, play_id)
+
+    async def plays(self, company_id: str, status: str | None, limit: int, page: PlayPage) -> Sequence[Play]:
+        return await self.stores.plays.list(company_id, status, limit, page)
+
     async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
         changed, unsubscribe = self._watch(play_id)
         try:
@@ -188,19 +220,33 @@ class StreamsBackend:
         "this play's: its events and audit are not served over HTTP yet"
     )
 
-    def __init__(self, store: MongoStore, producer: CommandProducer, registry: ModuleRegistry, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: MongoStore,
+        producer: CommandProducer,
+        registry: ModuleRegistry,
+        limits: Limits,
+        results: PlayResults,
+        reader: asyncio.Task[None],
+    ) -> None:
         self.mongo = store
         self.stores: Stores = store
         self.producer = producer
         self.registry = registry
         self.limits = limits
+        self.results = results
+        self.reader = reader  # reads flow8.play-results into ``results``; done only if it failed
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, modules: Sequence[str] = ()) -> AsyncIterator[StreamsBackend]:
+    async def open(
+        cls, settings: Settings, modules: Sequence[str] = (), metrics: Metrics | None = None
+    ) -> AsyncIterator[StreamsBackend]:
         from flow8_streams.extras import require_streams
 
         require_streams("flow8 serve --streams")
+        from flow8_streams.http.results import PlayResults, reading
+        from flow8_streams.metrics import Metrics
         from flow8_streams.runtimes.streams.admin import ensure_topics
         from flow8_streams.runtimes.streams.client import CommandProducer
         from flow8_streams.stores.mongo import MongoStore
@@ -213,10 +259,13 @@ class StreamsBackend:
             flow_cache_max=settings.cache.flows.max_entries,
             timeout_ms=settings.store_timeout_ms,
         )
+        http = settings.http
+        results = PlayResults(http.results_max_entries, http.results_ttl_seconds, metrics or Metrics())
         try:
             await store.open()
-            async with CommandProducer(settings) as producer:
-                yield cls(store, producer, ModuleRegistry.default(list(modules)), settings.limits)
+            async with CommandProducer(settings) as producer, reading(settings, results) as reader:
+                registry = ModuleRegistry.default(list(modules))
+                yield cls(store, producer, registry, settings.limits, results, reader)
         finally:
             await store.close()
 
@@ -226,7 +275,8 @@ class StreamsBackend:
         command = StartPlay(
             company_id=company_id, flow=flow.name, flow_version=flow.version, play_id=play_id, input=input
         )
-        await (await self.producer.enqueue(command))  # the broker has it
+        self.results.starting(play_id)  # before the broker has it: its result may come at once
+        await (await self.producer.enqueue(command))
 
     async def cancel(self, company_id: str, play_id: str) -> None:
         from flow8_streams.domain.messages import CancelPlay
@@ -234,21 +284,63 @@ class StreamsBackend:
         command = CancelPlay(company_id=company_id, play_id=play_id, reason="cancelled over the HTTP API")
         await (await self.producer.enqueue(command))
 
-    async def wait(self, company_id: str, play_id: str, timeout: float) -> PlayState | None:
-        """The projection read until the play has ended: MongoDB tells no one when a document changes
-        (FerretDB has no change streams), so a wait polls, backing off."""
-        pause, longest = STREAMS_POLL_SECONDS
+    async def play(self, company_id: str | None, play_id: str) -> Play | None:
+        return self.results.get(company_id, play_id) or await self.stores.plays.get(company_id, play_id)
+
+    async def plays(self, company_id: str, status: str | None, limit: int, page: PlayPage) -> Sequence[Play]:
+        """The projection's page, with the finished plays read off Kafka that it does not show
+        yet (or shows running): a play listed after its wait answered is listed as ended."""
+        shown = await self.stores.plays.list(company_id, status, limit, page)
+        listed: dict[str, Play] = {s.play_id: self.results.get(company_id, s.play_id) or s for s in shown}
+        listed |= {f.view["play_id"]: f for f in self.results.listed(company_id, status, page)}
+        plays = [p for p in listed.values() if status is None or p.public()["status"] == status]
+        return sorted(plays, key=_newest_first, reverse=True)[:limit]
+
+    async def wait(self, company_id: str, play_id: str, timeout: float) -> Play | None:
+        """The play's result as soon as it is read off Kafka. A play that ended before this
+        instance started, or long enough ago to have left the map, is in the projection: looked
+        at once, if its result has not come within ``STREAMS_LOOK_SECONDS``, unless the play was
+        started through this instance and its result has not been read yet."""
+        from flow8_streams.http.results import Finished
+
+        ended = self.results.get(company_id, play_id)
+        if ended is not None:
+            return ended
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        with self.results.awaiting(company_id, play_id) as arrival:
+            if not self.results.coming(play_id):  # not started here since the reader started: may have ended unseen
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(timeout, STREAMS_LOOK_SECONDS)):
+                        await asyncio.shield(arrival)
+                if not arrival.done():
+                    state = await self.stores.plays.get(company_id, play_id)
+                    if (state is not None and state.finished) or loop.time() >= deadline:
+                        return state
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await arrival
+            except TimeoutError:
+                return await self.stores.plays.get(company_id, play_id)
+        return Finished.of(result) or await self._poll(company_id, play_id, deadline)
+
+    async def _poll(self, company_id: str, play_id: str, deadline: float) -> PlayState | None:
+        """The projection read until it shows the play's end: for a result too large to carry the
+        play (MongoDB tells no one when a document changes; FerretDB has no change streams)."""
+        pause, longest = STREAMS_POLL_SECONDS
+        loop = asyncio.get_running_loop()
         while True:
             state = await self.stores.plays.get(company_id, play_id)
             left = deadline - loop.time()
             if (state is not None and state.finished) or left <= 0:
-                return state  # a play just started may not be projected yet: None is waited on too
+                return state
             await asyncio.sleep(min(pause, left))  # a poll period: there is no event to await
             pause = min(pause * 2, longest)
 
     async def ready(self) -> str | None:
+        if self.reader.done():
+            failure = None if self.reader.cancelled() else self.reader.exception()
+            return f"the reader of the play-results topic stopped: {failure or 'cancelled'}"
         try:
             await self.mongo.db.command("ping")
         except Exception as exc:

@@ -3,15 +3,18 @@ and the key a request proves (``Caller``)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from prometheus_client import Gauge
 
 from flow8_streams.domain.bounded import TooLarge, decode_json
 from flow8_streams.domain.limits import Limits
@@ -100,6 +103,41 @@ class RateLimit:
             return (1 - tokens) / self.rate
         self.buckets[key_id] = (tokens - 1, now)
         return None
+
+
+class WaitSlots:
+    """How many waits (``GET /v1/plays/{id}/wait``) this instance holds at once: at most ``total``,
+    and ``per_key`` for one API key. A wait past either is refused at once, naming the setting."""
+
+    def __init__(self, total: int, per_key: int, gauge: Gauge) -> None:
+        self.total = total
+        self.per_key = per_key
+        self.gauge = gauge
+        self.held: Counter[str] = Counter()  # key id -> waits held
+
+    @contextlib.contextmanager
+    def hold(self, key_id: str) -> Iterator[None]:
+        if self.held.total() >= self.total:
+            raise HTTPException(
+                503,
+                detail=f"this instance holds {self.total} waits already (http.max_waits); try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        if self.held[key_id] >= self.per_key:
+            raise HTTPException(
+                429,
+                detail=f"this key holds {self.per_key} waits on this instance already (http.max_waits_per_key)",
+                headers={"Retry-After": "1"},
+            )
+        self.held[key_id] += 1
+        self.gauge.inc()
+        try:
+            yield
+        finally:
+            self.gauge.dec()
+            self.held[key_id] -= 1
+            if not self.held[key_id]:
+                del self.held[key_id]
 
 
 async def caller(request: Request, _: Annotated[Any, Depends(_bearer)]) -> ApiKey:

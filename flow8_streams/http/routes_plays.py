@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flow8_streams.domain.flow import NAME_PATTERN
 from flow8_streams.domain.messages import ID_PATTERN, StartPlay
-from flow8_streams.domain.state import PlayState
 from flow8_streams.errors import CompanyMismatch, NotFound
-from flow8_streams.http.common import BoundedRoute, Caller, Config, Json, Store, problem
+from flow8_streams.http.backends import Play
+from flow8_streams.http.common import BoundedRoute, Caller, Config, Json, Store, WaitSlots, problem
 from flow8_streams.stores.ports import PlayPage
 
 router = APIRouter(prefix="/v1/plays", tags=["plays"], route_class=BoundedRoute)
@@ -41,8 +41,8 @@ def _location(play_id: str) -> dict[str, str]:
     return {"Location": f"/v1/plays/{play_id}"}
 
 
-async def _play(backend: Store, company_id: str, play_id: str) -> PlayState:
-    state = await backend.stores.plays.get(company_id, play_id)
+async def _play(backend: Store, company_id: str, play_id: str) -> Play:
+    state = await backend.play(company_id, play_id)
     if state is None:
         raise NotFound(f"no play {play_id}")
     return state
@@ -57,9 +57,9 @@ async def start(body: StartRequest, key: Caller, backend: Store) -> Response:
         raise problem(422, first["msg"], field=("body", *map(str, first["loc"]))) from None
     play_id = body.play_id or str(uuid.uuid4())
     if body.play_id is not None:
-        known = await backend.stores.plays.get(None, play_id)
+        known = await backend.play(None, play_id)
         if known is not None:
-            if known.company_id != key.company_id:
+            if known.public()["company_id"] != key.company_id:
                 raise problem(409, f"play_id {play_id!r} is taken; choose another", field=("body", "play_id"))
             return Json(known.public(), status_code=200, headers=_location(play_id))
     flow = await backend.stores.flows.get(key.company_id, body.flow, body.flow_version)
@@ -81,8 +81,9 @@ async def start(body: StartRequest, key: Caller, backend: Store) -> Response:
     return Json(accepted, status_code=202, headers=_location(play_id))
 
 
-def _cursor(state: PlayState) -> str:
-    raw = orjson.dumps([state.started_at.isoformat(), state.play_id])
+def _cursor(play: Play) -> str:
+    shown = play.public()
+    raw = orjson.dumps([shown["started_at"].isoformat(), shown["play_id"]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -112,7 +113,7 @@ async def list_plays(
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, description="next_cursor of the page before.")] = None,
 ) -> Response:
     page = PlayPage(flow=flow, since=_utc(since), until=_utc(until), after=_after(cursor) if cursor else None)
-    plays = await backend.stores.plays.list(key.company_id, status, limit, page)
+    plays = await backend.plays(key.company_id, status, limit, page)
     next_cursor = _cursor(plays[-1]) if len(plays) == limit else None
     return Json({"items": [p.public() for p in plays], "next_cursor": next_cursor})
 
@@ -137,13 +138,14 @@ async def play_events(
 async def cancel(play_id: PlayIdPath, key: Caller, backend: Store) -> Response:
     state = await _play(backend, key.company_id, play_id)
     if state.finished:
-        raise problem(409, f"play {play_id} has already finished: {state.status.value}")
+        raise problem(409, f"play {play_id} has already finished: {state.public()['status']}")
     await backend.cancel(key.company_id, play_id)
     return Json({"play_id": play_id, "status": "cancelling"}, status_code=202, headers=_location(play_id))
 
 
 @router.get("/{play_id}/wait", summary="The play once it ends; 408 (with the play as it stands) on timeout")
 async def wait(
+    request: Request,
     play_id: PlayIdPath,
     key: Caller,
     backend: Store,
@@ -153,7 +155,9 @@ async def wait(
     bound = settings.http.max_wait_seconds
     if timeout > bound:
         raise problem(422, f"at most {bound:g} seconds (http.max_wait_seconds)", field=("query", "timeout"))
-    state = await backend.wait(key.company_id, play_id, timeout)
+    slots: WaitSlots = request.app.state.waits
+    with slots.hold(key.key_id):
+        state = await backend.wait(key.company_id, play_id, timeout)
     if state is None:
         raise NotFound(f"no play {play_id}")
     if not state.finished:

@@ -20,19 +20,22 @@ log = logging.getLogger("flow8.http")
 
 
 @contextlib.asynccontextmanager
-async def open_backend(settings: Settings, db: Path | None, modules: Sequence[str]) -> AsyncIterator[Backend]:
+async def open_backend(
+    settings: Settings, db: Path | None, modules: Sequence[str], metrics: Metrics
+) -> AsyncIterator[Backend]:
     """The embedded backend on ``db``, or the streams one (Kafka + MongoDB) when ``db`` is None."""
     if db is not None:
         async with EmbeddedBackend.open(db, settings, modules) as embedded:
             yield embedded
     else:
-        async with StreamsBackend.open(settings, modules) as streams:
+        async with StreamsBackend.open(settings, modules, metrics) as streams:
             yield streams
 
 
 async def serve(settings: Settings, db: Path | None, modules: Sequence[str] = ()) -> None:
-    async with open_backend(settings, db, modules) as backend:
-        app = create_app(settings, Metrics(), backend)
+    metrics = Metrics()
+    async with open_backend(settings, db, modules, metrics) as backend:
+        app = create_app(settings, metrics, backend)
         config = uvicorn.Config(
             app,
             host=settings.server_host,

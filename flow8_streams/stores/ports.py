@@ -37,13 +37,16 @@ class PlayPage:
     after: tuple[datetime, str] | None = None
 
     def admits(self, state: PlayState) -> bool:
-        if self.flow is not None and state.flow.name != self.flow:
+        return self.admits_play(state.flow.name, state.started_at, state.play_id)
+
+    def admits_play(self, flow: str, started_at: datetime, play_id: str) -> bool:
+        if self.flow is not None and flow != self.flow:
             return False
-        if self.since is not None and state.started_at < self.since:
+        if self.since is not None and started_at < self.since:
             return False
-        if self.until is not None and state.started_at >= self.until:
+        if self.until is not None and started_at >= self.until:
             return False
-        return self.after is None or (state.started_at, state.play_id) < self.after
+        return self.after is None or (started_at, play_id) < self.after
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from tests.flow8_cli import Result, run
 
 RESULT_KEYS = {
     "play_id", "company_id", "flow", "flow_version", "status", "output", "error", "started_at", "ended_at",
-    "last_seq", "head_hash",
+    "last_seq", "head_hash", "input", "flowlets",
 }  # fmt: skip
 SETTINGS_ENV = ("FLOW8_", "MONGODB_", "KAFKA_", "SERVER_", "CHANNEL_", "WORKER_")
 
@@ -138,6 +138,7 @@ def test_produce_then_results_tail_prints_one_result_per_play(
         assert result["last_seq"] > 1 and len(result["head_hash"]) == 64  # the terminal event: an audit anchor
         assert result["output"] == {"say": {"said": "hi"}}
         assert result["started_at"] <= result["ended_at"]
+        assert set(result["flowlets"]) == {"say"} and result["flowlets"]["say"]["status"] == "succeeded"
     assert sorted(r["play_id"] for r in results) == sorted(produced)
 
 
