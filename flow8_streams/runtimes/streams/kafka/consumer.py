@@ -179,6 +179,7 @@ class Flow8Consumer(kafka_driver.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
+        self._sought: set[Any] = set()  # partitions sought to their committed offsets since the assignment
         super().__init__(*args, **kwargs)
 
     def _new_consumer_thread(self) -> Any:
@@ -243,6 +244,8 @@ class Flow8Consumer(kafka_driver.Consumer):
         offset was stepped over once its successors were acked, and a worker that died
         then lost it (its play never finished). Acked offsets above the lowest message
         still in flight are held back from faust here until that message is acked."""
+        if tp not in self._sought:  # see seek_to_committed
+            return None
         generation = self.app.consumer_generation_id
         in_flight = [
             m.offset
@@ -321,6 +324,7 @@ class Flow8Consumer(kafka_driver.Consumer):
         forever). Every partition is read again from its committed offset now."""
         self._acked.clear()
         self._acked_index.clear()
+        self._sought.clear()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -333,7 +337,18 @@ class Flow8Consumer(kafka_driver.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def seek_to_committed(self) -> Any:
+        """After an assignment faust resumes the flow before it seeks back to the committed
+        offsets (faust's recovery resumes streams, then seeks), and forgot those offsets at the revocation: a
+        partition kept through the rebalance went on from where it was, and a commit in between
+        took its acks for a run from nowhere and committed past the records it had read before
+        the rebalance but not committed (a completion lost so left its play waiting forever). A
+        partition commits nothing until it is sought here, and its acks from before are void:
+        what follows the committed offset is read again."""
         committed = await super().seek_to_committed()
+        for tp in committed:
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+        self._sought.update(committed)
         if self.in_transaction and cast(Any, self.app).wiring.per_worker:
             cast(WorkerTransactions, self.transactions).committed(committed)
         never = rules.never_committed(committed, self._is_changelog_tp)
