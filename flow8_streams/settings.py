@@ -244,9 +244,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".flow8")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transactions: Literal["partition", "worker"] = Field(
-        default="partition",
-        description="Exactly-once: one transaction per input partition (faust's), or one per worker "
-        "whose commits the consumer group fences by generation (KIP-447; experimental).",
+        default="worker",
+        description="Exactly-once: one transaction per worker whose commits the consumer group fences by "
+        "generation (KIP-447), or one per input partition (faust's own, the default before 0.2).",
     )
     commit_interval_ms: int = Field(
         default=100,

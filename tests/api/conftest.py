@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.conformance.streams_harness import WorkerGroup
 
 from .server import Server, clean_env, make_key, serving
 
@@ -39,3 +43,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     }
     with serving("--db", db, cwd=cwd, env=env) as server:
         yield Api(server, keys["acme"], keys["admin"], keys["globex"], db, cwd)
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
+    """A streams worker on topics and a database of its own, for the streams backend's tests."""
+    from tests.streams.support import running_group
+
+    with running_group(tmp_path_factory.mktemp("workers")) as workers:
+        yield workers

@@ -11,10 +11,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tests.flow8_cli import FLOW8, run
+
+if TYPE_CHECKING:
+    from tests.conformance.streams_harness import WorkerGroup
 
 READY_SECONDS = 60
 
@@ -105,3 +109,14 @@ class Two:
     b: Server
     acme: str
     globex: str
+
+
+def streams_env(group: WorkerGroup) -> dict[str, str]:
+    """A ``flow8 serve --streams`` over ``group``'s topics and database."""
+    return clean_env(
+        KAFKA_BOOTSTRAP_SERVERS=group.settings.kafka_bootstrap_servers,
+        MONGODB_URI=group.settings.mongodb_uri,
+        MONGODB_DATABASE=group.name,
+        FLOW8_TOPICS__PREFIX=group.name,
+        FLOW8_LOG_LEVEL="info",
+    )

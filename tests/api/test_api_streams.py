@@ -10,30 +10,17 @@ import httpx
 import pytest
 
 from tests.conformance.streams_harness import WorkerGroup
-from tests.streams.support import running_group
 
 from .conftest import HELLO, SLOW
-from .server import Two, clean_env, make_key, serving
+from .server import Two, make_key, serving, streams_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as workers:
-        yield workers
-
-
-@pytest.fixture(scope="module")
 def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
     cwd = tmp_path_factory.mktemp("serve-streams")
-    env = clean_env(
-        KAFKA_BOOTSTRAP_SERVERS=group.settings.kafka_bootstrap_servers,
-        MONGODB_URI=group.settings.mongodb_uri,
-        MONGODB_DATABASE=group.name,
-        FLOW8_TOPICS__PREFIX=group.name,
-        FLOW8_LOG_LEVEL="info",
-    )
+    env = streams_env(group)
     acme = make_key("--mongodb", company="acme", cwd=cwd, env=env)
     globex = make_key("--mongodb", company="globex", cwd=cwd, env=env)
     with serving("--streams", cwd=cwd, env=env) as a, serving("--streams", cwd=cwd, env=env) as b:

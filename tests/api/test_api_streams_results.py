@@ -19,10 +19,9 @@ import pymongo
 import pytest
 
 from tests.conformance.streams_harness import WorkerGroup
-from tests.streams.support import running_group
 
 from .conftest import HELLO, SLOW
-from .server import Server, clean_env, make_key, serving
+from .server import Server, make_key, serving, streams_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 PER_KEY, TOTAL = 2, 3  # the waits instance ``topic`` holds for one key, and in all
@@ -38,21 +37,9 @@ class Instances:
 
 
 @pytest.fixture(scope="module")
-def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
-    with running_group(tmp_path_factory.mktemp("workers")) as workers:
-        yield workers
-
-
-@pytest.fixture(scope="module")
 def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instances]:
     cwd = tmp_path_factory.mktemp("serve-results")
-    env = clean_env(
-        KAFKA_BOOTSTRAP_SERVERS=group.settings.kafka_bootstrap_servers,
-        MONGODB_URI=group.settings.mongodb_uri,
-        MONGODB_DATABASE=group.name,
-        FLOW8_TOPICS__PREFIX=group.name,
-        FLOW8_LOG_LEVEL="info",
-    )
+    env = streams_env(group)
     bare = {**env, "MONGODB_DATABASE": f"{group.name}x", "FLOW8_HTTP__MAX_WAITS_PER_KEY": str(PER_KEY),
             "FLOW8_HTTP__MAX_WAITS": str(TOTAL)}  # fmt: skip
     keys = {
