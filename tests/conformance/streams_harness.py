@@ -104,6 +104,7 @@ class EventTap:
         self.duplicates: list[tuple[str, int]] = []
         self.terminal: dict[str, str] = {}  # play_id -> type of its terminal event
         self.partition: dict[str, int] = {}  # play_id -> the events partition its events are on
+        self.offset: dict[tuple[str, int], int] = {}  # (play_id, seq) -> its record's offset
         self.first_since_mark: dict[int, float] = {}  # partition -> when the tap first read from it since mark()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -144,6 +145,7 @@ class EventTap:
                         self.duplicates.append((event.play_id, event.seq))
                     seen[event.seq] = event
                     self.partition[event.play_id] = m.partition
+                    self.offset[(event.play_id, event.seq)] = m.offset
                     if event.type in TERMINAL_EVENT_TYPES:
                         self.terminal[event.play_id] = event.type
             async with self._changed:

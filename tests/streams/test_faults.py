@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
 from flow8_streams.domain.messages import StartPlay
@@ -26,6 +28,7 @@ from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayStatus
 from flow8_streams.engine import fold
 from flow8_streams.runtimes.streams.client import CommandProducer
+from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import EventTap, WorkerGroup
 
@@ -82,6 +85,32 @@ async def projected_within(store: MongoStore, results: dict[str, PlayResult], wi
         if not unsettled or time.monotonic() > deadline:
             return unsettled
         await asyncio.sleep(0.5)  # the projection has no event a reader can await
+
+
+async def where_unprojected(
+    settings: Settings, store: MongoStore, tap: EventTap, play_ids: list[str], why: dict[str, str]
+) -> dict[str, str]:
+    """For each play whose document lags: the offsets of its events past the document's seq,
+    and the group's committed offset of their partition: committed past them means the
+    projector's input skipped them, below them that it never got there."""
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+    finally:
+        await admin.close()
+    told: dict[str, str] = {}
+    for play_id in play_ids:
+        doc = await store.plays.get(None, play_id)
+        seq = 0 if doc is None else doc.seq
+        partition = tap.partition.get(play_id)
+        meta = committed.get(TopicPartition(settings.topics.events, partition or 0))
+        missing = [f"{e.seq} {e.type}@{tap.offset.get((play_id, e.seq))}" for e in tap.history(play_id) if e.seq > seq]
+        told[play_id] = (
+            f"{why[play_id]}; events partition {partition}, committed offset "
+            f"{None if meta is None else meta.offset}; not projected: {', '.join(missing)}"
+        )
+    return told
 
 
 @pytest.mark.timeout(400)
@@ -154,7 +183,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
         unsettled = await projected_within(store, results.results, PROJECTED_WITHIN_S)
         print(f"projection: all {PLAYS} documents final {time.monotonic() - last_result:.1f} s after the last result")
         assert unsettled == {}, f"{len(unsettled)} plays' MongoDB documents differ from their results: " + str(
-            dict(list(unsettled.items())[:5])
+            await where_unprojected(settings, store, tap, list(unsettled)[:5], unsettled)
         )
 
         # every play completed, once

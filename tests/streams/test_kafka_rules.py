@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from io import BytesIO
+from types import SimpleNamespace
 
 import pytest
 
 from flow8_streams.runtimes.streams.kafka import rules
+from flow8_streams.runtimes.streams.kafka.consumer import BEYOND, Flow8ConsumerThread, ReadOffsets
 from flow8_streams.runtimes.streams.kafka.producer import GroupMember
 from flow8_streams.runtimes.streams.kafka.protocol import (
     GroupTxnOffsetCommitRequest,
@@ -141,3 +144,28 @@ def test_only_a_record_of_the_current_generation_is_acted_on_and_acked(
     read_in: int | None, current: int, acts: bool
 ) -> None:
     assert rules.of_this_generation(read_in, current) is acts
+
+
+def test_a_record_taken_before_a_seek_neither_delivers_nor_moves_the_read_offset_after_it() -> None:
+    """faust's fetch loop checks a record against the read offset, hands it to the streams
+    (awaiting) and then notes it as delivered; a seek back to the committed offset can come
+    in between. The record then must not set the read offset past the records the seek was
+    for (they were dropped as read once), nor make a hole that commits count as done."""
+    thread = SimpleNamespace(epochs={"in": 1}, handed={})
+    thread.sought_since = partial(Flow8ConsumerThread.sought_since, thread)  # type: ignore[arg-type]
+    offsets = ReadOffsets(lambda: thread, is_changelog=lambda tp: tp == "changelog")  # type: ignore[arg-type,return-value]
+    taken = Flow8ConsumerThread._handing(thread, "in", 1, iter([SimpleNamespace(offset=120)]))  # type: ignore[arg-type]
+    assert next(taken).offset == 120  # faust takes the record of epoch 1...
+    assert offsets["in"] is None  # ...and checks it: not read yet, delivered
+    thread.epochs["in"] = 2  # a seek back to the committed offset, on the consumer's thread
+    offsets.seek("in", 90)
+    offsets["in"] = 120  # faust notes the record it took before the seek as delivered
+    assert dict(offsets) == {"in": 90}  # ignored: 90..119 are read again, not dropped
+    assert offsets["in"] == BEYOND  # and a record of before the seek reads as below: dropped
+    offsets["changelog"] = 5  # a table's changelog is left as faust has it
+    assert offsets["changelog"] == 5
+    fresh = Flow8ConsumerThread._handing(thread, "in", 2, iter([SimpleNamespace(offset=90)]))
+    assert next(fresh).offset == 90
+    assert offsets["in"] == 90  # a record fetched after the seek is checked as usual
+    offsets["in"] = 90
+    assert offsets["in"] == 90

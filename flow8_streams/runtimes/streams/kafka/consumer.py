@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from faust.sensors import Sensor
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as kafka_driver
 from mode import Service
 
@@ -103,6 +107,7 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     # from the new position.
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.epochs: dict[Any, int] = {}
+        self.handed: dict[Any, tuple[int, int]] = {}  # tp -> (offset, epoch) of the last record handed over
         self._tail = None  # see _tail_reader
         self.exact: set[Any] = set()  # changelog partitions whose highwater is their last record
         self._tail_lock = asyncio.Lock()
@@ -151,7 +156,62 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     ) -> Any:
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
         epochs = self.epochs
-        return {tp: rules.unless_sought(epochs, tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
+        return {tp: self._handing(tp, epochs.get(tp, 0), batch) for tp, batch in records.items()}
+
+    def _handing(self, tp: Any, epoch: int, batch: Any) -> Any:
+        """The records of ``batch`` not sought past, each noted as handed over when faust takes it."""
+        handed = self.handed
+        for record in rules.unless_sought(self.epochs, tp, epoch, batch):
+            handed[tp] = (record.offset, epoch)
+            yield record
+
+    def sought_since(self, tp: Any, offset: int | None = None) -> bool:
+        """Whether the record of ``tp`` faust took last (at ``offset``, if given) was fetched
+        before a seek of ``tp`` that came since: faust checks a record's offset against
+        the last delivered, hands it to the streams and only then notes it as delivered,
+        awaiting in between, and a seek can come in that while (this thread runs beside
+        faust's loop)."""
+        handed = self.handed.get(tp)
+        if handed is None or (offset is not None and handed[0] != offset):
+            return False
+        return handed[1] != self.epochs.get(tp, 0)
+
+
+class ReadOffsets(defaultdict[Any, int | None]):
+    """faust's ``_read_offset`` (tp -> the offset last delivered, set by a seek to where reading
+    resumes), blind to a record fetched before a seek that came since. faust's fetch loop
+    reads it to drop a record below it (one read again), and sets it after handing a record
+    to the streams: a record fetched before the seek but handed over after it once set it
+    back past the records the seek was for, and they were dropped as read (the projection
+    of a play then missed its last events). Here such a record reads as below (dropped) and
+    its set is ignored."""
+
+    def __init__(self, thread: Callable[[], Flow8ConsumerThread | None], is_changelog: Callable[[Any], bool]) -> None:
+        super().__init__(lambda: None)
+        self._thread = thread
+        self._is_changelog = is_changelog  # a table's restore seeks its changelogs its own way: left as faust has it
+
+    def _sought_since(self, tp: Any, offset: int | None = None) -> bool:
+        thread = self._thread()
+        return thread is not None and thread.sought_since(tp, offset) and not self._is_changelog(tp)
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if self._sought_since(tp):
+            return BEYOND
+        return super().__getitem__(tp)
+
+    def __setitem__(self, tp: Any, offset: int | None) -> None:
+        if offset is not None and self._sought_since(tp, offset):
+            log.info("a record of %s at %s fetched before a seek was not delivered", tp, offset)
+            return
+        super().__setitem__(tp, offset)
+
+    def seek(self, tp: Any, offset: int | None) -> None:
+        """Where reading resumes after a seek: always set."""
+        super().__setitem__(tp, offset)
+
+
+BEYOND = sys.maxsize  # an offset no record reaches: faust drops a record below its read offset
 
 
 class Done(Sensor):
@@ -181,6 +241,7 @@ class Flow8Consumer(kafka_driver.Consumer):
         self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
         self._sought: set[Any] = set()  # partitions sought to their committed offsets since the assignment
         super().__init__(*args, **kwargs)
+        self._read_offset = ReadOffsets(lambda: cast(Flow8ConsumerThread | None, self._thread), self._is_changelog_tp)
 
     def _new_consumer_thread(self) -> Any:
         return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -270,6 +331,8 @@ class Flow8Consumer(kafka_driver.Consumer):
         right after a transaction marker was committed while it still ran (or before
         it ran), and a worker killed then lost it: its play never finished. The gap
         here ends before that record."""
+        if cast(Flow8ConsumerThread, self._thread).sought_since(tp, offset_to):
+            return  # a record fetched before a seek since: no hole (``ReadOffsets`` drops it)
         gap = rules.gap_before(offset_from, offset_to)
         if gap is not None:
             await super()._add_gap(tp, *gap)
@@ -291,6 +354,11 @@ class Flow8Consumer(kafka_driver.Consumer):
 
     async def _seek(self, partition: Any, offset: int) -> None:
         await cast(Flow8ConsumerThread, self._thread).seek_now(partition, offset)
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        """faust's ``seek``, with the read offset set as a seek's (``ReadOffsets``)."""
+        await self._seek(partition, offset)
+        cast(ReadOffsets, self._read_offset).seek(ensure_TP(partition), offset if offset else None)
 
     async def position(self, tp: Any) -> int | None:
         """Only faust's restore asks this, to end a restore stuck below a commit marker:
