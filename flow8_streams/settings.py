@@ -117,6 +117,13 @@ class Http(BaseModel):
         default=10_000, ge=1, le=10_000_000, description="Finished plays from flow8.play-results kept by --streams."
     )
     results_ttl_seconds: float = Field(default=300, gt=0, le=86_400, description="How long one of them is kept.")
+    key_cache_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=300,
+        description="How long a --streams instance keeps an API key it read from MongoDB: a key revoked by the CLI "
+        "or another instance still works there for up to this long (0: read the key on every request).",
+    )
 
 
 class Topics(BaseModel):

@@ -35,7 +35,7 @@ from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from flow8_streams.http.backends import Backend, PlayBusy
 from flow8_streams.http.common import Json, RateLimit, WaitSlots
-from flow8_streams.http.keys import Unauthenticated
+from flow8_streams.http.keys import KeyCache, Unauthenticated
 from flow8_streams.metrics import Metrics
 from flow8_streams.settings import Settings
 
@@ -155,6 +155,9 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     app.state.backend = backend
     app.state.settings = settings
     app.state.metrics = metrics
+    # the embedded backend reads a key from its SQLite file in microseconds: nothing to save there
+    key_seconds = settings.http.key_cache_seconds if backend.name == "streams" else 0
+    app.state.keys = KeyCache(backend.stores.keys, key_seconds, metrics)
     per_second = settings.http.rate_limit_per_second
     app.state.rate_limit = RateLimit(per_second) if per_second is not None else None
     app.state.waits = WaitSlots(settings.http.max_waits, settings.http.max_waits_per_key, metrics.http_waits)

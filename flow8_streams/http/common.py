@@ -142,8 +142,7 @@ class WaitSlots:
 
 async def caller(request: Request, _: Annotated[Any, Depends(_bearer)]) -> ApiKey:
     """The key the request's ``Authorization: Bearer KEY`` proves; the company is the key's."""
-    backend: Backend = request.app.state.backend
-    key = await authenticate(backend.stores.keys, request.headers.get("authorization"))
+    key = await authenticate(request.app.state.keys, request.headers.get("authorization"))
     limit: RateLimit | None = request.app.state.rate_limit
     if limit is not None and (wait := limit.take(key.key_id)) is not None:
         raise HTTPException(

@@ -4,12 +4,13 @@ another company's key is a 404."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from flow8_streams.errors import NotFound
 from flow8_streams.http.common import BoundedRoute, Caller, Json, Store, problem
+from flow8_streams.http.keys import KeyCache
 from flow8_streams.stores.ports import ApiKey
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=BoundedRoute)
@@ -39,9 +40,10 @@ async def list_keys(caller: Caller, backend: Store) -> Response:
 
 
 @router.post("/{key_id}/revoke", summary="Revoke one of the company's keys")
-async def revoke(key_id: KeyIdPath, caller: Caller, backend: Store) -> Response:
+async def revoke(key_id: KeyIdPath, caller: Caller, backend: Store, request: Request) -> Response:
     _admin(caller)
     revoked = await backend.stores.keys.revoke(key_id, datetime.now(UTC), caller.company_id)
     if revoked is None:
         raise NotFound(f"no key {key_id}")
+    cast(KeyCache, request.app.state.keys).forget(key_id)  # refused here at once, elsewhere within the cache's time
     return Json(public(revoked))
