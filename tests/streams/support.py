@@ -110,3 +110,50 @@ async def collecting_results(settings: Settings) -> AsyncIterator[ResultCollecto
         yield collector
     finally:
         await collector.close()
+
+
+async def trail(settings: Settings, play_ids: list[str], partition: int) -> str:
+    """Where ``play_ids`` went on ``partition`` of the commands, tasks and completions topics:
+    each record of theirs with its offset, committed or aborted (read uncommitted and committed
+    both), and the group's committed offset there; what a play that stopped needs explaining."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topics = settings.topics
+    tps = [TopicPartition(t, partition) for t in (topics.commands, topics.tasks, topics.completions)]
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+    finally:
+        await admin.close()
+    seen: dict[str, dict[tuple[str, int], str]] = {}
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = AIOKafkaConsumer(
+            **settings.kafka_client_options(), isolation_level=isolation, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            found = seen.setdefault(isolation, {})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(20):
+                    while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                        for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                            for r in records:
+                                text = (r.value or b"").decode(errors="replace")
+                                for play_id in play_ids:
+                                    if play_id in text:
+                                        found[(tp.topic, r.offset)] = text[:160]
+        finally:
+            await consumer.stop()
+    lines = []
+    for tp in tps:
+        meta = committed.get(tp)
+        lines.append(f"{tp.topic}[{partition}] committed at {None if meta is None else meta.offset}")
+    for (topic, offset), text in sorted(seen.get("read_uncommitted", {}).items()):
+        state = "committed" if (topic, offset) in seen.get("read_committed", {}) else "ABORTED"
+        lines.append(f"  {topic}@{offset} ({state}): {text}")
+    return "\n".join(lines)

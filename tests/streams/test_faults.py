@@ -32,7 +32,7 @@ from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import EventTap, WorkerGroup
 
-from .support import collecting_results, fl, make_flow, running_group
+from .support import collecting_results, fl, make_flow, running_group, trail
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -166,7 +166,13 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
                 )
                 return f"all {PLAYS} plays finished ({len(running)} still running: {shown})"
 
-            await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), GUARD_S, unfinished)
+            try:
+                await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), GUARD_S, unfinished)
+            except AssertionError as exc:
+                stuck = sorted(plays.keys() - tap.terminal.keys())[:3]
+                where = {tap.partition[p] for p in stuck if p in tap.partition}
+                told = [await trail(settings, stuck, p) for p in sorted(where)]
+                raise AssertionError(f"{exc}\n" + "\n".join(told)) from None
             await results.wait_for(set(plays), 60)
             last_result = time.monotonic()
             took = last_result - t0
