@@ -106,6 +106,7 @@ async def where_unprojected(
         partition = tap.partition.get(play_id)
         meta = committed.get(TopicPartition(settings.topics.events, partition or 0))
         missing = [f"{e.seq} {e.type}@{tap.offset.get((play_id, e.seq))}" for e in tap.history(play_id) if e.seq > seq]
+        missing = missing or [f"none now: the document caught up since (seq {seq}), late"]
         told[play_id] = (
             f"{why[play_id]}; events partition {partition}, committed offset "
             f"{None if meta is None else meta.offset}; not projected: {', '.join(missing)}"
