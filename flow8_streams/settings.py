@@ -3,7 +3,8 @@
 Precedence: flags (passed as keyword arguments) > environment > YAML file
 (``--config`` or ``FLOW8_CONFIG``) > defaults. Environment names are the seed's:
 ``KAFKA_BOOTSTRAP_SERVERS``, ``MONGODB_URI``, ``SERVER_PORT``, ``CHANNEL_PORT_RANGE``,
-``CHANNEL_POOL_SIZE`` (and ``CHANNEL_POOL_WARM``); nested values use ``FLOW8_`` and ``__``
+``CHANNEL_POOL_SIZE`` (and ``CHANNEL_POOL_WARM``; or, with ``FLOW8_CHANNEL_RANGES_FILE``, the range of this
+instance's replica in the seed's ``ranges.yaml``: see ``channel_range_of``); nested values use ``FLOW8_`` and ``__``
 (``FLOW8_CACHE__FLOWS__TTL_SECONDS``). Kafka's security: ``KAFKA_SECURITY_PROTOCOL``,
 ``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD`` (environment or
 file only: no command-line flag sets a credential) and ``KAFKA_SSL_CAFILE``.
@@ -36,10 +37,78 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from flow8_streams.domain.bounded import load_yaml
 from flow8_streams.domain.limits import Limits
 from flow8_streams.errors import InvalidInput
 
 PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$")
+ORDINAL = re.compile(r"-(\d{1,6})$")  # a StatefulSet pod's name ends in its ordinal: flow8-worker-2
+RANGES_FILE_MAX_BYTES = 64 * 1024
+
+
+def _port_range(value: object, what: str) -> range:
+    match = PORT_RANGE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{what} {value!r} is not a range like 7701-7799")
+    low, high = int(match.group(1)), int(match.group(2))
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{what} {value!r}: ports must satisfy 1 <= low <= high <= 65535")
+    return range(low, high + 1)
+
+
+def read_channel_ranges(path: Path, limits: Limits | None = None) -> dict[int, range]:
+    """The seed's ``ranges.yaml`` (a Kubernetes ConfigMap's key, mounted as a file): a list of
+    ``{replica: N, range: "LOW-HIGH"}``, one entry per replica, no two ranges sharing a port."""
+    what = f"FLOW8_CHANNEL_RANGES_FILE {path}"
+    try:
+        with path.open("rb") as file:
+            raw = file.read(RANGES_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{what}: {exc.strerror or exc}") from None
+    try:
+        document = load_yaml(raw, limits or Limits(), what, RANGES_FILE_MAX_BYTES)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(document, list) or not document:
+        raise ValueError(f"{what}: expected a list of {{replica: N, range: LOW-HIGH}}")
+    ranges: dict[int, range] = {}
+    for entry in document:
+        if not isinstance(entry, dict) or set(entry) != {"replica", "range"}:
+            raise ValueError(f"{what}: each entry is {{replica: N, range: LOW-HIGH}}, not {entry!r}")
+        replica = entry["replica"]
+        if isinstance(replica, bool) or not isinstance(replica, int) or replica < 0:
+            raise ValueError(f"{what}: replica {replica!r} is not a whole number, 0 or more")
+        if replica in ranges:
+            raise ValueError(f"{what}: replica {replica} is listed twice")
+        ports = _port_range(entry["range"], f"{what}: replica {replica}'s range")
+        for other, taken in ranges.items():
+            if ports.start < taken.stop and taken.start < ports.stop:
+                raise ValueError(f"{what}: the ranges of replicas {other} and {replica} share ports")
+        ranges[replica] = ports
+    return ranges
+
+
+def replica_of_host(host_name: str) -> int:
+    """The ordinal a StatefulSet gives a pod, which ends its name (its host name): ``flow8-worker-2`` -> 2."""
+    match = ORDINAL.search(host_name)
+    if match is None:
+        raise ValueError(
+            f"FLOW8_REPLICA is not set and the host name {host_name!r} does not end in -N "
+            "(a StatefulSet pod's ordinal): set FLOW8_REPLICA"
+        )
+    return int(match.group(1))
+
+
+def channel_range_of(ranges: dict[int, range], replica: int, path: Path) -> str:
+    """CHANNEL_PORT_RANGE of ``replica``, from the ranges of ``read_channel_ranges``."""
+    if replica not in ranges:
+        listed = ", ".join(str(r) for r in sorted(ranges))
+        raise ValueError(
+            f"replica {replica} has no channel port range in FLOW8_CHANNEL_RANGES_FILE {path} (it lists replicas "
+            f"{listed}): add one that overlaps no other before scaling past them"
+        )
+    ports = ranges[replica]
+    return f"{ports.start}-{ports.stop - 1}"
 
 
 class FlowCache(BaseModel):
@@ -241,6 +310,18 @@ class Settings(BaseSettings):
         description="Channels started with the pool (capped at CHANNEL_POOL_SIZE); the others start one by one "
         "when a task waits and no channel is idle.",
     )
+    replica: int | None = Field(
+        default=None,
+        ge=0,
+        le=999_999,
+        description="This instance's ordinal, which picks its range in channel_ranges_file (FLOW8_REPLICA; unset "
+        "or empty: the number that ends the host name, as a StatefulSet pod's flow8-worker-2 ends in 2).",
+    )
+    channel_ranges_file: Path | None = Field(
+        default=None,
+        description="The seed's ranges.yaml (FLOW8_CHANNEL_RANGES_FILE): a list of {replica: N, range: LOW-HIGH}; "
+        "the instance's CHANNEL_PORT_RANGE is its replica's range (CHANNEL_PORT_RANGE itself is then not given).",
+    )
     worker_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         pattern=r"^[A-Za-z0-9._-]+$",
@@ -332,13 +413,14 @@ class Settings(BaseSettings):
     @field_validator("channel_port_range")
     @classmethod
     def _check_range(cls, value: str) -> str:
-        match = PORT_RANGE.match(value)
-        if not match:
-            raise ValueError(f"CHANNEL_PORT_RANGE {value!r} is not a range like 7701-7799")
-        low, high = int(match.group(1)), int(match.group(2))
-        if not 1 <= low <= high <= 65535:
-            raise ValueError(f"CHANNEL_PORT_RANGE {value!r}: ports must satisfy 1 <= low <= high <= 65535")
-        return f"{low}-{high}"
+        ports = _port_range(value, "CHANNEL_PORT_RANGE")
+        return f"{ports.start}-{ports.stop - 1}"
+
+    @field_validator("replica", mode="before")
+    @classmethod
+    def _blank_replica(cls, value: object) -> object:
+        # an env var from a label the cluster does not set is empty: the host name then says
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("channel_pool_warm")
     @classmethod
@@ -392,6 +474,21 @@ class Settings(BaseSettings):
                 "ssl_context": self.kafka_ssl_context(),
             }
         return options
+
+    @model_validator(mode="after")
+    def _range_of_replica(self) -> Settings:
+        """With channel_ranges_file, CHANNEL_PORT_RANGE is the range of this replica (before _pool_fits checks it)."""
+        if self.channel_ranges_file is None:
+            return self
+        if "channel_port_range" in self.model_fields_set:
+            raise ValueError(
+                "CHANNEL_PORT_RANGE and FLOW8_CHANNEL_RANGES_FILE are both set: give one (the file gives each "
+                "replica its range)"
+            )
+        ranges = read_channel_ranges(self.channel_ranges_file, self.limits)
+        replica = self.replica if self.replica is not None else replica_of_host(socket.gethostname())
+        self.channel_port_range = channel_range_of(ranges, replica, self.channel_ranges_file)
+        return self
 
     @model_validator(mode="after")
     def _pool_fits(self) -> Settings:
