@@ -11,7 +11,9 @@ read by ``flow8_streams.settings``, as the compose tests do for compose's worker
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -395,3 +397,38 @@ def test_the_api_service_and_ingress_reach_flow8_serve() -> None:
     (path,) = rule["http"]["paths"]
     assert path["path"] == "/" and path["pathType"] == "Prefix"
     assert path["backend"]["service"] == {"name": "flow8", "port": {"number": port["port"]}}
+
+
+# ---------------------------------------------------------------- kustomize itself
+
+
+def test_kubectl_kustomize_renders_the_secret_and_the_image(tmp_path: Path) -> None:
+    """``kubectl apply -k`` as a user runs it (kubectl's own kustomize, offline): the Secret made from
+    secrets.env is what every container's secretKeyRef names, and every rendered object validates."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: its kustomize renders deploy/kubernetes")
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy, ignore=shutil.ignore_patterns("secrets.env"))
+    missing = subprocess.run([kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "secrets.env" in missing.stderr, "no secrets.env: kustomize refuses"
+    shutil.copy(SECRETS_EXAMPLE, copy / "secrets.env")
+    rendered = subprocess.run([kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"].startswith("flow8-secrets-")  # a hash of its content: changes roll the pods
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert set(secret["data"]) == set(SECRET_SETTINGS)
+    for obj in objects:
+        kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+        if obj["kind"] in ("StatefulSet", "Deployment"):
+            container = _container(obj)
+            assert container["image"] == "flow8-streams:latest"
+            names = {
+                i["valueFrom"]["secretKeyRef"]["name"]
+                for i in container["env"]
+                if "secretKeyRef" in i.get("valueFrom", {})
+            }
+            assert names == {secret["metadata"]["name"]}
+    assert len(objects) == len(_objects()) + 1
