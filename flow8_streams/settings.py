@@ -117,6 +117,30 @@ class Http(BaseModel):
         default=10_000, ge=1, le=10_000_000, description="Finished plays from flow8.play-results kept by --streams."
     )
     results_ttl_seconds: float = Field(default=300, gt=0, le=86_400, description="How long one of them is kept.")
+    history_max_records: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="--streams: records of the events topic one read of a play's history may go through (503 past it).",
+    )
+    history_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="--streams: bytes of the events topic one read of a play's history may go through (503 past it).",
+    )
+    history_max_seconds: float = Field(
+        default=15, gt=0, le=600, description="--streams: how long one read of a play's history may take (504 past it)."
+    )
+    history_consumers: int = Field(
+        default=4, ge=1, le=256, description="--streams: Kafka consumers kept open to read histories, one read each."
+    )
+    history_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=64 * 1024**3,
+        description="--streams: finished plays' histories kept in memory, by their events' JSON size (0: none).",
+    )
 
 
 class Topics(BaseModel):
