@@ -135,11 +135,15 @@ class PlayHistories:
         partitioner gives the company's key."""
         from aiokafka.partitioner import DefaultPartitioner
 
-        if self._partitions is None:
+        if self._partitions is None:  # once per instance: a topic's partitions are only ever added to
+            from aiokafka.errors import KafkaError
+
             topic = self.settings.topics.commands
-            async with self.consumers.lend() as consumer:
-                await consumer._client.force_metadata_update()
-                found = consumer.partitions_for_topic(topic)
+            try:
+                async with self.consumers.lend() as consumer:  # a lent one tracks the events topic only
+                    found = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+            except KafkaError as exc:
+                raise StoreUnavailable(f"Kafka, reading the metadata of {topic}: {type(exc).__name__}") from None
             if not found:
                 raise StoreUnavailable(f"Kafka has no topic {topic} (check FLOW8_TOPICS__PREFIX)")
             self._partitions = len(found)
