@@ -218,8 +218,8 @@ class EmbeddedBackend:
     async def history(self, company_id: str, play: Play) -> PlayHistory:
         """The log and the projection of the SQLite file (as ``StoreSource`` reads them)."""
         play_id = play.public()["play_id"]
-        events = await self.stores.log.read(play_id, company_id=company_id)
         state = await self.stores.plays.get(company_id, play_id)
+        events = await self.stores.log.read(play_id, company_id=company_id)
         docs = [e.model_dump(mode="json") for e in events]
         return PlayHistory(play_id, company_id, docs, projection=state, has_projection=True)
 
@@ -286,7 +286,10 @@ class StreamsBackend:
             async with CommandProducer(settings) as producer, reading(settings, results) as reader:
                 registry = ModuleRegistry.default(list(modules))
                 histories = PlayHistories(settings, consumers, metrics)
-                yield cls(store, producer, registry, settings.limits, results, reader, histories)
+                try:
+                    yield cls(store, producer, registry, settings.limits, results, reader, histories)
+                finally:
+                    await histories.close()
         finally:
             await consumers.close()
             await store.close()

@@ -100,6 +100,13 @@ class PlayHistories:
         history = await asyncio.shield(reading)
         return PlayHistory(play_id, company_id, list(history.documents), problems=list(history.problems))
 
+    async def close(self) -> None:
+        """Cancel the reads still running (their requests are gone: the server is stopping)."""
+        reading = list(self._reading.values())
+        for task in reading:
+            task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
+
     def _read_done(self, key: tuple[str, str], task: asyncio.Task[PlayHistory]) -> None:
         self._reading.pop(key, None)
         if task.cancelled() or task.exception() is not None:  # retrieved: every caller may have gone
@@ -116,13 +123,16 @@ class PlayHistories:
             async with asyncio.timeout(self.seconds):
                 ours = await self._company_partition(company_id)
                 history = await self._source(since, [ours]).play(company_id, play_id)
+                where = "company"
                 if not history.documents or history.documents[0].get("seq") != 1:
-                    history = await self._source(since, None).play(company_id, play_id)
+                    history, where = await self._source(since, None).play(company_id, play_id), "any"
         except TimeoutError:
             raise ReadTimedOut(
                 f"reading play {play_id}'s events off {self.settings.topics.events} took more than "
                 f"{self.seconds:g} s (http.history_max_seconds)"
             ) from None
+        if self.metrics is not None:
+            self.metrics.http_history_reads.labels(partitions=where).inc()
         return history
 
     def _source(self, since: datetime, partitions: list[int] | None) -> KafkaSource:

@@ -78,10 +78,12 @@ def test_events_audit_and_timeline_equal_the_embedded_backends(api: Api, two: Tw
     with two.a.client(two.acme) as a, two.b.client(two.acme) as b:
         a.put(f"/v1/flows/{name}", json=HELLO)
         assert finished(a, name, play_id)["status"] == "succeeded"
+        read_before = samples(two.a)
         events = [a.get(f"/v1/plays/{play_id}/events"), b.get(f"/v1/plays/{play_id}/events")]
         audits = [a.get(f"/v1/plays/{play_id}/audit"), b.get(f"/v1/plays/{play_id}/audit")]
         timelines = [a.get(f"/v1/plays/{play_id}/timeline"), b.get(f"/v1/plays/{play_id}/timeline")]
         later = b.get(f"/v1/plays/{play_id}/events", params={"after_seq": 3}).json()["items"]
+        read_after = samples(two.a)
 
     assert [r.status_code for r in events + audits + timelines] == [200] * 6, [r.text for r in events + audits]
     assert events[0].json() == events[1].json()  # whichever instance is asked
@@ -91,6 +93,15 @@ def test_events_audit_and_timeline_equal_the_embedded_backends(api: Api, two: Tw
     assert [e["seq"] for e in items] == list(range(1, len(items) + 1))
     assert shape(items) == shape(local_events["items"])  # the same events, fields and payloads as embedded
     assert later == items[3:]
+    # read once on A (the audit and timeline take the finished play's history from its cache), where
+    # it was written: the company's partition of the producers' default partitioner
+    reads = {
+        where: metric(read_after, "flow8_http_history_reads_total", partitions=where)
+        - metric(read_before, "flow8_http_history_reads_total", partitions=where)
+        for where in ("company", "any")
+    }
+    assert reads == {"company": 1, "any": 0}
+    assert metric(read_after, "flow8_cache_hits_total", cache="history") >= 2
 
     verdict = audits[0].json()
     assert verdict["head_hash"] == items[-1]["hash"] and verdict["last_seq"] == len(items)
