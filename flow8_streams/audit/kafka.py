@@ -306,7 +306,10 @@ class KafkaSource:
     async def play(self, company: str, play_id: str) -> PlayHistory:
         """``company``'s play ``play_id`` as the read reaches it, up to its first terminal event (a
         finished play's history ends there; what follows is not read). Records that name the play
-        but cannot be read are its ``problems``; a redelivered record is read once."""
+        but cannot be read are its ``problems``; a redelivered record is read once. Only records
+        holding the play id's bytes are decoded (an id is ``ID_PATTERN``: JSON writes it as it is;
+        a record spelling it with escapes is not this play's history, and the projector's reading
+        of it shows as a projection finding)."""
         self._company = company
         self._reading = f"reading play {play_id}'s events off {self.topic}"
         found: list[_Record] = []
