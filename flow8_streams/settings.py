@@ -335,6 +335,11 @@ class Settings(BaseSettings):
         description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "
         "and each streams worker sign checkpoints of the chain heads they write with it.",
     )
+    audit_public_key: Path | None = Field(
+        default=None,
+        description="flow8 serve: check each verdict against the checkpoints this Ed25519 public key signed "
+        "(audit-signing.pub): the db's on --db, the workers' flow8.checkpoints on --streams.",
+    )
     audit_checkpoint_seconds: float = Field(
         default=60,
         gt=0,

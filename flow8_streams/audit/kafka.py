@@ -220,41 +220,46 @@ class KafkaSource:
         return {tp: (found.offset if found is not None else end[tp], end[tp]) for tp, found in at.items()}
 
     async def checkpoints(self) -> list[cp.SignedCheckpoint | Finding]:
-        """Every committed record of the checkpoints topic, the workers' signed chain heads
-        (none when the topic does not exist: no worker has signed)."""
+        """Every committed record of the checkpoints topic (its ``partitions``), the workers'
+        signed chain heads (none when the topic does not exist: no worker has signed)."""
         topic = self.settings.topics.checkpoints
         try:
-            consumer = await self._consumer()
-        except KafkaError as exc:
-            raise StoreUnavailable(f"Kafka: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}") from None
-        found: list[cp.SignedCheckpoint | Finding] = []
-        try:
-            await consumer._client.force_metadata_update()
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            if not tps:
-                return found
-            end = await consumer.end_offsets(tps)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            left = {tp for tp in tps if end[tp] > 0}
-            async with asyncio.timeout(STALL_SECONDS):
-                while left:
-                    fetched = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
-                    for tp, messages in fetched.items():
-                        found += [
-                            cp.parse_line(m.value or b"", f"{topic}[{tp.partition}]@{m.offset}")
-                            for m in messages
-                            if m.offset < end[tp]
-                        ]
-                    left = {tp for tp in left if await consumer.position(tp) < end[tp]}
+            async with self._lent() as consumer:
+                return await self._checkpoints(consumer, topic)
         except TimeoutError:
             raise StoreUnavailable(f"Kafka, reading {topic}: no progress in {STALL_SECONDS:.0f} s") from None
         except KafkaError as exc:
             raise StoreUnavailable(
                 f"Kafka, reading {topic}: {scrub(str(exc), self.settings.kafka_bootstrap_servers)}"
             ) from None
-        finally:
-            await consumer.stop()
+
+    async def _checkpoints(self, consumer: AIOKafkaConsumer, topic: str) -> list[cp.SignedCheckpoint | Finding]:
+        found: list[cp.SignedCheckpoint | Finding] = []
+        cluster = await consumer._client.fetch_all_metadata()  # a lent consumer tracks only what it read last
+        tps = [
+            TopicPartition(topic, p)
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
+            if self.partitions is None or p in self.partitions
+        ]
+        if not tps:
+            return found
+        end = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = {tp for tp in tps if end[tp] > 0}
+        async with asyncio.timeout(STALL_SECONDS):
+            while left:
+                fetched = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_RECORDS)
+                for tp, messages in fetched.items():
+                    for m in messages:
+                        if m.offset >= end[tp]:
+                            break
+                        self.records += 1
+                        self.bytes += len(m.value or b"")
+                        if self.budget is not None:
+                            self.budget.check(self.records, self.bytes, f"reading {topic}")
+                        found.append(cp.parse_line(m.value or b"", f"{topic}[{tp.partition}]@{m.offset}"))
+                left = {tp for tp in left if await consumer.position(tp) < end[tp]}
         return found
 
     async def _read(self) -> AsyncIterator[_Record]:

@@ -4,7 +4,9 @@ and the background job (``refreshing``, for as long as the server runs) runs eac
 for since its last round again, so a verdict asked for often is never older than the TTL.
 
 A verdict computed while its play ran is not served once the play has ended (``stale``): the
-play's final verdict is computed then, and held like any other.
+play's final verdict is computed then, and held like any other. With ``audit_public_key`` each
+verdict is checked against the checkpoints that key signed; a finished play signed after its
+verdict was taken shows ``anchored`` once the TTL has passed (or the refresh came first).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from flow8_streams.audit import Audit, Filter
 from flow8_streams.audit.cache import AuditQueryCache
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from flow8_streams.http.backends import Backend, Play
     from flow8_streams.metrics import Metrics
     from flow8_streams.settings import Settings
@@ -26,18 +30,27 @@ if TYPE_CHECKING:
 Verdict = dict[str, Any] | None  # the verdict's JSON (flow8 audit verify --json); None: no such play
 
 
-async def verdict(backend: Backend, flt: Filter) -> Verdict:
-    """The verdict on ``flt``'s one play of its company, from the backend's history of it."""
+async def verdict(backend: Backend, key: Ed25519PublicKey | None, flt: Filter) -> Verdict:
+    """The verdict on ``flt``'s one play of its company, from the backend's history of it, and
+    with ``key`` against the checkpoints it signed (``anchored``, ``unanchored``, a rewritten or
+    cut history), as ``flow8 audit verify --public-key`` gives it."""
     assert flt.company is not None and flt.play is not None
     play = await backend.play(flt.company, flt.play)
     if play is None:
         return None
+    signed = await backend.checkpoints(flt.company) if key is not None else []
     history = await backend.history(flt.company, play)
-    return Audit(flt).play(history).as_json()
+    return Audit(flt, signed, public_key=key).play(history).as_json()
 
 
 def audit_cache(backend: Backend, settings: Settings, metrics: Metrics) -> AuditQueryCache[Verdict]:
-    return AuditQueryCache.of(partial(verdict, backend), settings.cache, metrics)
+    """The cache of ``backend``'s verdicts; ``settings.audit_public_key`` read now (a bad key stops
+    the server from starting, exit 2)."""
+    from flow8_streams.audit import checkpoints as cp
+
+    path = settings.audit_public_key
+    key = cp.load_public_key(path, "audit_public_key (FLOW8_AUDIT_PUBLIC_KEY)") if path is not None else None
+    return AuditQueryCache.of(partial(verdict, backend, key), settings.cache, metrics)
 
 
 async def play_verdict(cache: AuditQueryCache[Verdict], company_id: str, play: Play) -> Verdict:

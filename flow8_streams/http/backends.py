@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flow8_streams.audit.verify import PlayHistory
+from flow8_streams.audit.checkpoints import SignedCheckpoint
+from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.limits import Limits
@@ -94,6 +95,9 @@ class Backend(Protocol):
     async def history(self, company_id: str, play: Play) -> PlayHistory:
         """``play``'s history as an audit reads it: its events' documents, with its projection
         where the backend compares one."""
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        """The signed checkpoints that may name ``company_id``'s plays (others' are left out by the check)."""
 
     async def ready(self) -> str | None:
         """None when requests can be served, else why not."""
@@ -222,6 +226,19 @@ class EmbeddedBackend:
         events = await self.stores.log.read(play_id, company_id=company_id)
         docs = [e.model_dump(mode="json") for e in events]
         return PlayHistory(play_id, company_id, docs, projection=state, has_projection=True)
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        """The db's ``audit_checkpoints`` table and ``DB.checkpoints.jsonl`` beside it, read-only."""
+        from flow8_streams.audit.sources import SqliteSource
+
+        def read() -> list[SignedCheckpoint | Finding]:
+            source = SqliteSource(self.db)
+            try:
+                return list(source.checkpoints())
+            finally:
+                source.close()
+
+        return await asyncio.to_thread(read)
 
     async def ready(self) -> str | None:
         try:
@@ -384,6 +401,9 @@ class StreamsBackend:
         if state is not None and state.seq >= len(history.documents):
             history.projection, history.has_projection = state, True
         return history
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        return await self.histories.checkpoints(company_id)
 
     async def _history(self, company_id: str, play: Play) -> PlayHistory:
         shown = play.public()

@@ -13,7 +13,9 @@ same time.
 Bounds: each read goes through at most ``http.history_max_records`` records and
 ``http.history_max_bytes`` bytes and ends within ``http.history_max_seconds``; past one the
 request is refused (503, or 504 for the time) naming the setting, never answered with part of a
-history. Reads borrow one of ``http.history_consumers`` consumers the instance keeps open.
+history. Reads borrow one of ``http.history_consumers`` consumers the instance keeps open. The
+company's signed checkpoints (``checkpoints``, for a server given ``audit_public_key``) are read
+from its partition of the checkpoints topic within the same bounds.
 
 A finished play's history never changes, so it is kept, up to ``http.history_cache_bytes`` of
 its events' JSON (least recently used first out), and answered from memory; hits and misses are
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import orjson
 from cachetools import LRUCache
 
+from flow8_streams.audit.checkpoints import SignedCheckpoint
 from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES
@@ -134,6 +137,20 @@ class PlayHistories:
         if self.metrics is not None:
             self.metrics.http_history_reads.labels(partitions=where).inc()
         return history
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        """The signed checkpoints on the company's partition of the checkpoints topic (a worker
+        signs a company's heads on the partition of its plays), read within the same bounds."""
+        topic = self.settings.topics.checkpoints
+        try:
+            async with asyncio.timeout(self.seconds):
+                ours = await self._company_partition(company_id)
+                source = KafkaSource(self.settings, partitions=[ours], budget=self.budget, consumers=self.consumers)
+                return await source.checkpoints()
+        except TimeoutError:
+            raise ReadTimedOut(
+                f"reading {topic} took more than {self.seconds:g} s (http.history_max_seconds)"
+            ) from None
 
     def _source(self, since: datetime, partitions: list[int] | None) -> KafkaSource:
         return KafkaSource(
