@@ -89,6 +89,18 @@ class StoreUnavailable(Flow8Error):
     """A store (SQLite, MongoDB, Kafka) cannot be reached or refused the operation."""
 
 
+class ReadTooLarge(StoreUnavailable):
+    """A read of the log would pass one of its bounds (records, bytes): refused whole, never cut short."""
+
+    reason = "read_too_large"
+
+
+class ReadTimedOut(StoreUnavailable):
+    """A read of the log did not end within its time bound."""
+
+    reason = "read_timed_out"
+
+
 class ModuleFailed(Flow8Error):
     """Raised by a module to fail its flowlet attempt with a clean message.
 

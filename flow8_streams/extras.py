@@ -17,7 +17,6 @@ STREAMS_INSTALL = "pip install 'flow8-streams[streams]'"
 STREAMS_STACK = {
     "faust-streaming": "faust",
     "pymongo": "pymongo",
-    "cachetools": "cachetools",
     "tenacity": "tenacity",
 }
 

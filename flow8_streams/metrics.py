@@ -74,6 +74,13 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.http_history_reads = Counter(
+            "flow8_http_history_reads_total",
+            "Reads of a play's history off the events topic by flow8 serve --streams, by where the play was found: "
+            "on its company's partition, or (its events written by another partitioner's rule) on any.",
+            ["partitions"],
+            registry=r,
+        )
         self.http_waits = Gauge(
             "flow8_http_waits", "Waits (GET /v1/plays/{id}/wait) flow8 serve holds now.", registry=r
         )

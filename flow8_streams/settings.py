@@ -193,6 +193,30 @@ class Http(BaseModel):
         description="How long a --streams instance keeps an API key it read from MongoDB: a key revoked by the CLI "
         "or another instance still works there for up to this long (0: read the key on every request).",
     )
+    history_max_records: int = Field(
+        default=1_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="--streams: records of the events topic one read of a play's history may go through (503 past it).",
+    )
+    history_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="--streams: bytes of the events topic one read of a play's history may go through (503 past it).",
+    )
+    history_max_seconds: float = Field(
+        default=15, gt=0, le=600, description="--streams: how long one read of a play's history may take (504 past it)."
+    )
+    history_consumers: int = Field(
+        default=4, ge=1, le=256, description="--streams: Kafka consumers kept open to read histories, one read each."
+    )
+    history_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        le=64 * 1024**3,
+        description="--streams: finished plays' histories kept in memory, by their events' JSON size (0: none).",
+    )
 
 
 class Topics(BaseModel):
@@ -398,6 +422,11 @@ class Settings(BaseSettings):
         default=None,
         description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "
         "and each streams worker sign checkpoints of the chain heads they write with it.",
+    )
+    audit_public_key: Path | None = Field(
+        default=None,
+        description="flow8 serve: check each verdict against the checkpoints this Ed25519 public key signed "
+        "(audit-signing.pub): the db's on --db, the workers' flow8.checkpoints on --streams.",
     )
     audit_checkpoint_seconds: float = Field(
         default=60,

@@ -6,9 +6,10 @@ Rules: an answer is served for at most ``ttl_seconds`` after it was computed; a 
 again since the last refresh is run again by ``refresh`` (the background job, every
 ``refresh_seconds``, less than the TTL), so a hot query never waits and is never older than the
 TTL; a query nobody asks again expires. One query runs at a time per filter: callers asking
-while it runs wait for its answer. Hits and misses are counted in ``flow8_cache_hits_total``
-and ``flow8_cache_misses_total`` with ``cache="audit"``. The cache is not needed for
-correctness: losing it costs one query.
+while it runs wait for its answer. A caller that knows an answer is outdated (a play's verdict
+computed while it ran, asked for once it has ended) says so with ``stale``: it is run again.
+Hits and misses are counted in ``flow8_cache_hits_total`` and ``flow8_cache_misses_total`` with
+``cache="audit"``. The cache is not needed for correctness: losing it costs one query.
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ class AuditQueryCache(Generic[T]):
         if self.metrics is not None:
             (self.metrics.cache_hits if hit else self.metrics.cache_misses).labels(cache=CACHE).inc()
 
-    async def get(self, flt: Filter) -> T:
+    async def get(self, flt: Filter, stale: Callable[[T], bool] | None = None) -> T:
+        """The answer held for ``flt`` unless ``stale`` says it is outdated, else ``query(flt)``."""
         self._asked.add(flt)
         try:
             answer = self._answers[flt]
         except KeyError:
+            self._count(hit=False)
+            return await self._run(flt)
+        if stale is not None and stale(answer):
             self._count(hit=False)
             return await self._run(flt)
         self._count(hit=True)

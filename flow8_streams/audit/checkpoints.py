@@ -101,8 +101,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    what = "--public-key"
+def load_public_key(path: Path, what: str = "--public-key") -> Ed25519PublicKey:
     data = _read_key_file(path, what)
     try:
         key = serialization.load_pem_public_key(data)

@@ -13,8 +13,10 @@ its key's company before a route reads anything, and every error mapped to one s
 | 422 | a field or parameter of the wrong shape (FastAPI's ``detail`` list: each ``loc`` names it) |
 | 429 | a key over ``http.rate_limit_per_second`` (when set; per instance), with ``Retry-After``; a wait past
   ``http.max_waits_per_key`` held for the key by this instance |
-| 501 | ``/events`` and ``/audit`` on the streams backend (its events are on Kafka, not in MongoDB) |
-| 503 | a store that cannot be reached; a wait past ``http.max_waits`` held by this instance (``Retry-After``) |
+| 503 | a store that cannot be reached; a wait past ``http.max_waits`` held by this instance (``Retry-After``);
+  on ``--streams``, a play's history (``/events``, ``/audit``, ``/timeline``) whose read of the events
+  topic would pass ``http.history_max_records`` or ``http.history_max_bytes`` (``ReadTooLarge``) |
+| 504 | on ``--streams``, a read of a play's history that took more than ``http.history_max_seconds`` |
 
 Every 4xx is counted in ``flow8_http_refused_total{status}``.
 """
@@ -32,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flow8_streams import __version__
 from flow8_streams.domain.bounded import TooLarge
 from flow8_streams.domain.flow import FlowDefinition
-from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
+from flow8_streams.errors import Flow8Error, InvalidInput, LimitExceeded, NotFound, ReadTimedOut, StoreUnavailable
 from flow8_streams.http.backends import Backend, PlayBusy
 from flow8_streams.http.common import Json, RateLimit, WaitSlots
 from flow8_streams.http.keys import KeyCache, Unauthenticated
@@ -112,6 +114,7 @@ STATUSES: tuple[tuple[type[Flow8Error], int], ...] = (
     (LimitExceeded, 413),
     (TooLarge, 413),
     (InvalidInput, 422),
+    (ReadTimedOut, 504),
     (StoreUnavailable, 503),
     (Flow8Error, 400),
 )
@@ -145,6 +148,7 @@ def _with_flow_schema(app: FastAPI) -> None:
 def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAPI:
     """The API over an open ``backend``."""
     from flow8_streams.http import routes_flows, routes_keys, routes_kv, routes_ops, routes_plays, ui
+    from flow8_streams.http.audits import audit_cache
 
     app = FastAPIOffline(
         title="flow8",
@@ -161,6 +165,7 @@ def create_app(settings: Settings, metrics: Metrics, backend: Backend) -> FastAP
     per_second = settings.http.rate_limit_per_second
     app.state.rate_limit = RateLimit(per_second) if per_second is not None else None
     app.state.waits = WaitSlots(settings.http.max_waits, settings.http.max_waits_per_key, metrics.http_waits)
+    app.state.audits = audit_cache(backend, settings, metrics)  # its refresh job runs in ``serve``
     app.add_exception_handler(Flow8Error, _flow8_error)
     for module in (routes_plays, routes_flows, routes_kv, routes_keys, routes_ops):
         app.include_router(module.router)

@@ -6,8 +6,9 @@
   it holds no state, so any number of instances answer alike.
 
 Reads go through the ``Stores`` port (``backend.stores``); only starting, cancelling, waiting,
-reading one play and readiness differ: the streams backend answers a finished play from the
-results it reads off Kafka (``http.results``) when it has it.
+reading one play, its events and history, and readiness differ: the streams backend answers a
+finished play from the results it reads off Kafka (``http.results``) when it has it, and a
+play's events from the events topic (``http.history``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from flow8_streams.domain.events import Event
+from flow8_streams.audit.checkpoints import SignedCheckpoint
+from flow8_streams.audit.verify import Finding, PlayHistory
+from flow8_streams.domain.events import Event, event_adapter
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.domain.limits import Limits
 from flow8_streams.domain.state import PlayState
@@ -28,6 +31,7 @@ from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import PlayPage, Stores
 
 if TYPE_CHECKING:
+    from flow8_streams.http.history import PlayHistories
     from flow8_streams.http.results import PlayResults
     from flow8_streams.metrics import Metrics
     from flow8_streams.runtimes.local import LocalRuntime
@@ -68,8 +72,6 @@ class Backend(Protocol):
     stores: Stores
     registry: ModuleRegistry
     limits: Limits
-    # why a play the projection holds may have no events in ``stores.log`` (None: it always has them)
-    events_elsewhere: str | None
 
     async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
         """Ask for a play to start (a play id that exists is left as it is)."""
@@ -87,6 +89,16 @@ class Backend(Protocol):
     async def wait(self, company_id: str, play_id: str, timeout: float) -> Play | None:
         """The play once finished, or as it stands when ``timeout`` seconds pass (None: no such play)."""
 
+    async def events(self, company_id: str, play: Play, after_seq: int = 0) -> Sequence[Event]:
+        """``play``'s events after ``after_seq``, in seq order (``play``: as ``play`` gave it)."""
+
+    async def history(self, company_id: str, play: Play) -> PlayHistory:
+        """``play``'s history as an audit reads it: its events' documents, with its projection
+        where the backend compares one."""
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        """The signed checkpoints that may name ``company_id``'s plays (others' are left out by the check)."""
+
     async def ready(self) -> str | None:
         """None when requests can be served, else why not."""
 
@@ -97,7 +109,6 @@ class EmbeddedBackend:
     flow8 process writes that play's events meanwhile; one it cannot lock is refused (409)."""
 
     name = "embedded"
-    events_elsewhere: str | None = None
 
     def __init__(self, runtime: LocalRuntime, db: Path) -> None:
         self.runtime = runtime
@@ -205,6 +216,30 @@ class EmbeddedBackend:
         finally:
             unsubscribe()
 
+    async def events(self, company_id: str, play: Play, after_seq: int = 0) -> Sequence[Event]:
+        return await self.stores.log.read(play.public()["play_id"], after_seq, company_id=company_id)
+
+    async def history(self, company_id: str, play: Play) -> PlayHistory:
+        """The log and the projection of the SQLite file (as ``StoreSource`` reads them)."""
+        play_id = play.public()["play_id"]
+        state = await self.stores.plays.get(company_id, play_id)
+        events = await self.stores.log.read(play_id, company_id=company_id)
+        docs = [e.model_dump(mode="json") for e in events]
+        return PlayHistory(play_id, company_id, docs, projection=state, has_projection=True)
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        """The db's ``audit_checkpoints`` table and ``DB.checkpoints.jsonl`` beside it, read-only."""
+        from flow8_streams.audit.sources import SqliteSource
+
+        def read() -> list[SignedCheckpoint | Finding]:
+            source = SqliteSource(self.db)
+            try:
+                return list(source.checkpoints())
+            finally:
+                source.close()
+
+        return await asyncio.to_thread(read)
+
     async def ready(self) -> str | None:
         try:
             self.runtime._raise_if_dead()
@@ -215,10 +250,6 @@ class EmbeddedBackend:
 
 class StreamsBackend:
     name = "streams"
-    events_elsewhere: str | None = (
-        "the streams runtime keeps a play's events on Kafka (the events topic), and MongoDB holds none of "
-        "this play's: its events and audit are not served over HTTP yet"
-    )
 
     def __init__(
         self,
@@ -228,6 +259,7 @@ class StreamsBackend:
         limits: Limits,
         results: PlayResults,
         reader: asyncio.Task[None],
+        histories: PlayHistories,
     ) -> None:
         self.mongo = store
         self.stores: Stores = store
@@ -236,6 +268,7 @@ class StreamsBackend:
         self.limits = limits
         self.results = results
         self.reader = reader  # reads flow8.play-results into ``results``; done only if it failed
+        self.histories = histories  # plays' events, read off the events topic
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -245,6 +278,8 @@ class StreamsBackend:
         from flow8_streams.extras import require_streams
 
         require_streams("flow8 serve --streams")
+        from flow8_streams.audit.kafka import Consumers
+        from flow8_streams.http.history import PlayHistories
         from flow8_streams.http.results import PlayResults, reading
         from flow8_streams.metrics import Metrics
         from flow8_streams.runtimes.streams.admin import ensure_topics
@@ -260,13 +295,20 @@ class StreamsBackend:
             timeout_ms=settings.store_timeout_ms,
         )
         http = settings.http
-        results = PlayResults(http.results_max_entries, http.results_ttl_seconds, metrics or Metrics())
+        metrics = metrics or Metrics()
+        results = PlayResults(http.results_max_entries, http.results_ttl_seconds, metrics)
+        consumers = Consumers(settings, http.history_consumers)
         try:
             await store.open()
             async with CommandProducer(settings) as producer, reading(settings, results) as reader:
                 registry = ModuleRegistry.default(list(modules))
-                yield cls(store, producer, registry, settings.limits, results, reader)
+                histories = PlayHistories(settings, consumers, metrics)
+                try:
+                    yield cls(store, producer, registry, settings.limits, results, reader, histories)
+                finally:
+                    await histories.close()
         finally:
+            await consumers.close()
             await store.close()
 
     async def start(self, company_id: str, flow: FlowDefinition, input: Any, play_id: str) -> None:
@@ -336,6 +378,36 @@ class StreamsBackend:
                 return state
             await asyncio.sleep(min(pause, left))  # a poll period: there is no event to await
             pause = min(pause * 2, longest)
+
+    async def events(self, company_id: str, play: Play, after_seq: int = 0) -> Sequence[Event]:
+        """The events of the play's history off Kafka; a record that is not an event of this
+        version is left out here (its audit names it)."""
+        events: list[Event] = []
+        for doc in (await self._history(company_id, play)).documents:
+            seq = doc.get("seq")
+            if type(seq) is int and seq > after_seq:
+                try:
+                    events.append(event_adapter.validate_python(doc))
+                except ValueError:
+                    continue
+        return events
+
+    async def history(self, company_id: str, play: Play) -> PlayHistory:
+        """The history off Kafka, compared with the MongoDB projection once the projection has
+        caught up with it (the projector writes behind the log: a projection read before the log
+        and short of it is not yet a finding)."""
+        state = await self.stores.plays.get(company_id, play.public()["play_id"])
+        history = await self._history(company_id, play)
+        if state is not None and state.seq >= len(history.documents):
+            history.projection, history.has_projection = state, True
+        return history
+
+    async def checkpoints(self, company_id: str) -> list[SignedCheckpoint | Finding]:
+        return await self.histories.checkpoints(company_id)
+
+    async def _history(self, company_id: str, play: Play) -> PlayHistory:
+        shown = play.public()
+        return await self.histories.get(company_id, shown["play_id"], shown["started_at"])
 
     async def ready(self) -> str | None:
         if self.reader.done():

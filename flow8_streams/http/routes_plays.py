@@ -127,10 +127,8 @@ async def get_play(play_id: PlayIdPath, key: Caller, backend: Store) -> Response
 async def play_events(
     play_id: PlayIdPath, key: Caller, backend: Store, after_seq: Annotated[int, Query(ge=0)] = 0
 ) -> Response:
-    await _play(backend, key.company_id, play_id)
-    events = await backend.stores.log.read(play_id, after_seq, company_id=key.company_id)
-    if not events and after_seq == 0 and backend.events_elsewhere:
-        raise problem(501, backend.events_elsewhere)
+    state = await _play(backend, key.company_id, play_id)
+    events = await backend.events(key.company_id, state, after_seq)
     return Json({"play_id": play_id, "items": [e.model_dump(mode="json") for e in events]})
 
 
@@ -166,18 +164,11 @@ async def wait(
 
 
 @router.get("/{play_id}/audit", summary="The audit verdict of a play (flow8 audit verify --json)")
-async def audit(play_id: PlayIdPath, key: Caller, backend: Store) -> Response:
-    from flow8_streams.audit import Audit, Filter, StoreSource
+async def audit(request: Request, play_id: PlayIdPath, key: Caller, backend: Store) -> Response:
+    from flow8_streams.http.audits import play_verdict
 
-    await _play(backend, key.company_id, play_id)
-    if backend.events_elsewhere and not await backend.stores.log.read(play_id, company_id=key.company_id):
-        raise problem(501, backend.events_elsewhere)
-    flt = Filter(key.company_id, play=play_id)
-    run = Audit(flt)
-    histories = StoreSource(backend.stores).histories(flt)
-    try:
-        async for history in histories:
-            return Json(run.play(history).as_json())
-    finally:
-        await histories.aclose()  # type: ignore[attr-defined]  # an async generator
-    raise NotFound(f"no play {play_id}")
+    state = await _play(backend, key.company_id, play_id)
+    verdict = await play_verdict(request.app.state.audits, key.company_id, state)
+    if verdict is None:
+        raise NotFound(f"no play {play_id}")
+    return Json(verdict)

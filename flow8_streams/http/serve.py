@@ -12,6 +12,7 @@ from types import FrameType
 import uvicorn
 
 from flow8_streams.http.app import create_app
+from flow8_streams.http.audits import refreshing
 from flow8_streams.http.backends import Backend, EmbeddedBackend, StreamsBackend
 from flow8_streams.metrics import Metrics
 from flow8_streams.settings import Settings
@@ -53,7 +54,8 @@ async def serve(settings: Settings, db: Path | None, modules: Sequence[str] = ()
         # one must let this function return, so that the backend closes (the runtime flushes)
         previous = signal.signal(signal.SIGTERM, _stopped)
         try:
-            await uvicorn.Server(config).serve()
+            async with refreshing(app.state.audits):
+                await uvicorn.Server(config).serve()
         finally:
             signal.signal(signal.SIGTERM, previous)
 

@@ -91,6 +91,18 @@ async def test_hits_refresh_and_ttl(signed: Signed) -> None:
     assert query.runs == runs + 1
 
 
+async def test_an_answer_the_caller_calls_stale_is_run_again(signed: Signed) -> None:
+    metrics, query = Metrics(), Audits(signed.db)
+    cache = AuditQueryCache(query, metrics=metrics)
+    acme = Filter("acme")
+    await cache.get(acme)
+    tamper(signed.db, "p1")
+    assert (await cache.get(acme, stale=lambda answer: False))["p1"] == "ok"  # held
+    assert (await cache.get(acme, stale=lambda answer: answer["p1"] == "ok"))["p1"] == "findings"  # run again
+    assert (await cache.get(acme))["p1"] == "findings"  # and held from then on
+    assert query.runs == 2 and counted(metrics) == (2, 2)
+
+
 async def test_one_query_at_a_time_per_filter(signed: Signed) -> None:
     query = Audits(signed.db)
     cache = AuditQueryCache(query)
