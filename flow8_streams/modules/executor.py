@@ -21,8 +21,8 @@ import orjson
 from flow8_streams.domain.messages import FlowletResult, Task
 from flow8_streams.errors import Flow8Error, ModuleFailed, StoreUnavailable
 from flow8_streams.logs import log_context
-from flow8_streams.modules.context import KV, ModuleContext, SyncKV
-from flow8_streams.modules.registry import ModuleRegistry
+from flow8_streams.modules.context import KV, InlineKV, ModuleContext, SyncKV
+from flow8_streams.modules.registry import ModuleRegistry, ModuleSpec
 from flow8_streams.modules.threads import ModuleThreads
 from flow8_streams.stores.ports import KVStore
 
@@ -69,22 +69,9 @@ async def execute(
     completion_token: str | None = None,
 ) -> FlowletResult:
     with log_context(company_id=company_id, play_id=play_id, flowlet=flowlet):
-        started = clock()
-        ok, output, error, retryable = True, None, None, True
+        attempt_of = _Attempt(play_id, company_id, flowlet, attempt, module_ref, clock)
         try:
-            spec = registry.get(module_ref)
-            what = f"flowlet {play_id}/{flowlet} (attempt {attempt}, module {module_ref!r})"
-            store = KV(kv, company_id, f"{play_id}/{flowlet}")
-            sync_kv = None if spec.is_async else SyncKV(store, asyncio.get_running_loop(), what)
-            ctx = ModuleContext(
-                play_id=play_id,
-                company_id=company_id,
-                flowlet=flowlet,
-                attempt=attempt,
-                input=task_input,
-                kv=sync_kv or store,
-                completion_token=completion_token,
-            )
+            spec, ctx, sync_kv = attempt_of.context(registry, kv, task_input, completion_token)
             if spec.is_async:
                 output = await spec.fn(ctx)
             elif spec.inline:
@@ -92,33 +79,104 @@ async def execute(
             else:
                 assert sync_kv is not None
                 try:
-                    output = await threads.call(spec.fn, ctx, what=what)
+                    output = await threads.call(spec.fn, ctx, what=attempt_of.what)
                 except asyncio.CancelledError:
                     sync_kv.end()  # a thread that runs on writes nothing more
                     raise
-            orjson.dumps(output)
-        except ModuleFailed as exc:
-            ok, error, retryable = False, str(exc), exc.retryable
-        except orjson.JSONEncodeError as exc:
-            ok, output, retryable = False, None, False
-            error = f"module {module_ref!r} returned an output that is not JSON: {exc}"
-        except StoreUnavailable as exc:  # the store failed, not the module: another attempt may pass
-            ok, error, retryable = False, str(exc), True
-        except Flow8Error as exc:
-            ok, error, retryable = False, str(exc), False
-        except Exception as exc:  # a module's bug fails its flowlet, never the host
-            ok, error = False, f"{type(exc).__name__}: {exc}"
-            log.info("module %s failed in %s/%s:\n%s", module_ref, play_id, flowlet, traceback.format_exc())
-        return FlowletResult.model_construct(
-            type="FlowletResult",
-            play_id=play_id,
-            company_id=company_id,
-            flowlet=flowlet,
-            attempt=attempt,
-            ok=ok,
-            output=output,
-            error=error,
-            retryable=retryable,
-            started_at=started,
-            ended_at=clock(),
+            return attempt_of.succeeded(output)
+        except Exception as exc:  # a module's failure or bug fails its flowlet, never the host
+            return attempt_of.failed(exc)
+
+
+def execute_inline(registry: ModuleRegistry, kv: KVStore, clock: Callable[[], datetime], task: Task) -> FlowletResult:
+    """``execute`` of an inline module's task, here and now: the module is a quick pure function
+    (``ModuleSpec.inline``), so it neither awaits nor needs a thread. A module that is not
+    inline fails the attempt (its host must ``execute`` it)."""
+    with log_context(company_id=task.company_id, play_id=task.play_id, flowlet=task.flowlet):
+        attempt_of = _Attempt(task.play_id, task.company_id, task.flowlet, task.attempt, task.module_ref, clock)
+        try:
+            spec, ctx, _ = attempt_of.context(registry, kv, task.input, None)
+            if not spec.inline:
+                raise Flow8Error(f"module {task.module_ref!r} is not inline: it cannot run in place")
+            return attempt_of.succeeded(spec.fn(ctx))
+        except Exception as exc:  # a module's failure or bug fails its flowlet, never the host
+            return attempt_of.failed(exc)
+
+
+class _Attempt:
+    """One attempt of a flowlet: its module's context, and its result either way."""
+
+    def __init__(
+        self, play_id: str, company_id: str, flowlet: str, attempt: int, module_ref: str, clock: Callable[[], datetime]
+    ) -> None:
+        self.play_id, self.company_id, self.flowlet, self.attempt = play_id, company_id, flowlet, attempt
+        self.module_ref = module_ref
+        self.clock = clock
+        self.started = clock()
+        self.what = f"flowlet {play_id}/{flowlet} (attempt {attempt}, module {module_ref!r})"
+
+    def context(
+        self, registry: ModuleRegistry, kv: KVStore, task_input: Any, completion_token: str | None
+    ) -> tuple[ModuleSpec, ModuleContext, SyncKV | None]:
+        """The module and what it is given; the ``SyncKV`` of a module run on a thread (None for
+        one that runs on the event loop: async, or inline)."""
+        spec = registry.get(self.module_ref)
+        sync_kv = None
+        store: KV | SyncKV | InlineKV
+        if spec.inline:
+            store = InlineKV(self.what)
+        elif spec.is_async:
+            store = KV(kv, self.company_id, f"{self.play_id}/{self.flowlet}")
+        else:
+            store = sync_kv = SyncKV(
+                KV(kv, self.company_id, f"{self.play_id}/{self.flowlet}"), asyncio.get_running_loop(), self.what
+            )
+        ctx = ModuleContext(
+            play_id=self.play_id,
+            company_id=self.company_id,
+            flowlet=self.flowlet,
+            attempt=self.attempt,
+            input=task_input,
+            kv=store,
+            completion_token=completion_token,
+        )
+        return spec, ctx, sync_kv
+
+    def succeeded(self, output: Any) -> FlowletResult:
+        orjson.dumps(output)  # not JSON: JSONEncodeError, which ``failed`` reports
+        return self._result(ok=True, output=output, error=None, retryable=True)
+
+    def failed(self, exc: Exception) -> FlowletResult:
+        """The result of an attempt that raised ``exc`` (called while it is handled)."""
+        retryable = True
+        if isinstance(exc, ModuleFailed):
+            error, retryable = str(exc), exc.retryable
+        elif isinstance(exc, orjson.JSONEncodeError):
+            error, retryable = f"module {self.module_ref!r} returned an output that is not JSON: {exc}", False
+        elif isinstance(exc, StoreUnavailable):  # the store failed, not the module: another attempt may pass
+            error = str(exc)
+        elif isinstance(exc, Flow8Error):
+            error, retryable = str(exc), False
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+            log.info(
+                "module %s failed in %s/%s:\n%s", self.module_ref, self.play_id, self.flowlet, traceback.format_exc()
+            )
+        return self._result(ok=False, output=None, error=error, retryable=retryable)
+
+    def _result(self, *, ok: bool, output: Any, error: str | None, retryable: bool) -> FlowletResult:
+        # validated: of a few fields, quicker than model_construct
+        return FlowletResult.model_validate(
+            {
+                "play_id": self.play_id,
+                "company_id": self.company_id,
+                "flowlet": self.flowlet,
+                "attempt": self.attempt,
+                "ok": ok,
+                "output": output,
+                "error": error,
+                "retryable": retryable,
+                "started_at": self.started,
+                "ended_at": self.clock(),
+            }
         )
