@@ -14,7 +14,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -165,15 +165,19 @@ class _Event(BaseModel):
     def expected_hash(self, previous_hash: str) -> str:
         return chain_hash(self.hash_version, previous_hash, self.document())
 
-    def sealed(self, previous_hash: str) -> _Event:
-        """This event hashed after ``previous_hash``: with ``HASH_VERSION``, or v1 when its
-        content is not I-JSON (an integer past ±(2**53 - 1) in an output)."""
-        draft = self.model_copy(update={"hash_version": HASH_VERSION})
+    @classmethod
+    def seal(cls, previous_hash: str, **envelope: Any) -> Self:
+        """A new event of ``envelope`` (every field but ``hash_version`` and ``hash``) hashed
+        after ``previous_hash``: with ``HASH_VERSION``, or v1 when its content is not I-JSON (an
+        integer past ±(2**53 - 1) in an output). Validated, not constructed: pydantic's
+        validation of a few fields is quicker than ``model_construct``."""
+        draft = cls.model_validate({**envelope, "hash_version": HASH_VERSION, "hash": GENESIS_HASH})
         try:
-            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
+            digest = chain_hash(HASH_VERSION, previous_hash, draft.document())
         except NotCanonical:
-            draft = self.model_copy(update={"hash_version": 1})
-            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
+            draft = draft.model_copy(update={"hash_version": 1})
+            digest = chain_hash(1, previous_hash, draft.document())
+        return draft.model_copy(update={"hash": digest})
 
 
 class PlayStarted(_Event):
@@ -273,9 +277,14 @@ event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 events_adapter: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
+_EVENT_NS_BYTES = _EVENT_NS.bytes  # uuid5 would compute them again for each id
+
+
 def event_id_for(play_id: str, seq: int) -> str:
-    """Deterministic event id, so that replaying a decision yields identical events."""
-    return str(uuid.uuid5(_EVENT_NS, f"{play_id}/{seq}"))
+    """Deterministic event id, so that replaying a decision yields identical events: what
+    ``uuid.uuid5(_EVENT_NS, f"{play_id}/{seq}")`` gives."""
+    digest = hashlib.sha1(_EVENT_NS_BYTES + f"{play_id}/{seq}".encode(), usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 def verify_chain(events: list[Event]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -700,6 +701,12 @@ def test_events_are_deterministic() -> None:
     shifted = run_diamond(Clock(T0 + timedelta(seconds=1))).events
     assert [e.event_id for e in shifted] == [e.event_id for e in first]
     assert all(a.hash != b.hash for a, b in zip(first, shifted, strict=True))
+
+
+@pytest.mark.parametrize("play_id", ["p", "b-1a2b3c4d-1999", "ünïcode/ß", "x" * 200])
+@pytest.mark.parametrize("seq", [1, 2, 10, 123_456])
+def test_event_ids_are_the_uuid5_of_play_and_seq(play_id: str, seq: int) -> None:
+    assert ev.event_id_for(play_id, seq) == str(uuid.uuid5(ev._EVENT_NS, f"{play_id}/{seq}"))
 
 
 def test_replaying_recorded_messages_gives_identical_events() -> None:
