@@ -55,6 +55,7 @@ def chain_hash(hash_version: int, previous_hash: str, document: dict[str, Any]) 
     return hashlib.sha256(prefix + content).hexdigest()
 
 
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _EVENT_NS = uuid.UUID("8f1c5a6e-2b0d-4f7e-9a51-f10c8e5d0e08")
 
 
@@ -167,17 +168,27 @@ class _Event(BaseModel):
 
     @classmethod
     def seal(cls, previous_hash: str, **envelope: Any) -> Self:
-        """A new event of ``envelope`` (every field but ``hash_version`` and ``hash``) hashed
-        after ``previous_hash``: with ``HASH_VERSION``, or v1 when its content is not I-JSON (an
-        integer past ±(2**53 - 1) in an output). Validated, not constructed: pydantic's
-        validation of a few fields is quicker than ``model_construct``."""
-        draft = cls.model_validate({**envelope, "hash_version": HASH_VERSION, "hash": GENESIS_HASH})
+        """A new event of ``envelope`` (every field but ``type``, ``hash_version`` and ``hash``)
+        hashed after ``previous_hash``: with ``HASH_VERSION``, or v1 when its content is not
+        I-JSON (an integer past ±(2**53 - 1) in an output).
+
+        The hash covers ``document()``, put together here from the envelope (plain values but
+        ``at`` and the payload) without a draft event to dump: the engine seals every event it
+        emits, and this is a third of its time. A test holds the two equal on every golden
+        event. The event is then validated, which pydantic does quicker than ``model_construct``."""
+        document = {
+            **envelope,
+            "at": _DATETIME.dump_python(envelope["at"], mode="json"),
+            "type": cls.model_fields["type"].default,
+            "payload": envelope["payload"].model_dump(mode="json"),
+        }
+        version = HASH_VERSION
         try:
-            digest = chain_hash(HASH_VERSION, previous_hash, draft.document())
+            digest = chain_hash(version, previous_hash, {**document, "hash_version": version})
         except NotCanonical:
-            draft = draft.model_copy(update={"hash_version": 1})
-            digest = chain_hash(1, previous_hash, draft.document())
-        return draft.model_copy(update={"hash": digest})
+            version = 1
+            digest = chain_hash(version, previous_hash, {**document, "hash_version": version})
+        return cls.model_validate({**envelope, "hash_version": version, "hash": digest})
 
 
 class PlayStarted(_Event):
