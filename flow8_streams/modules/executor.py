@@ -71,7 +71,8 @@ async def execute(
     with log_context(company_id=company_id, play_id=play_id, flowlet=flowlet):
         attempt_of = _Attempt(play_id, company_id, flowlet, attempt, module_ref, clock)
         try:
-            spec, ctx, sync_kv = attempt_of.context(registry, kv, task_input, completion_token)
+            spec = registry.get(module_ref)
+            ctx, sync_kv = attempt_of.context(spec, kv, task_input, completion_token)
             if spec.is_async:
                 output = await spec.fn(ctx)
             elif spec.inline:
@@ -88,16 +89,27 @@ async def execute(
             return attempt_of.failed(exc)
 
 
-def execute_inline(registry: ModuleRegistry, kv: KVStore, clock: Callable[[], datetime], task: Task) -> FlowletResult:
-    """``execute`` of an inline module's task, here and now: the module is a quick pure function
-    (``ModuleSpec.inline``), so it neither awaits nor needs a thread. A module that is not
-    inline fails the attempt (its host must ``execute`` it)."""
-    with log_context(company_id=task.company_id, play_id=task.play_id, flowlet=task.flowlet):
-        attempt_of = _Attempt(task.play_id, task.company_id, task.flowlet, task.attempt, task.module_ref, clock)
+def execute_inline(
+    registry: ModuleRegistry,
+    clock: Callable[[], datetime],
+    *,
+    play_id: str,
+    company_id: str,
+    flowlet: str,
+    attempt: int,
+    module_ref: str,
+    task_input: Any,
+) -> FlowletResult:
+    """``execute`` of an inline module, here and now: the module is a quick pure function
+    (``ModuleSpec.inline``), so it neither awaits, nor needs a thread, nor may use the KV. A
+    module that is not inline fails the attempt (its host must ``execute`` it)."""
+    with log_context(company_id=company_id, play_id=play_id, flowlet=flowlet):
+        attempt_of = _Attempt(play_id, company_id, flowlet, attempt, module_ref, clock)
         try:
-            spec, ctx, _ = attempt_of.context(registry, kv, task.input, None)
+            spec = registry.get(module_ref)
             if not spec.inline:
-                raise Flow8Error(f"module {task.module_ref!r} is not inline: it cannot run in place")
+                raise Flow8Error(f"module {module_ref!r} is not inline: it cannot run in place")
+            ctx, _ = attempt_of.context(spec, None, task_input, None)
             return attempt_of.succeeded(spec.fn(ctx))
         except Exception as exc:  # a module's failure or bug fails its flowlet, never the host
             return attempt_of.failed(exc)
@@ -116,21 +128,19 @@ class _Attempt:
         self.what = f"flowlet {play_id}/{flowlet} (attempt {attempt}, module {module_ref!r})"
 
     def context(
-        self, registry: ModuleRegistry, kv: KVStore, task_input: Any, completion_token: str | None
-    ) -> tuple[ModuleSpec, ModuleContext, SyncKV | None]:
-        """The module and what it is given; the ``SyncKV`` of a module run on a thread (None for
-        one that runs on the event loop: async, or inline)."""
-        spec = registry.get(self.module_ref)
+        self, spec: ModuleSpec, kv: KVStore | None, task_input: Any, completion_token: str | None
+    ) -> tuple[ModuleContext, SyncKV | None]:
+        """What the module is given, and the ``SyncKV`` of one that runs on a thread (None for
+        one that runs on the event loop: async, or inline, which needs no ``kv``)."""
         sync_kv = None
         store: KV | SyncKV | InlineKV
         if spec.inline:
             store = InlineKV(self.what)
-        elif spec.is_async:
-            store = KV(kv, self.company_id, f"{self.play_id}/{self.flowlet}")
         else:
-            store = sync_kv = SyncKV(
-                KV(kv, self.company_id, f"{self.play_id}/{self.flowlet}"), asyncio.get_running_loop(), self.what
-            )
+            assert kv is not None
+            store = KV(kv, self.company_id, f"{self.play_id}/{self.flowlet}")
+            if not spec.is_async:
+                store = sync_kv = SyncKV(store, asyncio.get_running_loop(), self.what)
         ctx = ModuleContext(
             play_id=self.play_id,
             company_id=self.company_id,
@@ -140,7 +150,7 @@ class _Attempt:
             kv=store,
             completion_token=completion_token,
         )
-        return spec, ctx, sync_kv
+        return ctx, sync_kv
 
     def succeeded(self, output: Any) -> FlowletResult:
         orjson.dumps(output)  # not JSON: JSONEncodeError, which ``failed`` reports

@@ -355,7 +355,18 @@ class LocalRuntime:
             state = after
             for event in new:
                 if isinstance(event, ev.FlowletScheduled) and self._inline(event.payload):
-                    queue.append(execute_inline(self.registry, self.store.kv, self.clock, Task.scheduled(event)))
+                    p = event.payload
+                    result = execute_inline(
+                        self.registry,
+                        self.clock,
+                        play_id=event.play_id,
+                        company_id=event.company_id,
+                        flowlet=p.flowlet,
+                        attempt=p.attempt,
+                        module_ref=p.module_ref,
+                        task_input=p.input,
+                    )
+                    queue.append(result)
         return events, state
 
     def _inline(self, scheduled: ev.FlowletScheduledPayload) -> bool:
