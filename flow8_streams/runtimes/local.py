@@ -343,12 +343,14 @@ class LocalRuntime:
         self._act(committed, touched)
 
     def _advance(self, state: PlayState | None, msg: Message, now: datetime) -> tuple[list[ev.Event], PlayState | None]:
-        """``step`` on ``msg``, then on the result of each inline module it schedules, run here:
-        every event of the decision, and the state after them."""
+        """``step`` on ``msg`` at ``now``, then on the result of each inline module it schedules,
+        run here, at the time that result is there (so a flowlet never ends after the event that
+        records it): every event of the decision, and the state after them."""
         events: list[ev.Event] = []
         queue: deque[Message] = deque([msg])
         while queue:
-            new, after = step(state, queue.popleft(), now, self.limits)
+            message = queue.popleft()
+            new, after = step(state, message, now if message is msg else self.clock(), self.limits)
             if not new:
                 continue
             events += new

@@ -81,6 +81,9 @@ async def test_a_play_of_inline_modules_is_one_transaction_whose_chain_verifies(
     ]
     events = await recorded.runtime.store.log.read("p1")
     assert ev.verify_chain(events) == []
+    for event in events:  # each result is decided once it is there: no attempt ends after its record
+        if isinstance(event, ev.FlowletCompleted):
+            assert event.payload.started_at <= event.payload.ended_at <= event.at
     assert recorded.runtime.store.plays.get_sync("p1") == final
 
 
