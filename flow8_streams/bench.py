@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import statistics
 import tempfile
 import time
@@ -43,6 +44,9 @@ class BenchResult:
     seconds: float
     latencies_ms: list[float]
     failed: int
+    # CPU (user + system) this process spent on the plays, when it did all their work (local):
+    # a figure other load on the machine moves far less than plays/s
+    cpu_seconds: float | None = None
 
     @property
     def plays_per_s(self) -> float:
@@ -56,7 +60,7 @@ class BenchResult:
         return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[int(p) - 1]
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
+        figures: dict[str, float | int] = {
             "plays_per_s": round(self.plays_per_s, 1),
             "p50_ms": round(self.percentile(50), 2),
             "p95_ms": round(self.percentile(95), 2),
@@ -66,6 +70,15 @@ class BenchResult:
             "seconds": round(self.seconds, 3),
             "failed": self.failed,
         }
+        if self.cpu_seconds is not None:
+            figures["cpu_ms_per_play"] = round(self.cpu_seconds / self.plays * 1000, 3)
+        return figures
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU of this process so far, every thread's."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def bench_local(
@@ -101,9 +114,10 @@ async def _drive(
             if progress is not None:
                 progress(1)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, plays)))))
-    return BenchResult(plays, concurrency, time.perf_counter() - t0, latencies, failed)
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    return BenchResult(plays, concurrency, seconds, latencies, failed, cpu_seconds=cpu)
 
 
 async def bench_streams(

@@ -50,7 +50,8 @@ def bench(
     workers: Annotated[int, typer.Option("--workers", min=1, max=8, help="streams: flow8 worker processes.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON line of results.")] = False,
 ) -> None:
-    """Run N plays of a 4-flowlet diamond of no-op modules; print plays/s and latency percentiles.
+    """Run N plays of a 4-flowlet diamond of no-op modules; print plays/s and latency percentiles
+    (local: and the CPU the process spent per play, which other load on the machine moves less).
 
     streams: starts WORKERS `flow8 worker` processes on Kafka ($KAFKA_BOOTSTRAP_SERVERS) and
     MongoDB ($MONGODB_URI) with topics of their own, and times each play from the produce of
@@ -94,6 +95,7 @@ def bench(
         f"concurrency {concurrency}: "
         f"[bold]{figures['plays_per_s']} plays/s[/], p50 {figures['p50_ms']} ms, "
         f"p95 {figures['p95_ms']} ms, p99 {figures['p99_ms']} ms ({figures['failed']} failed)"
+        + (f", {figures['cpu_ms_per_play']} ms of CPU per play" if "cpu_ms_per_play" in figures else "")
     )
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -55,6 +55,7 @@ def chain_hash(hash_version: int, previous_hash: str, document: dict[str, Any]) 
     return hashlib.sha256(prefix + content).hexdigest()
 
 
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _EVENT_NS = uuid.UUID("8f1c5a6e-2b0d-4f7e-9a51-f10c8e5d0e08")
 
 
@@ -165,15 +166,29 @@ class _Event(BaseModel):
     def expected_hash(self, previous_hash: str) -> str:
         return chain_hash(self.hash_version, previous_hash, self.document())
 
-    def sealed(self, previous_hash: str) -> _Event:
-        """This event hashed after ``previous_hash``: with ``HASH_VERSION``, or v1 when its
-        content is not I-JSON (an integer past ±(2**53 - 1) in an output)."""
-        draft = self.model_copy(update={"hash_version": HASH_VERSION})
+    @classmethod
+    def seal(cls, previous_hash: str, **envelope: Any) -> Self:
+        """A new event of ``envelope`` (every field but ``type``, ``hash_version`` and ``hash``)
+        hashed after ``previous_hash``: with ``HASH_VERSION``, or v1 when its content is not
+        I-JSON (an integer past ±(2**53 - 1) in an output).
+
+        The hash covers ``document()``, put together here from the envelope (plain values but
+        ``at`` and the payload) without a draft event to dump: the engine seals every event it
+        emits, and this is a third of its time. A test holds the two equal on every golden
+        event. The event is then validated, which pydantic does quicker than ``model_construct``."""
+        document = {
+            **envelope,
+            "at": _DATETIME.dump_python(envelope["at"], mode="json"),
+            "type": cls.model_fields["type"].default,
+            "payload": envelope["payload"].model_dump(mode="json"),
+        }
+        version = HASH_VERSION
         try:
-            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
+            digest = chain_hash(version, previous_hash, {**document, "hash_version": version})
         except NotCanonical:
-            draft = self.model_copy(update={"hash_version": 1})
-            return draft.model_copy(update={"hash": draft.expected_hash(previous_hash)})
+            version = 1
+            digest = chain_hash(version, previous_hash, {**document, "hash_version": version})
+        return cls.model_validate({**envelope, "hash_version": version, "hash": digest})
 
 
 class PlayStarted(_Event):
@@ -273,9 +288,14 @@ event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 events_adapter: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 
 
+_EVENT_NS_BYTES = _EVENT_NS.bytes  # uuid5 would compute them again for each id
+
+
 def event_id_for(play_id: str, seq: int) -> str:
-    """Deterministic event id, so that replaying a decision yields identical events."""
-    return str(uuid.uuid5(_EVENT_NS, f"{play_id}/{seq}"))
+    """Deterministic event id, so that replaying a decision yields identical events: what
+    ``uuid.uuid5(_EVENT_NS, f"{play_id}/{seq}")`` gives."""
+    digest = hashlib.sha1(_EVENT_NS_BYTES + f"{play_id}/{seq}".encode(), usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 def verify_chain(events: list[Event]) -> list[str]:

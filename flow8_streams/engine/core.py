@@ -63,7 +63,8 @@ class _Emitter:
             play_id, company_id = start.play_id, start.company_id
             flow_id, flow_version = start.flow.name, start.flow.version
             seq, previous = 1, ev.GENESIS_HASH
-        draft = cls.model_construct(
+        event = cls.seal(
+            previous,
             event_id=ev.event_id_for(play_id, seq),
             play_id=play_id,
             company_id=company_id,
@@ -73,9 +74,7 @@ class _Emitter:
             at=self.now,
             schema_version=ev.SCHEMA_VERSION,
             payload=payload,
-            hash="",
         )
-        event = draft.sealed(previous)
         self.events.append(cast(ev.Event, event))
         self.state = evolve(self.state, cast(ev.Event, event))
 

@@ -92,11 +92,7 @@ class SyncKV:
             on_loop = False
         if on_loop:  # waiting here for the loop would block it for good
             call.close()
-            raise ModuleFailed(
-                f"{self._what}: a module that runs on the event loop (inline) cannot use the KV; "
-                "make it async or drop flow8_inline",
-                retryable=False,
-            )
+            raise InlineKV(self._what).refusal()
 
         async def unless_over() -> T:
             if self._over.is_set():  # checked on the loop too: the attempt may end during the hop
@@ -110,6 +106,36 @@ class SyncKV:
         return asyncio.run_coroutine_threadsafe(unless_over(), self._loop).result()
 
 
+class InlineKV:
+    """The KV of an inline module, which runs on the event loop, where a wait for the store
+    would block it for good: every call fails the attempt, saying so."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def refusal(self) -> ModuleFailed:
+        return ModuleFailed(
+            f"{self._what}: a module that runs on the event loop (inline) cannot use the KV; "
+            "make it async or drop flow8_inline",
+            retryable=False,
+        )
+
+    def get(self, key: str) -> Any:
+        raise self.refusal()
+
+    def entry(self, key: str) -> KVEntry | None:
+        raise self.refusal()
+
+    def set(self, key: str, value: Any) -> KVEntry:
+        raise self.refusal()
+
+    def cas(self, key: str, value: Any, expected_version: int) -> KVEntry | None:
+        raise self.refusal()
+
+    def incr(self, key: str, by: float = 1, op_id: str | None = None) -> Any:
+        raise self.refusal()
+
+
 @dataclass
 class ModuleContext:
     play_id: str
@@ -117,7 +143,7 @@ class ModuleContext:
     flowlet: str
     attempt: int
     input: Any
-    kv: KV | SyncKV  # SyncKV for a plain (not async) module
+    kv: KV | SyncKV | InlineKV  # SyncKV for a plain (not async) module, InlineKV for an inline one
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("flow8.module"))
     # On a channel: the token flow8 minted for this attempt, to hand to an outside service
     # that completes it (see ``Pending``); None elsewhere. A secret: never log or return it.

@@ -8,6 +8,11 @@ wake waiters. A crash between decision and commit loses nothing that was
 promised; on the next start, unfinished plays are folded from the log and their
 in-flight flowlets are run again (the same attempt, so KV counters do not double).
 
+A flowlet whose module is inline (quick and pure, ``ModuleSpec.inline``) runs in
+place while its message is decided, and its result is decided at once, in the same
+transaction: the events are the ones a trip through a module task would give (the
+streams orchestrator does the same), without the task, the inbox and a commit per step.
+
 With a ``ChannelPool``, a flowlet that has ``defer_after_ms`` (or whose module is
 declared ``channel``) runs on a channel worker process instead of this loop, after
 that delay; the channel's acceptance comes back as a ``FlowletDispatch`` (recorded
@@ -21,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +42,7 @@ from flow8_streams.engine import in_flight, next_wakeup, step
 from flow8_streams.engine.core import json_size
 from flow8_streams.errors import CompanyMismatch, Flow8Error, LimitExceeded, NotFound
 from flow8_streams.logs import log_context
-from flow8_streams.modules.executor import execute
+from flow8_streams.modules.executor import execute, execute_inline
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.modules.threads import DEFAULT_SIZE, ModuleThreads
 from flow8_streams.stores.sqlite import SqliteStore
@@ -310,7 +316,7 @@ class LocalRuntime:
             if isinstance(msg, Start) and self._starting.get(play_id) == msg.company_id:
                 del self._starting[play_id]
             try:
-                events, after = step(state, msg, now, self.limits)
+                events, after = self._advance(state, msg, now)
             except Flow8Error as exc:  # a message for another company's play: refused, the others go on
                 self._count_refusal(exc.reason)
                 with log_context(company_id=msg.company_id, play_id=play_id):
@@ -336,11 +342,48 @@ class LocalRuntime:
             self._arm_timer(state)
         self._act(committed, touched)
 
+    def _advance(self, state: PlayState | None, msg: Message, now: datetime) -> tuple[list[ev.Event], PlayState | None]:
+        """``step`` on ``msg`` at ``now``, then on the result of each inline module it schedules,
+        run here, at the time that result is there (so a flowlet never ends after the event that
+        records it): every event of the decision, and the state after them."""
+        events: list[ev.Event] = []
+        queue: deque[Message] = deque([msg])
+        while queue:
+            message = queue.popleft()
+            new, after = step(state, message, now if message is msg else self.clock(), self.limits)
+            if not new:
+                continue
+            events += new
+            state = after
+            for event in new:
+                if isinstance(event, ev.FlowletScheduled) and self._inline(event.payload):
+                    p = event.payload
+                    result = execute_inline(
+                        self.registry,
+                        self.clock,
+                        play_id=event.play_id,
+                        company_id=event.company_id,
+                        flowlet=p.flowlet,
+                        attempt=p.attempt,
+                        module_ref=p.module_ref,
+                        task_input=p.input,
+                    )
+                    queue.append(result)
+        return events, state
+
+    def _inline(self, scheduled: ev.FlowletScheduledPayload) -> bool:
+        """Whether the flowlet runs in place: an inline module, not sent to a channel."""
+        ref = scheduled.module_ref
+        if ref not in self.registry or not self.registry.get(ref).inline:
+            return False
+        return self.channels is None or not self._on_channel(ref, scheduled.defer_after_ms)
+
     def _act(self, committed: list[ev.Event], touched: dict[str, PlayState]) -> None:
         for event in committed:
             match event:
                 case ev.FlowletScheduled(payload=p):
-                    self._dispatch(Task.scheduled(event))
+                    if not self._inline(p):  # an inline one ran in ``_advance``
+                        self._dispatch(Task.scheduled(event))
                 case ev.FlowletTimedOut(payload=p) | ev.FlowletCancelled(payload=p):
                     task = self._tasks.pop((event.play_id, p.flowlet), None)
                     if task is not None:

@@ -186,9 +186,11 @@ class SqliteStore:
 
 
 def _insert_events(db: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """Each body is the event's JSON from its own class's serializer: the bytes the ``Event``
+    union's adapter writes, without its search for the class."""
     db.executemany(
         "INSERT OR IGNORE INTO events (play_id, seq, company_id, type, at, body) VALUES (?,?,?,?,?,?)",
-        [(e.play_id, e.seq, e.company_id, e.type, _iso(e.at), event_adapter.dump_json(e)) for e in events],
+        [(e.play_id, e.seq, e.company_id, e.type, _iso(e.at), e.__pydantic_serializer__.to_json(e)) for e in events],
     )
 
 

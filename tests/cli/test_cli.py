@@ -443,7 +443,7 @@ def test_bench_json(tmp_path: Path) -> None:
     lines = result.out.splitlines()
     assert len(lines) == 1, result.out
     figures = json.loads(lines[0])
-    for key in ("plays_per_s", "p50_ms", "p95_ms", "p99_ms"):
+    for key in ("plays_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_ms_per_play"):
         assert isinstance(figures[key], int | float) and figures[key] > 0, (key, figures)
     assert figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
     assert (figures["plays"], figures["failed"]) == (200, 0)
