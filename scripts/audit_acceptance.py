@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import gzip
 import json
+import logging
 import os
 import re
 import resource
@@ -323,16 +324,22 @@ class Acceptance:
 
     def in_process(self, what: str, verify: Callable[[Ed25519PublicKey], Summary | list[Summary]]) -> None:
         """``verify`` (the library the CLI calls) timed in this process, without a CLI's start-up:
-        the rate the issue asks for. Every summary must be clean."""
+        the rate the issue asks for, the best of ``--repeat`` runs (the others' load on a shared
+        machine only ever slows one down). Every summary must be clean."""
         key = cp.load_public_key(self.public)
-        with console.status(f"{what} …"):
-            wall, cpu = time.perf_counter(), time.process_time()
-            got = verify(key)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        summaries = got if isinstance(got, list) else [got]
-        plays, events = sum(s.plays for s in summaries), sum(s.events for s in summaries)
-        self.check(all(s.clean for s in summaries), f"{what}: {plays} plays, {events} events, clean")
-        self.figures.append(Figure(what, plays, events, wall, cpu, 0 if all(s.clean for s in summaries) else 1))
+        runs: list[Figure] = []
+        for n in range(1, self.args.repeat + 1):
+            with console.status(f"{what} ({n} of {self.args.repeat}) …"):
+                wall, cpu = time.perf_counter(), time.process_time()
+                got = verify(key)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            summaries = got if isinstance(got, list) else [got]
+            clean = all(s.clean for s in summaries)
+            plays, events = sum(s.plays for s in summaries), sum(s.events for s in summaries)
+            runs.append(Figure(f"{what} (best of {self.args.repeat})", plays, events, wall, cpu, 0 if clean else 1))
+        rates = ", ".join(f"{f.wall_rate:,.0f} ({f.cpu_rate:,.0f} per CPU-s)" for f in runs)
+        self.check(all(f.exit == 0 for f in runs), f"{what}: {runs[0].plays} plays, {runs[0].events} events: {rates}")
+        self.figures.append(max(runs, key=lambda f: f.wall_rate))
 
     def verify_archives(self, key: Ed25519PublicKey) -> list[Summary]:
         summaries = []
@@ -596,9 +603,11 @@ def main() -> int:
     parser.add_argument("--companies", type=int, default=5, choices=range(2, len(COMPANIES) + 1))
     parser.add_argument("--in-flight", type=int, default=300, help="Plays started and not yet finished, at most.")
     parser.add_argument("--step-timeout", type=float, default=900.0, help="Seconds any one step may take.")
+    parser.add_argument("--repeat", type=int, default=3, help="Runs of each in-process rate (the best is shown).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures and checks to this file.")
     parser.add_argument("--keep", action="store_true", help="Keep the topics, the database and the files.")
     args = parser.parse_args()
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # the events topic, replaced, is missing for a moment
     kafka, mongodb = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("MONGODB_URI")
     if not kafka or not mongodb:
         console.print("needs KAFKA_BOOTSTRAP_SERVERS and MONGODB_URI: export $(scripts/services up | grep = | xargs)")

@@ -40,8 +40,8 @@ def test_the_acceptance_script_passes_every_check_at_ci_size(tmp_path: Path) -> 
     assert "the cut named: {'globex-" in said and "the cut named in the archive: {'globex-" in said
     steps = [f["step"] for f in report["figures"]]
     assert "verify --kafka --all-companies (chain, signed heads)" in steps
-    assert "verify --kafka --all-companies, in this process" in steps
-    assert "verify --archive, every export, in this process" in steps
+    assert any(s.startswith("verify --kafka --all-companies, in this process") for s in steps)
+    assert any(s.startswith("verify --archive, every export, in this process") for s in steps)
     assert [s for s in steps if s.startswith("verify --archive (")] == [
         "verify --archive (acme)",
         "verify --archive (globex)",
