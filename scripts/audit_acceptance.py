@@ -607,7 +607,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures and checks to this file.")
     parser.add_argument("--keep", action="store_true", help="Keep the topics, the database and the files.")
     args = parser.parse_args()
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # the events topic, replaced, is missing for a moment
+    logging.getLogger("aiokafka.cluster").setLevel(
+        logging.CRITICAL
+    )  # it logs the replaced topic, missing a moment, as an error
     kafka, mongodb = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("MONGODB_URI")
     if not kafka or not mongodb:
         console.print("needs KAFKA_BOOTSTRAP_SERVERS and MONGODB_URI: export $(scripts/services up | grep = | xargs)")
