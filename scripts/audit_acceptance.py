@@ -55,6 +55,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -609,6 +610,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures and checks to this file.")
     parser.add_argument("--keep", action="store_true", help="Keep the topics, the database and the files.")
     args = parser.parse_args()
+    # Ctrl-C even when started in the background (where a shell makes SIGINT ignored), and a
+    # SIGTERM (a CI's timeout) alike: KeyboardInterrupt, so that the finally below cleans up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     logging.getLogger("aiokafka.cluster").setLevel(
         logging.CRITICAL
     )  # it logs the replaced topic, missing a moment, as an error
@@ -661,7 +666,9 @@ def main() -> int:
                     else:
                         console.print(f"the workers' logs and the exports are in {root}")
                 else:
-                    console.print(f"left database {group.name} on MongoDB: the workers were stopped in a hurry")
+                    console.print(
+                        f"left database {group.name} on MongoDB (the workers were stopped in a hurry) and {root}"
+                    )
     Console(width=160).print(table(a, played_s))
     failed = [what for ok, what in a.checks if not ok]
     if args.json is not None:
