@@ -47,9 +47,7 @@ def main() -> None:
     source = SqliteSource(db)
     signed = list(source.checkpoints())
     with Timer() as t:
-        _, events, _ = export(
-            root / "plain.jsonl.gz", source.histories(flt), signed, company="acme", public_key=public
-        )
+        _, events, _ = export(root / "plain.jsonl.gz", source.histories(flt), signed, company="acme", public_key=public)
     print(f"export              {events:>8} events {t.rate(events)}")
 
     with Timer() as t:

@@ -54,6 +54,7 @@ class Rebuild:
         self._companies: dict[str, str] = {}  # play_id -> company of each play folded
         self._source_states: dict[str, PlayState | None] = {}
         self._pending: list[Event] = []
+        self._held: set[str] | None = None  # the plays the target held before the first write
 
     async def add(self, history: PlayHistory) -> None:
         if history.has_projection:
@@ -80,7 +81,10 @@ class Rebuild:
     async def flush(self) -> None:
         if not self._pending:
             return
-        done = await self.target.apply(self._pending)
+        if self._held is None:  # one listing, so that apply need not look for each play on its own
+            self._held = {s.play_id for s in await self.target.list(None, None, MAX_PLAYS_LISTED)}
+        absent = {e.play_id for e in self._pending if e.play_id not in self._held}
+        done = await self.target.apply(self._pending, absent=absent)
         self._pending = []
         self.result.applied += done.applied
         self.result.skipped += done.skipped

@@ -141,7 +141,7 @@ async def _target(into_db: Path | None, into_mongodb: str | None) -> AsyncIterat
     from flow8_streams.stores.mongo import MongoStore
 
     settings = load_settings()
-    if not settings.mongodb_uri:
+    if "mongodb_uri" not in settings.model_fields_set:  # never the default server, guessed
         raise InvalidInput("--into-mongodb needs $MONGODB_URI")
     mongo = await MongoStore(settings.mongodb_uri, into_mongodb).open()
     try:

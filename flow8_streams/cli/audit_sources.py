@@ -125,14 +125,15 @@ async def open_source(
 @contextlib.asynccontextmanager
 async def live_stores(opened: Opened) -> AsyncIterator[Any]:
     """The live projection to compare with: the source's stores, or for --kafka MongoDB's when
-    $MONGODB_URI is set; None where there is none (an archive)."""
+    $MONGODB_URI is set (in the environment or the settings file: the default URI is not the
+    auditor's projection); None where there is none (an archive)."""
     if opened.stores is not None or opened.kind != "kafka":
         yield opened.stores
         return
     from flow8_streams.settings import load_settings
 
     settings = load_settings()
-    if not settings.mongodb_uri:
+    if "mongodb_uri" not in settings.model_fields_set:
         yield None
         return
     from flow8_streams.extras import require_streams

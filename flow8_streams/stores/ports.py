@@ -7,7 +7,7 @@ One conformance suite (``tests/stores``) runs against each.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -71,11 +71,12 @@ class EventLog(Protocol):
 
 
 class PlayProjection(Protocol):
-    async def apply(self, events: Sequence[Event]) -> ApplyResult:
+    async def apply(self, events: Sequence[Event], *, absent: Collection[str] = ()) -> ApplyResult:
         """Fold a batch of events (any order, redelivered or not, several plays) into the
         plays by ``engine.projection``'s rules, and write each play's latest state once,
         guarded by ``seq``: a write whose play is stored at a higher ``seq`` changes nothing,
-        whoever wrote it and whenever it lands."""
+        whoever wrote it and whenever it lands. ``absent``: plays the caller listed and found
+        missing just before (a rebuild), which an adapter may then leave unread."""
 
     async def save(self, states: Sequence[PlayState]) -> None:
         """Upsert each play; a state with a lower ``seq`` than the stored one is ignored."""

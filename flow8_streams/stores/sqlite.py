@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -275,8 +275,9 @@ class SqlitePlays:
     def __init__(self, store: SqliteStore) -> None:
         self._s = store
 
-    async def apply(self, events: Sequence[Event]) -> ApplyResult:
-        """Read the batch's plays, fold (``engine.projection``), write: one transaction."""
+    async def apply(self, events: Sequence[Event], *, absent: Collection[str] = ()) -> ApplyResult:
+        """Read the batch's plays, fold (``engine.projection``), write: one transaction.
+        (``absent`` is no help here: reading a play by its key is cheap.)"""
         batch = Batch.of(events)
         with self._s.tx() as db:
             projection = project(batch, _stored_plays(db, batch.play_ids))

@@ -76,6 +76,12 @@ async def test_verify_from_kafka_then_forged_and_garbage_records(
     result, verdicts, _ = audit(group, tmp_path, "--all-companies")
     assert result.code == 1, result
     assert {p: [f["field"] for f in v["findings"]] for p, v in verdicts.items()} == {p: ["(row)"] for p in PLAYS}
+    # without $MONGODB_URI no projection is compared, not even the default server's (the same one here)
+    no_uri = {k: v for k, v in env.items() if k != "MONGODB_URI"}
+    result = flow8("audit", "verify", "--kafka", "--all-companies", cwd=tmp_path, **no_uri)
+    assert result.code == 0, result
+    result = flow8("audit", "rebuild", "--kafka", "--all-companies", "--into-mongodb", fresh, cwd=tmp_path, **no_uri)
+    assert result.code == 2 and "--into-mongodb needs $MONGODB_URI" in result.err, result
     result = flow8("audit", "rebuild", "--kafka", "--all-companies", "--into-mongodb", group.name, cwd=tmp_path, **env)
     assert result.code == 0, result
     result, verdicts, summary = audit(group, tmp_path, "--all-companies")

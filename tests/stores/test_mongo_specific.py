@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 
 from flow8_streams.domain.flow import FlowDefinition
 from flow8_streams.engine import fold
@@ -202,6 +202,45 @@ async def test_values_ferretdb_cannot_hold_as_they_are_round_trip(store: MongoSt
 
     with pytest.raises(InvalidInput, match="not JSON"):
         await store.kv.set(company, "set", {1, 2})
+
+
+class _Finds(monitoring.CommandListener):
+    """The collection and filter of each ``find`` a client sends."""
+
+    def __init__(self) -> None:
+        self.finds: list[tuple[str, str]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append((event.command["find"], str(event.command.get("filter"))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+
+@mongo
+async def test_apply_leaves_unread_the_old_plays_the_caller_found_absent(company: str) -> None:
+    """A rebuild lists the target once and says which plays it lacks: on FerretDB each read of
+    ``plays`` scans it, so reading 10,000 old plays one by one took longer than 15 minutes."""
+    listener = _Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_uri(), event_listeners=[listener])
+    store = MongoStore(client, new_id("t"))
+    try:
+        await store.open()
+        start = datetime.now(UTC) - timedelta(hours=1)  # old enough to have been written before
+        absent, unsaid = new_id("absent"), new_id("unsaid")
+        events = history(absent, company, start=start) + history(unsaid, company, start=start)
+        result = await store.plays.apply(events, absent={absent})
+        assert (result.plays, result.rejected) == (2, {})
+        read = [filter_ for collection, filter_ in listener.finds if collection in ("plays", "plays_live")]
+        assert read and all(unsaid in f and absent not in f for f in read), listener.finds
+        for play_id in (absent, unsaid):
+            assert await store.plays.get(company, play_id) == fold(history(play_id, company, start=start))
+    finally:
+        await client.drop_database(store.database)
+        await store.close()
+        await client.close()
 
 
 # ------------------------------------------------------------ KV increments
