@@ -197,5 +197,49 @@ async def test_a_worker_signs_the_heads_it_published_and_they_are_the_results_an
 
     # another key's public half verifies none of them
     _, other_public, _ = cp.keygen(keys[0].parent.parent / f"other-{uuid.uuid4().hex[:6]}")
-    forged = cp.check(checkpoints, cp.load_public_key(other_public), COMPANIES[0])
-    assert forged.heads == {} and forged.findings and all(f.kind == "checkpoint_forged" for f in forged.findings)
+    unsigned = cp.check(checkpoints, cp.load_public_key(other_public), COMPANIES[0])
+    assert unsigned.heads == {} and unsigned.findings and all(f.kind == "checkpoint_forged" for f in unsigned.findings)
+
+
+@pytest.fixture(params=["worker", "partition"])
+def unhurried_worker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, keys: tuple[Path, Path]
+) -> Iterator[WorkerGroup]:
+    """A signing worker whose checkpoint timer never fires within a test."""
+    env = {
+        "FLOW8_AUDIT_SIGNING_KEY": str(keys[0]),
+        "FLOW8_AUDIT_CHECKPOINT_SECONDS": "3600",
+        "FLOW8_TRANSACTIONS": request.param,
+    }
+    with running_group(tmp_path_factory.mktemp("stopped"), count=1, extra_env=env) as group:
+        yield group
+
+
+async def test_a_worker_stopped_gracefully_signs_and_commits_what_it_published_since_its_last_checkpoint(
+    unhurried_worker: WorkerGroup, keys: tuple[Path, Path]
+) -> None:
+    """The heads are signed at the stop, and committed (a checkpoint sent once the consumer had
+    let its partitions go was aborted with the open transaction: a company's plays were left
+    unanchored now and then)."""
+    group = unhurried_worker
+    settings = group.settings
+    plays = {str(uuid.uuid4()): COMPANIES[i % 2] for i in range(2 * PLAYS_EACH)}
+    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    try:
+        for company in COMPANIES:
+            await store.flows.put(company, FLOW)
+    finally:
+        await store.close()
+    async with collecting_results(settings) as results, CommandProducer(settings) as producer:
+        for n, (play_id, company) in enumerate(plays.items()):
+            await producer.send(StartPlay(company_id=company, flow=FLOW.name, play_id=play_id, input={"n": n}))
+        await producer.flush()
+        await results.wait_for(set(plays), 60)
+    anchors = {p: (r.last_seq, r.head_hash) for p, r in results.results.items() if p in plays}
+    await asyncio.to_thread(group.stop)  # SIGTERM: a graceful stop
+    checkpoints = await read_checkpoints(settings, anchors)
+    public = cp.load_public_key(keys[1])
+    for company in COMPANIES:
+        checked = cp.check(checkpoints, public, company)
+        assert checked.findings == [], checked.findings
+        assert set(checked.heads) == {p for p, c in plays.items() if c == company}

@@ -32,6 +32,7 @@ from flow8_streams.runtimes.streams.checkpoints import StreamCheckpoints
 from flow8_streams.runtimes.streams.claims import PlayIdClaims
 from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.executor import Executor, TaskRunner
+from flow8_streams.runtimes.streams.kafka.consumer import Flow8Consumer
 from flow8_streams.runtimes.streams.kafka.faust_app import FaustApp, Hook, kafka_credentials
 from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Assignor
 from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransaction, transaction_timeout_ms
@@ -186,8 +187,14 @@ class Flow8App:
         self.web.register()
 
     async def _last_checkpoint(self) -> None:
-        """At a graceful stop, the heads noted since the last checkpoint are signed."""
+        """At a graceful stop, the heads noted since the last checkpoint are signed, and committed
+        while the worker still holds its partitions: a commit proves the member's generation with
+        their offsets, and once the consumer stops there are none to send and the open transaction
+        is aborted (the last checkpoint was then lost now and then)."""
+        if self.orchestrator.checkpoints is None:
+            return
         await self.orchestrator.checkpoint()
+        await cast(Flow8Consumer, self.app.consumer).commit_all(force=True)
 
 
 def stream_checkpoints(settings: Settings) -> StreamCheckpoints | None:

@@ -284,17 +284,22 @@ class Flow8Consumer(kafka_driver.Consumer):
             started = time.monotonic()
             if started >= everything_at:
                 everything_at = started + interval
-                await self.commit()
-                if self.in_transaction and wiring.per_worker:
-                    await cast(WorkerTransactions, self.transactions).commit_unsettled()
-                elif self.in_transaction:
-                    try:
-                        await cast(Flow8Producer, self.app.producer).commit_unsettled()
-                    except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
-                        log.warning("could not commit the records sent since the last commit: %s", exc)
+                await self.commit_all()
             else:
                 await self.commit(eager)
             took = time.monotonic() - started
+
+    async def commit_all(self, force: bool = False) -> None:
+        """Commit what was done: the offsets acked, and the records sent with no offset moving
+        on with them (a result whose input was committed already, a checkpoint)."""
+        await (self.force_commit() if force else self.commit())
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            await cast(WorkerTransactions, self.transactions).commit_unsettled()
+        elif self.in_transaction:
+            try:
+                await cast(Flow8Producer, self.app.producer).commit_unsettled()
+            except KafkaError as exc:  # the next commit of offsets meets it too, and faust crashes then
+                log.warning("could not commit the records sent since the last commit: %s", exc)
 
     def _new_offset(self, tp: Any) -> int | None:
         """The offset to commit for ``tp``: never past a message a stream still works on.
