@@ -117,16 +117,10 @@ async def trail(settings: Settings, play_ids: list[str], partition: int) -> str:
     each record of theirs with its offset, committed or aborted (read uncommitted and committed
     both), and the group's committed offset there; what a play that stopped needs explaining."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
     topics = settings.topics
     tps = [TopicPartition(t, partition) for t in (topics.commands, topics.tasks, topics.completions)]
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.group_id)
-    finally:
-        await admin.close()
+    committed = await group_offsets(settings)
     seen: dict[str, dict[tuple[str, int], str]] = {}
     for isolation in ("read_committed", "read_uncommitted"):
         consumer = AIOKafkaConsumer(
@@ -157,3 +151,15 @@ async def trail(settings: Settings, play_ids: list[str], partition: int) -> str:
         state = "committed" if (topic, offset) in seen.get("read_committed", {}) else "ABORTED"
         lines.append(f"  {topic}@{offset} ({state}): {text}")
     return "\n".join(lines)
+
+
+async def group_offsets(settings: Settings) -> dict[Any, Any]:
+    """The worker group's committed offsets (TopicPartition -> OffsetAndMetadata)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        return dict(await admin.list_consumer_group_offsets(settings.group_id))
+    finally:
+        await admin.close()

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
 from flow8_streams.domain.messages import StartPlay
@@ -32,7 +31,7 @@ from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import EventTap, WorkerGroup
 
-from .support import collecting_results, fl, make_flow, running_group, trail
+from .support import collecting_results, fl, group_offsets, make_flow, running_group, trail
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -93,12 +92,7 @@ async def where_unprojected(
     """For each play whose document lags: the offsets of its events past the document's seq,
     and the group's committed offset of their partition: committed past them means the
     projector's input skipped them, below them that it never got there."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.group_id)
-    finally:
-        await admin.close()
+    committed = await group_offsets(settings)
     told: dict[str, str] = {}
     for play_id in play_ids:
         doc = await store.plays.get(None, play_id)

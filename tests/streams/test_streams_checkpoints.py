@@ -57,6 +57,24 @@ def signing_worker(
         yield group
 
 
+async def run_plays(settings: Settings) -> tuple[dict[str, str], dict[str, tuple[int, str]]]:
+    """``PLAYS_EACH`` plays of each company run to their results: play -> company, and each
+    play's anchor (its result's ``last_seq`` and ``head_hash``)."""
+    plays = {str(uuid.uuid4()): COMPANIES[i % 2] for i in range(2 * PLAYS_EACH)}
+    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    try:
+        for company in COMPANIES:
+            await store.flows.put(company, FLOW)
+    finally:
+        await store.close()
+    async with collecting_results(settings) as results, CommandProducer(settings) as producer:
+        for n, (play_id, company) in enumerate(plays.items()):
+            await producer.send(StartPlay(company_id=company, flow=FLOW.name, play_id=play_id, input={"n": n}))
+        await producer.flush()
+        await results.wait_for(set(plays), 60)
+    return plays, {p: (r.last_seq, r.head_hash) for p, r in results.results.items() if p in plays}
+
+
 async def read_checkpoints(settings: Settings, covers: dict[str, tuple[int, str]]) -> list[cp.SignedCheckpoint]:
     """The committed records of the checkpoints topic, read until their heads name every play of
     ``covers`` at its seq (or SIGNED_WITHIN_S passes)."""
@@ -137,19 +155,7 @@ async def test_a_worker_signs_the_heads_it_published_and_they_are_the_results_an
     signing_worker: WorkerGroup, keys: tuple[Path, Path]
 ) -> None:
     settings = signing_worker.settings
-    plays = {str(uuid.uuid4()): COMPANIES[i % 2] for i in range(2 * PLAYS_EACH)}
-    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
-    try:
-        for company in COMPANIES:
-            await store.flows.put(company, FLOW)
-    finally:
-        await store.close()
-    async with collecting_results(settings) as results, CommandProducer(settings) as producer:
-        for n, (play_id, company) in enumerate(plays.items()):
-            await producer.send(StartPlay(company_id=company, flow=FLOW.name, play_id=play_id, input={"n": n}))
-        await producer.flush()
-        await results.wait_for(set(plays), 60)
-    anchors = {p: (r.last_seq, r.head_hash) for p, r in results.results.items() if p in plays}
+    plays, anchors = await run_plays(settings)
     assert all(seq and head for seq, head in anchors.values()), anchors
 
     checkpoints = await read_checkpoints(settings, anchors)
@@ -223,19 +229,7 @@ async def test_a_worker_stopped_gracefully_signs_and_commits_what_it_published_s
     unanchored now and then)."""
     group = unhurried_worker
     settings = group.settings
-    plays = {str(uuid.uuid4()): COMPANIES[i % 2] for i in range(2 * PLAYS_EACH)}
-    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
-    try:
-        for company in COMPANIES:
-            await store.flows.put(company, FLOW)
-    finally:
-        await store.close()
-    async with collecting_results(settings) as results, CommandProducer(settings) as producer:
-        for n, (play_id, company) in enumerate(plays.items()):
-            await producer.send(StartPlay(company_id=company, flow=FLOW.name, play_id=play_id, input={"n": n}))
-        await producer.flush()
-        await results.wait_for(set(plays), 60)
-    anchors = {p: (r.last_seq, r.head_hash) for p, r in results.results.items() if p in plays}
+    plays, anchors = await run_plays(settings)
     await asyncio.to_thread(group.stop)  # SIGTERM: a graceful stop
     checkpoints = await read_checkpoints(settings, anchors)
     public = cp.load_public_key(keys[1])
