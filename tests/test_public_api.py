@@ -58,6 +58,8 @@ CURATED = {
     "UnknownModule",
     "NotFound",
     "StoreUnavailable",
+    "ReadTooLarge",
+    "ReadTimedOut",
     "BadMessage",
     "TemplateError",
     "EngineError",
