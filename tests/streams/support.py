@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
 from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.state import PlayStatus
+from flow8_streams.engine import fold
 from flow8_streams.modules import builtin
 from flow8_streams.runtimes.streams.client import tail_results
 from flow8_streams.settings import Settings
-from tests.conformance.streams_harness import WorkerGroup
+from flow8_streams.stores.mongo import MongoStore
+from tests.conformance.streams_harness import EventTap, WorkerGroup
 from tests.services import require_service
 
 
@@ -24,6 +29,59 @@ def make_flow(name: str, *flowlets: dict[str, Any]) -> FlowDefinition:
 
 def fl(name: str, module: str, *depends_on: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "module_ref": module, "depends_on": list(depends_on), **extra}
+
+
+COUNTER = "plays_done"
+
+# The fault tests' flow: an async step (plays are in flight over time) and a KV counter.
+FLOW = make_flow(
+    "faulty",
+    fl("start", "echo", input={"n": "${input.n}"}),
+    fl("wait", "sleep", "start", input={"seconds": 0.05}),
+    # FerretDB answers "database is locked" now and then under this load: a store error is
+    # retryable, and a retried increment counts once (its op id names the play and flowlet)
+    fl("count", "kv.incr", "start", input={"key": COUNTER, "by": 1}, retry={"max_attempts": 5, "backoff_ms": 100}),
+    fl("done", "echo", "wait", "count", input={"n": "${flowlets.start.output.n}", "count": "${flowlets.count.output}"}),
+)
+
+
+async def assert_each_play_once(
+    tap: EventTap, results: ResultCollector, plays: dict[str, str], number: dict[str, int], store: MongoStore
+) -> None:
+    """Exactly once, for plays of ``FLOW`` (play id -> company; ``number``: its input n): every
+    play completed once, no event written twice, every history chains, one result per play,
+    and each company's counter counted each of its plays once."""
+    outcomes = Counter(tap.terminal.get(p) for p in plays)
+    assert outcomes == {"PlayCompleted": len(plays)}, outcomes
+    assert tap.duplicates == [], f"(play_id, seq) written twice to flow8.events: {tap.duplicates[:10]}"
+
+    # every history chains from genesis and folds to a succeeded play with one start and one end
+    for play_id, company in plays.items():
+        history = tap.history(play_id)
+        assert verify_chain(history) == [], (play_id, verify_chain(history))
+        types = [e.type for e in history]
+        assert types.count("PlayStarted") == 1 and sum(t in TERMINAL_EVENT_TYPES for t in types) == 1, types
+        state = fold(history)
+        assert state is not None and state.status is PlayStatus.SUCCEEDED, (play_id, types)
+        assert state.company_id == company
+
+    # one result per play, all succeeded, nothing else on the topic
+    assert results.duplicates == [], f"play results delivered twice: {results.duplicates[:10]}"
+    assert results.results.keys() == plays.keys()
+    statuses = Counter(r.status for r in results.results.values())
+    assert statuses == {"succeeded": len(plays)}, statuses
+    for play_id, result in results.results.items():
+        assert result.company_id == plays[play_id]
+        assert result.output["done"]["n"] == number[play_id], result.output
+
+    # the counters: each company counted each of its plays exactly once
+    expected = Counter(plays.values())
+    counted: dict[str, float] = {}
+    for company in expected:
+        entry = await store.kv.get(company, COUNTER)
+        counted[company] = 0 if entry is None else entry.value
+    wrong = {c: (counted[c], n) for c, n in expected.items() if counted[c] != n}
+    assert wrong == {}, f"kv counters (got, expected) that are off: {wrong}"
 
 
 @contextlib.contextmanager
@@ -112,14 +170,31 @@ async def collecting_results(settings: Settings) -> AsyncIterator[ResultCollecto
         await collector.close()
 
 
+async def trails(settings: Settings, stuck: dict[str, str], tap: EventTap) -> str:
+    """``trail`` of each partition ``stuck`` plays (play id -> company) are on: where the tap saw
+    their events, else where Kafka's default partitioner puts their company's commands."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    every = list(range(settings.topics.partitions))
+    where: dict[int, list[str]] = {}
+    for play_id, company in stuck.items():
+        partition = tap.partition.get(play_id)
+        if partition is None:
+            partition = DefaultPartitioner()(company.encode(), every, every)
+        where.setdefault(partition, []).append(play_id)
+    return "\n".join([await trail(settings, ids, p) for p, ids in sorted(where.items())])
+
+
 async def trail(settings: Settings, play_ids: list[str], partition: int) -> str:
-    """Where ``play_ids`` went on ``partition`` of the commands, tasks and completions topics:
+    """Where ``play_ids`` went on ``partition`` of the commands, tasks and completions topics and
+    the plays table's changelog:
     each record of theirs with its offset, committed or aborted (read uncommitted and committed
     both), and the group's committed offset there; what a play that stopped needs explaining."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     topics = settings.topics
-    tps = [TopicPartition(t, partition) for t in (topics.commands, topics.tasks, topics.completions)]
+    table = f"{settings.group_id}-plays-changelog"  # faust's name for the plays table's changelog
+    tps = [TopicPartition(t, partition) for t in (topics.commands, topics.tasks, topics.completions, table)]
     committed = await group_offsets(settings)
     seen: dict[str, dict[tuple[str, int], str]] = {}
     for isolation in ("read_committed", "read_uncommitted"):
@@ -137,7 +212,11 @@ async def trail(settings: Settings, play_ids: list[str], partition: int) -> str:
                     while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
                         for tp, records in (await consumer.getmany(timeout_ms=500)).items():
                             for r in records:
-                                text = (r.value or b"").decode(errors="replace")
+                                text = (
+                                    (r.key or b"").decode(errors="replace")
+                                    + " "
+                                    + (r.value or b"").decode(errors="replace")
+                                )
                                 for play_id in play_ids:
                                     if play_id in text:
                                         found[(tp.topic, r.offset)] = text[:160]

@@ -146,6 +146,18 @@ def test_only_a_record_of_the_current_generation_is_acted_on_and_acked(
     assert rules.of_this_generation(read_in, current) is acts
 
 
+@pytest.mark.parametrize(
+    ("taken", "read_in", "counts"),
+    [(True, 7, True), (True, None, True), (True, 6, False), (False, 7, False), (False, 6, False)],
+)
+def test_an_ack_counts_only_for_a_record_a_stream_took_in_this_generation(
+    taken: bool, read_in: int | None, counts: bool
+) -> None:
+    """faust acks a record its stream skipped without processing it (read while the flow was
+    stopped, or in an earlier generation): such an ack must not let a commit pass the record."""
+    assert rules.ack_counts(taken, read_in, 7) is counts
+
+
 def test_a_record_taken_before_a_seek_neither_delivers_nor_moves_the_read_offset_after_it() -> None:
     """faust's fetch loop checks a record against the read offset, hands it to the streams
     (awaiting) and then notes it as delivered; a seek back to the committed offset can come

@@ -71,7 +71,7 @@ class Flow8App:
         threads = ModuleThreads(s.module_threads, on_stuck=metrics.module_threads_stuck.set)
         runner = TaskRunner(registry, store.kv, threads, metrics, utcnow)
         on_start: tuple[Hook, ...] = (direct.start,)
-        on_stop: tuple[Hook, ...] = (self._last_checkpoint, direct.stop, runner.close)
+        on_stop: tuple[Hook, ...] = (self._final_commit, direct.stop, runner.close)
         # channels: the executor runs long flowlets on the pool, the orchestrator watches them
         channel_executor = channel_watch = None
         if channels is not None:
@@ -81,7 +81,7 @@ class Flow8App:
             )
             channel_watch = watch_for(registry, heartbeat_timeout)
             on_start = (direct.start, channel_executor.start)
-            on_stop = (self._last_checkpoint, channel_executor.close, direct.stop, runner.close)
+            on_stop = (self._final_commit, channel_executor.close, direct.stop, runner.close)
 
         transaction = WorkerTransaction(
             transactional_id=f"{s.group_id}-{s.worker_id}",
@@ -186,15 +186,15 @@ class Flow8App:
         self.timers.register()
         self.web.register()
 
-    async def _last_checkpoint(self) -> None:
-        """At a graceful stop, the heads noted since the last checkpoint are signed, and committed
-        while the worker still holds its partitions: a commit proves the member's generation with
-        their offsets, and once the consumer stops there are none to send and the open transaction
-        is aborted (the last checkpoint was then lost now and then)."""
-        if self.orchestrator.checkpoints is None:
-            return
-        await self.orchestrator.checkpoint()
-        await cast(Flow8Consumer, self.app.consumer).commit_all(force=True)
+    async def _final_commit(self) -> None:
+        """At a graceful stop, before the agents are cancelled: the heads noted since the last
+        checkpoint are signed, and what was done is committed while the worker still holds its
+        partitions (a commit proves the member's generation with their offsets; once the
+        consumer stops there are none to send). Nothing is committed after it
+        (``Flow8Consumer.close_commits``)."""
+        if self.orchestrator.checkpoints is not None:
+            await self.orchestrator.checkpoint()
+        await cast(Flow8Consumer, self.app.consumer).close_commits()
 
 
 def stream_checkpoints(settings: Settings) -> StreamCheckpoints | None:

@@ -151,14 +151,16 @@ class WorkerGroup:
             proc.wait()
         self.processes = [p for p in self.processes if p not in victims]
 
-    def stop(self) -> None:
-        for proc, _ in self.processes:
+    def stop(self, index: int | None = None) -> None:
+        """Stop one worker (or all) gracefully: SIGTERM, then ``kill -9`` after 20 s."""
+        stopping = self.processes if index is None else [self.processes[index]]
+        for proc, _ in stopping:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
-        for proc, _ in self.processes:
+        for proc, _ in stopping:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.processes = []
+        self.processes = [p for p in self.processes if p not in stopping]

@@ -240,6 +240,7 @@ class Flow8Consumer(kafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._reseeks: set[asyncio.Future[None]] = set()  # see resume_partitions
         self._sought: set[Any] = set()  # partitions sought to their committed offsets since the assignment
+        self._closed = False  # see close_commits
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets(lambda: cast(Flow8ConsumerThread | None, self._thread), self._is_changelog_tp)
 
@@ -292,6 +293,8 @@ class Flow8Consumer(kafka_driver.Consumer):
     async def commit_all(self, force: bool = False) -> None:
         """Commit what was done: the offsets acked, and the records sent with no offset moving
         on with them (a result whose input was committed already, a checkpoint)."""
+        if self._closed:
+            return
         await (self.force_commit() if force else self.commit())
         if self.in_transaction and cast(Any, self.app).wiring.per_worker:
             await cast(WorkerTransactions, self.transactions).commit_unsettled()
@@ -377,15 +380,36 @@ class Flow8Consumer(kafka_driver.Consumer):
         return await super().position(tp)
 
     def ack(self, message: Any) -> bool:
-        """An ack counts only for a record of the current generation (``rules.of_this_generation``):
-        faust acks a record it skips for being of an earlier generation, and a stream acks one it
-        took before a rebalance; both are read again from the committed offset."""
-        if not rules.of_this_generation(message.generation_id, self.app.consumer_generation_id):
+        """An ack counts only for a record a stream took in the current generation
+        (``rules.ack_counts``): faust acks a record it skips for being of an earlier generation
+        or for coming while the flow was stopped, and a stream acks one it took before a
+        rebalance; all of them are read again from the committed offset. (faust's compiled
+        stream iterator acks past this method: ``Flow8Stream`` keeps its Python one.)"""
+        if not rules.ack_counts(message.tracked, message.generation_id, self.app.consumer_generation_id):
             message.acked = True  # its final ack, counted by nobody
             self._unacked_messages.discard(message)  # nor held as in flight by every commit after
             return False
         acked: bool = super().ack(message)
         return acked
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if self._closed:
+            return False
+        done: bool = await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        return done
+
+    async def close_commits(self) -> None:
+        """At a graceful stop, before faust cancels the agents: commit what was done, then
+        nothing more. An agent cancelled in the middle of a message acks it as its stream
+        unwinds, and a decision cancelled between two of its sends leaves half of itself in
+        the open transaction: faust's last commit at the consumer's stop then passed records
+        never processed (a play joined by a worker that stopped a second later never
+        started) or could commit half a decision. What the worker does from here is aborted
+        with its open transaction, and its partitions' next owner does it again."""
+        await self.commit_all(force=True)
+        self._closed = True
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            cast(WorkerTransactions, self.transactions).close()
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         """What was acked before this assignment and not committed by the revocation's commit
@@ -397,17 +421,38 @@ class Flow8Consumer(kafka_driver.Consumer):
         forever). Every partition is read again from its committed offset now."""
         self._acked.clear()
         self._acked_index.clear()
+        self._gap.clear()
         self._sought.clear()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Commit what was done (offsets with their records) before faust forgets what the
         revoked partitions acked, while the generation is still this member's: the
-        revocation then completes with nothing of this member's left open."""
+        revocation then completes with nothing of this member's left open. Nothing more is
+        committed until the assignment has aborted what was sent meanwhile: faust lets the
+        messages in flight finish after this, and a commit of the commit handler's that came
+        after aiokafka took the new assignment (the new generation's, accepted) and before
+        that abort once committed their decisions without their inputs (read again, a play
+        started twice)."""
         if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            transactions = cast(WorkerTransactions, self.transactions)
             await self.force_commit()  # not skipped when the commit handler's is under way
-            await cast(WorkerTransactions, self.transactions).commit_unsettled()
+            await transactions.commit_unsettled()
+            transactions.hold()
         await super().on_partitions_revoked(revoked)
+
+    async def perform_seek(self) -> None:
+        """faust's recovery resumes the flow to restore its tables, resumes the input
+        partitions, seeks them back to their committed offsets here, and then resumes the
+        app's flow control, which empties every stream's queue. Records delivered in
+        between were thrown away with their read offset moved past them: they were never
+        processed, and the next commit passed them (the plays whose StartPlay or completion
+        it was waited forever; a rebalance with no fault did it). The flow stops here, so
+        nothing is delivered until the queues are emptied: the recovery resumes it then,
+        and reading starts again at the committed offsets. (Called with the flow stopped
+        already, as faust's fetch loop does, this changes nothing.)"""
+        self.stop_flow()
+        await super().perform_seek()
 
     async def seek_to_committed(self) -> Any:
         """After an assignment faust resumes the flow before it seeks back to the committed
@@ -415,16 +460,19 @@ class Flow8Consumer(kafka_driver.Consumer):
         partition kept through the rebalance went on from where it was, and a commit in between
         took its acks for a run from nowhere and committed past the records it had read before
         the rebalance but not committed (a completion lost so left its play waiting forever). A
-        partition commits nothing until it is sought here, and its acks from before are void:
-        what follows the committed offset is read again."""
+        partition commits nothing until it is sought here, and its acks and holes from before are
+        void: what follows the committed offset is read again. It may commit once its committed
+        offset is known (faust learns it only when this returns)."""
         committed = await super().seek_to_committed()
         for tp in committed:
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
-        self._sought.update(committed)
-        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
-            cast(WorkerTransactions, self.transactions).committed(committed)
+            self._gap.pop(tp, None)
         never = rules.never_committed(committed, self._is_changelog_tp)
         if never:
             await self._thread.seek_to_beginning(*never)
+        self._committed_offset.update({ensure_TP(tp): offset for tp, offset in committed.items() if offset})
+        self._sought.update(committed)
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            cast(WorkerTransactions, self.transactions).committed(committed)
         return committed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -54,6 +54,19 @@ class Flow8Web(web_driver.Web):
             raise
 
 
+class Flow8Stream(faust.Stream):  # type: ignore[type-arg]
+    """faust's stream, always iterated by its Python iterator. The compiled one (faust's
+    Cython extension, used whenever it is installed) acks a message inline, past
+    ``Consumer.ack``: the rule ``Flow8Consumer.ack`` keeps did not hold, and the ack of a
+    record skipped unprocessed, or read before a rebalance, let a commit pass it (a play
+    whose StartPlay or completion it was waited forever)."""
+
+    def __aiter__(self) -> Any:
+        iterator = self._py_aiter()
+        self._active_agens.add(cast(AsyncGenerator[Any, None], iterator))  # as faust's: closed when it stops
+        return iterator
+
+
 Hook = Callable[[], Awaitable[None]]
 
 
@@ -66,7 +79,7 @@ class FaustApp(faust.App):
         self.wiring = wiring
         self.flow8_on_start = tuple(on_start)
         self.flow8_on_stop = tuple(on_stop)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, Stream=Flow8Stream, **kwargs)
 
     def _new_transport(self) -> Any:
         return Flow8Transport(self.conf.broker_consumer, self)

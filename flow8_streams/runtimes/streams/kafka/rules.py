@@ -114,3 +114,10 @@ def of_this_generation(read_in: int | None, current: int) -> bool:
     published, and its ack does not count (an ack of it would let a commit step over the
     records before it, read again but not yet done)."""
     return read_in is None or read_in == current
+
+
+def ack_counts(taken: bool, read_in: int | None, current: int) -> bool:
+    """Whether an ack lets commits pass its record: only for a record a stream took to work on
+    (faust acks one it skips too: read while the flow was stopped, or in an earlier
+    generation, never processed) and read in this generation (``of_this_generation``)."""
+    return taken and of_this_generation(read_in, current)

@@ -21,7 +21,8 @@ the group's generation (``producer``). The rules it keeps:
   an open transaction), and a commit waits for the sends under way;
 - before a revocation completes, what was done is committed (``Flow8Consumer``; the old
   generation is still the group's until the rebalance completes); what is sent after that
-  commit and before the next assignment is aborted at the assignment;
+  commit and before the next assignment is aborted at the assignment, and nothing is
+  committed in between (``hold``);
 - a commit the group refuses (this member's generation is over, or it is rejoining) is
   aborted, never retried: the table entries the transaction wrote are put back as they
   were (``WorkerTransaction.undo``), and the inputs are read again from the committed
@@ -82,6 +83,7 @@ class WorkerTransactions(TransactionManager):
         self._producer: GroupProducer | None = None
         self._unsettled = False  # records sent since the last commit
         self._refused = False  # the group refused a commit: nothing is committed until the next assignment
+        self._closed = False  # the worker stops: nothing more is committed (see Flow8Consumer.close_commits)
         self._known: dict[TopicPartition, int] = {}  # committed offsets (see _with_known)
         self._open = asyncio.Event()  # a transaction is open: sends may go
         self._sending = 0  # sends under way
@@ -157,10 +159,24 @@ class WorkerTransactions(TransactionManager):
         member between two generations sent it, for partitions it may no longer own (their
         inputs are read again from the committed offsets, by whoever owns them now)."""
         producer = self._producer
-        if producer is not None and self._unsettled:
-            reason = "sent between the revocation's commit and the assignment"
-            await asyncio.shield(self._locked_abort(producer, reason))
-        self._refused = False  # the inputs are read again from the committed offsets from here
+        if producer is not None:
+            await asyncio.shield(self._settle_assignment(producer))
+
+    async def _settle_assignment(self, producer: GroupProducer) -> None:
+        """Under the gate, so a commit cycle under way is over first: one started before the
+        revocation (its caller gone, the cycle shielded) was refused after the assignment once,
+        and its refusal held every commit back for good (the broker then timed the transaction
+        out and fenced the producer; the worker's partitions stopped)."""
+        async with self.worker.gate:
+            self._open.clear()
+            try:
+                await self._idle.wait()
+                if self._unsettled:
+                    await self._abort(producer, "sent between the revocation's commit and the assignment")
+                self._refused = False  # the inputs are read again from the committed offsets from here
+            finally:
+                if producer.transaction_open():
+                    self._open.set()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Nothing: ``Flow8Consumer`` commits before faust forgets the revoked partitions' acks."""
@@ -168,6 +184,15 @@ class WorkerTransactions(TransactionManager):
     def committed(self, offsets: Mapping[Any, int | None]) -> None:
         """The group's committed offsets, as the consumer read them at an assignment."""
         self._known.update({_tp(tp): offset for tp, offset in offsets.items() if offset is not None})
+
+    def hold(self) -> None:
+        """The revocation's commit is done: nothing more is committed before the assignment
+        aborts what is sent meanwhile (``on_rebalance``)."""
+        self._refused = True
+
+    def close(self) -> None:
+        """Commit nothing more: the worker stops, and what it does from here is aborted."""
+        self._closed = True
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         """Commit the open transaction with ``offsets`` (of every partition), between two decisions."""
@@ -192,7 +217,7 @@ class WorkerTransactions(TransactionManager):
             self._open.clear()
             try:
                 await self._idle.wait()
-                if self._refused:  # see the module's rules: not before the next assignment
+                if self._refused or self._closed:  # see the module's rules: not before the next assignment
                     return False
                 sending = self._with_known(offsets)
                 if not sending:  # nothing to prove this member's generation with: not now
@@ -226,16 +251,6 @@ class WorkerTransactions(TransactionManager):
         sending = {tp: offset for tp, offset in self._known.items() if tp in assigned}
         sending.update({_tp(tp): offset for tp, offset in offsets.items()})
         return sending
-
-    async def _locked_abort(self, producer: GroupProducer, reason: str) -> None:
-        async with self.worker.gate:
-            self._open.clear()
-            try:
-                await self._idle.wait()
-                await self._abort(producer, reason)
-            finally:
-                if producer.transaction_open():
-                    self._open.set()
 
     async def _abort(self, producer: GroupProducer, reason: str) -> None:
         """Abort the open transaction and put back the table entries it wrote."""
