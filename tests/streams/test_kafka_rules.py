@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from io import BytesIO
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from flow8_streams.runtimes.streams.kafka import rules
-from flow8_streams.runtimes.streams.kafka.consumer import BEYOND, Flow8ConsumerThread, ReadOffsets
+from flow8_streams.runtimes.streams.kafka.consumer import BEYOND, Flow8Consumer, Flow8ConsumerThread, ReadOffsets
 from flow8_streams.runtimes.streams.kafka.producer import GroupMember
 from flow8_streams.runtimes.streams.kafka.protocol import (
     GroupTxnOffsetCommitRequest,
@@ -163,13 +165,13 @@ def test_a_record_taken_before_a_seek_neither_delivers_nor_moves_the_read_offset
     (awaiting) and then notes it as delivered; a seek back to the committed offset can come
     in between. The record then must not set the read offset past the records the seek was
     for (they were dropped as read once), nor make a hole that commits count as done."""
-    thread = SimpleNamespace(epochs={"in": 1}, handed={})
+    thread = SimpleNamespace(epochs={"in": 1}, handed={}, sought_to={})
     thread.sought_since = partial(Flow8ConsumerThread.sought_since, thread)  # type: ignore[arg-type]
     offsets = ReadOffsets(lambda: thread, is_changelog=lambda tp: tp == "changelog")  # type: ignore[arg-type,return-value]
     taken = Flow8ConsumerThread._handing(thread, "in", 1, iter([SimpleNamespace(offset=120)]))  # type: ignore[arg-type]
     assert next(taken).offset == 120  # faust takes the record of epoch 1...
     assert offsets["in"] is None  # ...and checks it: not read yet, delivered
-    thread.epochs["in"] = 2  # a seek back to the committed offset, on the consumer's thread
+    Flow8ConsumerThread._bump(thread, ["in"], 90)  # type: ignore[arg-type]  # a seek back, on the consumer's thread
     offsets.seek("in", 90)
     offsets["in"] = 120  # faust notes the record it took before the seek as delivered
     assert dict(offsets) == {"in": 90}  # ignored: 90..119 are read again, not dropped
@@ -181,3 +183,63 @@ def test_a_record_taken_before_a_seek_neither_delivers_nor_moves_the_read_offset
     assert offsets["in"] == 90  # a record fetched after the seek is checked as usual
     offsets["in"] = 90
     assert offsets["in"] == 90
+
+
+def _handed(thread: Any, tp: str, epoch: int, offset: int) -> None:
+    """faust takes the record at ``offset`` of ``tp``, fetched in ``epoch``."""
+    next(Flow8ConsumerThread._handing(thread, tp, epoch, iter([SimpleNamespace(offset=offset)])))
+
+
+def test_records_fetched_after_a_seek_are_checked_against_where_it_went_before_faust_knows() -> None:
+    """A seek runs on the consumer's thread and faust learns where it went only once the whole
+    seek is done (``perform_seek``). Records fetched from the new position in between were
+    compared with the read offset of before, dropped as read, and the jump to the next one
+    made a hole that commits passed. The thread notes each seek: that is the read offset
+    from then on, until faust delivers a record of the new epoch."""
+    thread = SimpleNamespace(epochs={}, handed={}, sought_to={})
+    thread.sought_since = partial(Flow8ConsumerThread.sought_since, thread)  # type: ignore[arg-type]
+    offsets = ReadOffsets(lambda: thread, is_changelog=lambda tp: False)  # type: ignore[arg-type,return-value]
+    for offset in (100, 101, 102):  # delivered before the seek (after an assignment, faust resumes first)
+        _handed(thread, "in", 0, offset)
+        assert offsets["in"] in (None, offset - 1)
+        offsets["in"] = offset
+    Flow8ConsumerThread._bump(thread, ["in"], 100)  # type: ignore[arg-type]  # seek to the committed offset
+    _handed(thread, "in", 1, 100)  # fetched from the new position, before faust's perform_seek returns
+    assert offsets["in"] == 100  # not 102: 100 is delivered (again), not dropped
+    assert offsets.get("in") == 100  # as the reseek rule reads it
+    offsets["in"] = 100
+    _handed(thread, "in", 1, 101)
+    assert offsets["in"] == 100  # no hole before 101
+    offsets["in"] = 101
+    offsets.update({"in": 100})  # faust's perform_seek, done: the thread's note stands
+    assert offsets["in"] == 101
+    offsets.pop("in")  # revoked
+    assert offsets.get("in") is None
+    Flow8ConsumerThread._bump(thread, ["in"])  # type: ignore[arg-type]  # to its beginning: no offset known
+    _handed(thread, "in", 2, 7)
+    assert offsets["in"] is None  # the first record of the new epoch is taken as it comes
+
+
+def test_an_ack_counted_past_consumer_ack_is_taken_back_when_it_does_not_count() -> None:
+    """faust's compiled stream iterator acks inline and then tells the sensors: an ack of a
+    record skipped unprocessed (never taken by a stream) or read in an earlier generation is
+    taken back before anything can commit it; one that counts stays."""
+
+    @dataclass(eq=False)
+    class Message:
+        tracked: bool
+        generation_id: int
+
+    skipped, done = Message(tracked=False, generation_id=7), Message(tracked=True, generation_id=7)
+    consumer = SimpleNamespace(
+        app=SimpleNamespace(consumer_generation_id=7),
+        _acked={"in": [4, 5]},
+        _acked_index={"in": {4, 5}},
+        _n_acked=2,
+        _unacked_messages={skipped, done},
+    )
+    consumer._counts = partial(Flow8Consumer._counts, consumer)  # type: ignore[arg-type]
+    Flow8Consumer.take_back(consumer, "in", 5, skipped)  # type: ignore[arg-type]
+    Flow8Consumer.take_back(consumer, "in", 4, done)  # type: ignore[arg-type]
+    assert (consumer._acked, consumer._acked_index, consumer._n_acked) == ({"in": [4]}, {"in": {4}}, 1)
+    assert consumer._unacked_messages == {done}

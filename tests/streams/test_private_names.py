@@ -17,7 +17,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.producer.sender import Sender, TxnOffsetCommitHandler
 from aiokafka.producer.transaction_manager import TransactionManager
-from faust import App, Stream, Table
+from faust import App, Table
 from faust.assignor import PartitionAssignor
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.consumer import ThreadDelegateConsumer
@@ -61,8 +61,7 @@ LIBRARY: dict[str, tuple[type, ...]] = {
     "_read_offset": (FaustConsumer,),
     "_committed_offset": (FaustConsumer,),
     "_on_changelog_sent": (Table,),
-    "_py_aiter": (Stream,),
-    "_active_agens": (Stream,),
+    "_n_acked": (FaustConsumer,),
     "_gap": (FaustConsumer,),
     "_topic_groups": (PartitionAssignor,),
     "_transaction_producers": (FaustAIOKafkaProducer,),

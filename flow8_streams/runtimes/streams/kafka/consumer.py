@@ -107,18 +107,22 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
     # from the new position.
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.epochs: dict[Any, int] = {}
+        self.sought_to: dict[Any, tuple[int, int | None]] = {}  # tp -> (epoch, offset) of its last seek
         self.handed: dict[Any, tuple[int, int]] = {}  # tp -> (offset, epoch) of the last record handed over
         self._tail = None  # see _tail_reader
         self.exact: set[Any] = set()  # changelog partitions whose highwater is their last record
         self._tail_lock = asyncio.Lock()
         super().__init__(*args, **kwargs)
 
-    def _bump(self, tps: Any) -> None:
+    def _bump(self, tps: Any, offset: int | None = None) -> None:
+        """A seek of ``tps`` to ``offset`` (None: their beginning): a new epoch, where reading resumes."""
         for tp in tps:
-            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+            epoch = self.epochs.get(tp, 0) + 1
+            self.sought_to[tp] = (epoch, offset)  # first: whoever sees the epoch sees where it begins
+            self.epochs[tp] = epoch
 
     def seek(self, partition: Any, offset: int) -> None:
-        self._bump([partition])
+        self._bump([partition], offset)
         super().seek(partition, offset)
 
     async def seek_now(self, partition: Any, offset: int) -> None:
@@ -138,7 +142,7 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
             for tp in consumer.assignment():
                 committed[tp] = offset = await consumer.committed(tp)
                 if offset and offset > 0:
-                    self._bump([tp])
+                    self._bump([tp], offset)
                     consumer.seek(tp, offset)
             return committed
 
@@ -178,37 +182,86 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
 
 
 class ReadOffsets(defaultdict[Any, int | None]):
-    """faust's ``_read_offset`` (tp -> the offset last delivered, set by a seek to where reading
-    resumes), blind to a record fetched before a seek that came since. faust's fetch loop
-    reads it to drop a record below it (one read again), and sets it after handing a record
-    to the streams: a record fetched before the seek but handed over after it once set it
-    back past the records the seek was for, and they were dropped as read (the projection
-    of a play then missed its last events). Here such a record reads as below (dropped) and
-    its set is ignored."""
+    """faust's ``_read_offset`` (tp -> the offset last delivered; after a seek, where reading
+    resumes), kept per seek epoch of the consumer thread. faust's fetch loop reads it to drop
+    a record below it (one read again) and to find holes (a jump past it), and sets it after
+    handing a record to the streams; a seek runs on the consumer's thread, beside that loop.
+
+    - A record fetched before a seek that came since reads it as "beyond" (dropped: it is read
+      again from the new position), and its set is ignored: it once set the offset back past
+      the records the seek was for, and they were dropped as read.
+    - A value set before the last seek is superseded by where that seek went: faust learns
+      it only once the whole seek is done, and records fetched from the new position in
+      between were compared with the old value, dropped as read, and the jump to the next
+      one was taken for a hole that commits passed.
+
+    Changelog partitions (a table's restore seeks them its own way) are left as faust has them."""
 
     def __init__(self, thread: Callable[[], Flow8ConsumerThread | None], is_changelog: Callable[[Any], bool]) -> None:
         super().__init__(lambda: None)
         self._thread = thread
-        self._is_changelog = is_changelog  # a table's restore seeks its changelogs its own way: left as faust has it
+        self._is_changelog = is_changelog
+        self._epoch: dict[Any, int] = {}  # tp -> the seek epoch its value was set in
 
-    def _sought_since(self, tp: Any, offset: int | None = None) -> bool:
+    def _ours(self, tp: Any) -> Flow8ConsumerThread | None:
         thread = self._thread()
-        return thread is not None and thread.sought_since(tp, offset) and not self._is_changelog(tp)
+        return None if thread is None or self._is_changelog(tp) else thread
+
+    def _value(self, tp: Any, thread: Flow8ConsumerThread) -> int | None:
+        sought = thread.sought_to.get(tp)
+        if sought is not None and sought[0] > self._epoch.get(tp, 0):
+            return sought[1]
+        return super().get(tp)
 
     def __getitem__(self, tp: Any) -> int | None:
-        if self._sought_since(tp):
+        thread = self._ours(tp)
+        if thread is None:
+            return super().__getitem__(tp)
+        if thread.sought_since(tp):
             return BEYOND
-        return super().__getitem__(tp)
+        return self._value(tp, thread)
+
+    def get(self, tp: Any, default: Any = None) -> Any:
+        thread = self._ours(tp)
+        if thread is None:
+            return super().get(tp, default)
+        value = self._value(tp, thread)
+        return default if value is None else value
 
     def __setitem__(self, tp: Any, offset: int | None) -> None:
-        if offset is not None and self._sought_since(tp, offset):
+        thread = self._ours(tp)
+        if thread is not None and offset is not None and thread.sought_since(tp, offset):
             log.info("a record of %s at %s fetched before a seek was not delivered", tp, offset)
             return
+        self._set(tp, offset, thread)
+
+    def _set(self, tp: Any, offset: int | None, thread: Flow8ConsumerThread | None) -> None:
         super().__setitem__(tp, offset)
+        if thread is not None:
+            self._epoch[tp] = thread.epochs.get(tp, 0)
 
     def seek(self, tp: Any, offset: int | None) -> None:
         """Where reading resumes after a seek: always set."""
-        super().__setitem__(tp, offset)
+        self._set(tp, offset, self._ours(tp))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """faust's ``perform_seek`` sets the committed offsets here once its seek is done: the
+        consumer thread noted each seek as it happened (and records delivered since set
+        their offsets), so those of partitions sought in their current epoch are not set."""
+        for tp, offset in dict(*args, **kwargs).items():
+            thread = self._ours(tp)
+            if thread is not None:
+                sought = thread.sought_to.get(tp)
+                if sought is not None and sought[0] == thread.epochs.get(tp, 0):
+                    continue
+            self._set(tp, offset, thread)
+
+    def pop(self, tp: Any, *default: Any) -> Any:
+        """A partition revoked: nothing delivered from it (until its next seek)."""
+        thread = self._ours(tp)
+        if thread is not None:
+            self._epoch[tp] = thread.epochs.get(tp, 0)
+        return super().pop(tp, *default)
 
 
 BEYOND = sys.maxsize  # an offset no record reaches: faust drops a record below its read offset
@@ -229,6 +282,23 @@ class Done(Sensor):
             self.done.set()
 
 
+class AckRules(Sensor):
+    """faust's compiled stream iterator (its Cython extension, used whenever it is installed)
+    acks a message inline, past ``Consumer.ack``, and then tells the sensors of a message's
+    last ack. The rule ``Flow8Consumer.ack`` keeps is kept here for it: an ack that does not
+    count (``rules.ack_counts``) is taken back at once, with no await in between for a commit
+    to come in. Without it the ack of a record skipped unprocessed, or read before a
+    rebalance, let a commit pass the record (a play whose StartPlay or completion it was
+    waited forever)."""
+
+    def __init__(self, consumer: Flow8Consumer) -> None:
+        super().__init__()
+        self.consumer = consumer
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        self.consumer.take_back(tp, offset, message)
+
+
 class Flow8Consumer(kafka_driver.Consumer):
     """Records fetched while a rebalance stops the flow are dropped, and faust then seeks
     every partition back to its committed offset to fetch them again. aiokafka's
@@ -243,6 +313,7 @@ class Flow8Consumer(kafka_driver.Consumer):
         self._closed = False  # see close_commits
         super().__init__(*args, **kwargs)
         self._read_offset = ReadOffsets(lambda: cast(Flow8ConsumerThread | None, self._thread), self._is_changelog_tp)
+        self.app.sensors.add(AckRules(self))
 
     def _new_consumer_thread(self) -> Any:
         return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -379,18 +450,32 @@ class Flow8Consumer(kafka_driver.Consumer):
             return -1
         return await super().position(tp)
 
+    def _counts(self, message: Any) -> bool:
+        return rules.ack_counts(message.tracked, message.generation_id, self.app.consumer_generation_id)
+
     def ack(self, message: Any) -> bool:
         """An ack counts only for a record a stream took in the current generation
         (``rules.ack_counts``): faust acks a record it skips for being of an earlier generation
         or for coming while the flow was stopped, and a stream acks one it took before a
         rebalance; all of them are read again from the committed offset. (faust's compiled
-        stream iterator acks past this method: ``Flow8Stream`` keeps its Python one.)"""
-        if not rules.ack_counts(message.tracked, message.generation_id, self.app.consumer_generation_id):
+        stream iterator acks past this method: see ``AckRules``.)"""
+        if not self._counts(message):
             message.acked = True  # its final ack, counted by nobody
             self._unacked_messages.discard(message)  # nor held as in flight by every commit after
             return False
         acked: bool = super().ack(message)
         return acked
+
+    def take_back(self, tp: Any, offset: int, message: Any) -> None:
+        """Undo an ack of ``message`` (at ``offset`` of ``tp``) counted past ``ack`` if it does not count."""
+        if self._counts(message):
+            return
+        index = self._acked_index.get(tp)
+        if index is not None and offset in index:
+            index.discard(offset)
+            self._acked[tp].remove(offset)
+            self._n_acked -= 1
+        self._unacked_messages.discard(message)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if self._closed:
@@ -440,19 +525,6 @@ class Flow8Consumer(kafka_driver.Consumer):
             await transactions.commit_unsettled()
             transactions.hold()
         await super().on_partitions_revoked(revoked)
-
-    async def perform_seek(self) -> None:
-        """faust's recovery resumes the flow to restore its tables, resumes the input
-        partitions, seeks them back to their committed offsets here, and then resumes the
-        app's flow control, which empties every stream's queue. Records delivered in
-        between were thrown away with their read offset moved past them: they were never
-        processed, and the next commit passed them (the plays whose StartPlay or completion
-        it was waited forever; a rebalance with no fault did it). The flow stops here, so
-        nothing is delivered until the queues are emptied: the recovery resumes it then,
-        and reading starts again at the committed offsets. (Called with the flow stopped
-        already, as faust's fetch loop does, this changes nothing.)"""
-        self.stop_flow()
-        await super().perform_seek()
 
     async def seek_to_committed(self) -> Any:
         """After an assignment faust resumes the flow before it seeks back to the committed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -11,6 +11,8 @@ from aiohttp import web as aiohttp_web
 from faust.auth import SASLCredentials
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.web.drivers import aiohttp as web_driver
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from flow8_streams.runtimes.streams.kafka.consumer import Flow8Consumer
 from flow8_streams.runtimes.streams.kafka.partition_txn import Flow8Producer
@@ -54,17 +56,19 @@ class Flow8Web(web_driver.Web):
             raise
 
 
-class Flow8Stream(faust.Stream):  # type: ignore[type-arg]
-    """faust's stream, always iterated by its Python iterator. The compiled one (faust's
-    Cython extension, used whenever it is installed) acks a message inline, past
-    ``Consumer.ack``: the rule ``Flow8Consumer.ack`` keeps did not hold, and the ack of a
-    record skipped unprocessed, or read before a rebalance, let a commit pass it (a play
-    whose StartPlay or completion it was waited forever)."""
+class Flow8FlowControl(FlowControlEvent):
+    """faust's flow control of the stream queues, which empties them whenever it resumes.
+    faust's recovery resumes it to restore the tables, then resumes the inputs, seeks them
+    back to their committed offsets and resumes it again: records delivered to the queues in
+    between (their read offset moved past them) were thrown away unprocessed, and a play
+    whose StartPlay or completion it was waited forever. Resumed while flowing, it keeps the
+    queues; what they hold is worked on (and read again from the committed offset, at most
+    once more, which the engine takes as a repeat)."""
 
-    def __aiter__(self) -> Any:
-        iterator = self._py_aiter()
-        self._active_agens.add(cast(AsyncGenerator[Any, None], iterator))  # as faust's: closed when it stops
-        return iterator
+    def resume(self) -> None:
+        if self.is_active():
+            return
+        super().resume()
 
 
 Hook = Callable[[], Awaitable[None]]
@@ -79,7 +83,11 @@ class FaustApp(faust.App):
         self.wiring = wiring
         self.flow8_on_start = tuple(on_start)
         self.flow8_on_stop = tuple(on_stop)
-        super().__init__(*args, Stream=Flow8Stream, **kwargs)
+        super().__init__(*args, **kwargs)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return Flow8FlowControl(loop=self.loop)
 
     def _new_transport(self) -> Any:
         return Flow8Transport(self.conf.broker_consumer, self)
