@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,34 @@ async def collecting_results(settings: Settings) -> AsyncIterator[ResultCollecto
         yield collector
     finally:
         await collector.close()
+
+
+@contextlib.asynccontextmanager
+async def watching(settings: Settings, companies: list[str]) -> AsyncIterator[tuple[MongoStore, EventTap]]:
+    """The group's store, with ``FLOW`` in each company's catalog, and a tap on its events from
+    the beginning: what a fault test watches its plays through."""
+    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    tap = EventTap(settings)
+    try:
+        for company in companies:
+            await store.flows.put(company, FLOW)
+        await tap.open(from_beginning=True)
+        yield store, tap
+    finally:
+        await tap.close()
+        await store.close()
+
+
+async def all_finished(
+    settings: Settings, tap: EventTap, plays: dict[str, str], within: float, unfinished: Callable[[], str]
+) -> None:
+    """Until every play of ``plays`` (play id -> company) ended, else fails saying ``unfinished()``
+    and where three of those still running went (``trails``)."""
+    try:
+        await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), within, unfinished)
+    except AssertionError as exc:
+        stuck = {p: plays[p] for p in sorted(plays.keys() - tap.terminal.keys())[:3]}
+        raise AssertionError(f"{exc}\n{await trails(settings, stuck, tap)}") from None
 
 
 async def trails(settings: Settings, stuck: dict[str, str], tap: EventTap) -> str:

@@ -27,7 +27,15 @@ from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 from tests.conformance.streams_harness import EventTap, WorkerGroup
 
-from .support import FLOW, assert_each_play_once, collecting_results, group_offsets, running_group, trails
+from .support import (
+    FLOW,
+    all_finished,
+    assert_each_play_once,
+    collecting_results,
+    group_offsets,
+    running_group,
+    watching,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -107,12 +115,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
     victim = 1
     assert owned[victim], "the worker to kill owns no partition: killing it would prove nothing"
 
-    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
-    tap = EventTap(settings)
-    try:
-        for company in companies:
-            await store.flows.put(company, FLOW)
-        await tap.open(from_beginning=True)
+    async with watching(settings, companies) as (store, tap):
         async with collecting_results(settings) as results, CommandProducer(settings) as producer:
             t0 = time.monotonic()
             for play_id, company in plays.items():
@@ -146,11 +149,7 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
                 )
                 return f"all {PLAYS} plays finished ({len(running)} still running: {shown})"
 
-            try:
-                await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), GUARD_S, unfinished)
-            except AssertionError as exc:
-                stuck = {p: plays[p] for p in sorted(plays.keys() - tap.terminal.keys())[:3]}
-                raise AssertionError(f"{exc}\n{await trails(settings, stuck, tap)}") from None
+            await all_finished(settings, tap, plays, GUARD_S, unfinished)
             await results.wait_for(set(plays), 60)
             last_result = time.monotonic()
             took = last_result - t0
@@ -175,6 +174,3 @@ async def test_kill_9_of_one_worker_of_three_loses_and_duplicates_nothing(
         # the victim's plays were taken over: some of its partitions' plays were unfinished at its death
         taken_over = [p for p in plays if p not in done_before_kill and tap.partition[p] in owned[victim]]
         assert taken_over, "no play of the killed worker's partitions finished after the kill"
-    finally:
-        await tap.close()
-        await store.close()

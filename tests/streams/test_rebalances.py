@@ -20,10 +20,9 @@ import pytest
 
 from flow8_streams.domain.messages import StartPlay
 from flow8_streams.runtimes.streams.client import CommandProducer
-from flow8_streams.stores.mongo import MongoStore
-from tests.conformance.streams_harness import EventTap, WorkerGroup
+from tests.conformance.streams_harness import WorkerGroup
 
-from .support import FLOW, assert_each_play_once, collecting_results, running_group, trails
+from .support import FLOW, all_finished, assert_each_play_once, collecting_results, running_group, watching
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 
@@ -56,14 +55,9 @@ async def test_a_worker_joining_and_leaving_a_loaded_group_loses_and_duplicates_
     settings = group.settings
     companies = [f"co-{i:02d}" for i in range(COMPANIES)]
 
-    store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
-    tap = EventTap(settings)
     plays: dict[str, str] = {}  # play id -> company, as sent
     number: dict[str, int] = {}
-    try:
-        for company in companies:
-            await store.flows.put(company, FLOW)
-        await tap.open(from_beginning=True)
+    async with watching(settings, companies) as (store, tap):
         async with collecting_results(settings) as results, CommandProducer(settings) as producer:
 
             def unfinished() -> str:
@@ -112,16 +106,9 @@ async def test_a_worker_joining_and_leaving_a_loaded_group_loses_and_duplicates_
                 enough.set()
                 await sender
 
-            try:
-                await tap.wait_until(lambda: plays.keys() <= tap.terminal.keys(), GUARD_S, unfinished)
-            except AssertionError as exc:
-                stuck = {p: plays[p] for p in sorted(plays.keys() - tap.terminal.keys())[:3]}
-                raise AssertionError(f"{exc}\n{await trails(settings, stuck, tap)}") from None
+            await all_finished(settings, tap, plays, GUARD_S, unfinished)
             await results.wait_for(set(plays), 60)
             took = time.monotonic() - t0
             print(f"\n{len(plays)} plays done in {took:.1f} s through {len(rebalances)} rebalances: {rebalances}")
 
         await assert_each_play_once(tap, results, plays, number, store)
-    finally:
-        await tap.close()
-        await store.close()
