@@ -172,7 +172,15 @@ def configure(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # aiokafka says "Updating subscribed topics" at INFO on every assignment of a consumer: a
+    # history read of `flow8 serve --streams` (a consumer lent from a pool) assigns at each read
+    chatty = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in CHATTY_AT_INFO:
+        logging.getLogger(name).setLevel(chatty)
     return handler
+
+
+CHATTY_AT_INFO = ("aiokafka.consumer.subscription_state",)
 
 
 def configure_cli(option: str | None) -> None:

@@ -309,3 +309,23 @@ def test_a_worker_in_json_mode_logs_json_lines_with_the_play_context(files: Path
     refused = one(records, "dead-lettered")
     assert (refused["company_id"], refused["play_id"]) == ("intruder", play_id)
     assert "flowlet" not in refused
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_aiokafka_s_line_per_consumer_assignment_shows_at_debug_only(level: str, shown: bool) -> None:
+    """A streams instance's history reads assign a lent consumer each time, and aiokafka logs
+    every assignment at INFO: a line per read at info level, noise."""
+    import logging
+
+    from flow8_streams import logs
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        logs.configure("text", level)
+        logger = logging.getLogger("aiokafka.consumer.subscription_state")
+        assert logger.isEnabledFor(logging.INFO) is shown
+        assert logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.INFO) is True
+    finally:
+        root.handlers[:], root.level = before
+        logging.getLogger("aiokafka.consumer.subscription_state").setLevel(logging.NOTSET)
