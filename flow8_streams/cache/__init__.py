@@ -13,6 +13,8 @@ pydantic model and counts a value that does not validate with ``rejected``).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -52,9 +54,9 @@ class MemoryCache:
 
     backend = "memory"
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: TLRUCache[str, tuple[bytes, float]] = TLRUCache(
-            maxsize=max_entries, ttu=lambda _key, value, now: now + value[1]
+            maxsize=max_entries, ttu=lambda _key, value, now: now + value[1], timer=clock
         )
         self.rejects = 0
 
