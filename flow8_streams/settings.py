@@ -164,6 +164,14 @@ class RedisCache(BaseModel):
     )
     timeout_ms: int = Field(default=50, ge=1, le=10_000, description="Connect and per-call timeout.")
     retry_seconds: float = Field(default=2, gt=0, le=300, description="After a Redis error, how long to go without it.")
+    signing_key: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        max_length=512,
+        description="A secret the instances share and Redis never sees: each value is stored with an "
+        "HMAC-SHA256 of it and its key, and one whose tag does not match is ignored, so whoever can write "
+        "to Redis cannot make an instance run a flow definition of their own. Without it, Redis is trusted.",
+    )
 
 
 class Caches(BaseModel):

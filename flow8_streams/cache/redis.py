@@ -6,12 +6,17 @@ Any failure (Redis down, a timeout, the password refused) is counted in
 After a failure Redis is left alone for ``retry_seconds``: a dead Redis then costs nothing per
 read, and the first call after that tries it again (redis-py reconnects by itself), so the
 cache comes back with Redis without a restart.
+
+With ``signing_key`` each value carries an HMAC of itself and its key: Redis holds data, not
+trust, and a value someone wrote there directly is ignored (``reason="invalid"``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.cache")
 
 LOG_EVERY_SECONDS = 60.0
+TAG_BYTES = 32  # an HMAC-SHA256 in front of each value, with cache.redis.signing_key
 FAILED = object()  # what ``_call`` answers when Redis failed (``None`` is a miss)
 
 
@@ -46,6 +52,7 @@ class RedisSharedCache:
         timeout = settings.timeout_ms / 1000
         self.address = f"{settings.host}:{settings.port}/{settings.db}"
         self._password = settings.password.get_secret_value() if settings.password else None
+        self._signing_key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
         self._client = Redis(
             host=settings.host,
             port=settings.port,
@@ -76,15 +83,27 @@ class RedisSharedCache:
         if not isinstance(value, bytes):
             self._count(cache, "miss")
             return None
-        if len(value) > MAX_VALUE_BYTES:
+        if len(value) > MAX_VALUE_BYTES + TAG_BYTES:
             self.rejected(cache)
             return None
+        if self._signing_key is not None:
+            tag, value = value[:TAG_BYTES], value[TAG_BYTES:]
+            if not hmac.compare_digest(tag, self._tag(key, value)):
+                self.rejected(cache)
+                return None
         self._count(cache, "hit")
         return value
 
     async def set(self, cache: str, key: str, value: bytes, ttl: float) -> None:
         if len(value) <= MAX_VALUE_BYTES:
+            if self._signing_key is not None:
+                value = self._tag(key, value) + value
             await self._call(cache, "set", key, value, px=max(1, int(ttl * 1000)))
+
+    def _tag(self, key: str, value: bytes) -> bytes:
+        """HMAC-SHA256 of the key and the value: a value moved to another key (tenant) does not match either."""
+        assert self._signing_key is not None
+        return hmac.new(self._signing_key, key.encode() + b"\0" + value, hashlib.sha256).digest()
 
     async def delete(self, cache: str, key: str) -> None:
         await self._call(cache, "delete", key)

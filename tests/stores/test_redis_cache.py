@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 
 from flow8_streams.cache import key
@@ -295,3 +296,36 @@ def test_the_settings_read_the_redis_cache_from_the_environment(monkeypatch: pyt
     assert settings.cache.backend == "redis"
     assert settings.cache.redis.host == "redis.company.com" and settings.cache.redis.ttl_seconds == 300
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.model_dump())
+
+
+async def test_with_a_signing_key_a_value_written_to_redis_by_someone_else_is_ignored(
+    shared_redis: RedisCache,
+) -> None:
+    from redis.asyncio import Redis
+
+    signed = shared_redis.model_copy(update={"signing_key": SecretStr(secrets.token_urlsafe(32))})
+    victim, attacker = new_id("co"), new_id("co")
+    forged = FlowDefinition.model_validate({**FLOW.model_dump(), "description": "forged"})
+    async with instances(signed) as (a, b):
+        await a.store.flows.put(victim, FLOW)
+        await a.store.flows.put(attacker, forged)
+        assert await a.store.flows.get(victim, FLOW.name) == FLOW
+        assert await a.store.flows.get(attacker, FLOW.name) == forged
+        raw = Redis(host=signed.host, port=signed.port, db=signed.db, password=_pw(signed))
+        try:
+            victims = key("flows", victim, FLOW.name, "latest")
+            copied = await raw.get(key("flows", attacker, FLOW.name, "latest"))  # validly signed, another key
+            for value in (copied, forged.model_dump_json().encode(), b"\0" * 32 + forged.model_dump_json().encode()):
+                await raw.set(victims, value)
+                assert await b.store.flows.get(victim, FLOW.name) == FLOW  # from MongoDB
+                b.store.flows._cache.clear()  # b's own tier emptied, so its next read asks Redis
+        finally:
+            await raw.aclose()
+        assert (b.errors("invalid"), b.db_reads(), b.shared_hits()) == (3, 3, 0)
+        assert await b.store.flows.get(victim, FLOW.name, 1) == FLOW  # not yet shared: MongoDB, then signed in Redis
+        c = Instance(a.store.database, signed)
+        try:
+            assert await c.store.flows.get(victim, FLOW.name, 1) == FLOW
+            assert (c.db_reads(), c.shared_hits()) == (0, 1)  # signed values are hits
+        finally:
+            await c.close()
