@@ -53,6 +53,12 @@ class RedisSharedCache:
         self.address = f"{settings.host}:{settings.port}/{settings.db}"
         self._password = settings.password.get_secret_value() if settings.password else None
         self._signing_key = settings.signing_key.get_secret_value().encode() if settings.signing_key else None
+        if self._signing_key is None:
+            log.info(
+                "cache.redis.signing_key is not set: flow definitions read from Redis at %s are trusted as "
+                "they are (set it, the same on every instance, so a value written there by anyone else is ignored)",
+                self.address,
+            )
         self._client = Redis(
             host=settings.host,
             port=settings.port,
