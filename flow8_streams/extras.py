@@ -40,3 +40,14 @@ def require_streams(what: str) -> None:
             f"{what} needs the streams runtime's packages, which this install lacks ({', '.join(missing)}); "
             f"install them with: {STREAMS_INSTALL}"
         )
+
+
+REDIS_INSTALL = "pip install 'flow8-streams[redis]'"
+
+
+def require_redis(what: str) -> None:
+    """Refuse ``what`` unless redis-py (the ``redis`` extra) is installed."""
+    if importlib.util.find_spec("redis") is None:
+        raise MissingExtra(
+            f"{what} needs the redis package, which this install lacks; install it with: {REDIS_INSTALL}"
+        )

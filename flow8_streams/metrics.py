@@ -43,6 +43,19 @@ class Metrics:
         )
         self.cache_hits = Counter("flow8_cache_hits_total", "Per-instance cache hits.", ["cache"], registry=r)
         self.cache_misses = Counter("flow8_cache_misses_total", "Per-instance cache misses.", ["cache"], registry=r)
+        self.shared_cache = Counter(
+            "flow8_shared_cache_requests_total",
+            "Reads of the shared cache (cache.backend: redis), by cache and outcome: hit or miss.",
+            ["cache", "backend", "outcome"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "flow8_cache_errors_total",
+            "Shared cache failures, by reason: unavailable (down, timeout, password refused; the database "
+            "answered instead) or invalid (a stored value that did not validate, ignored).",
+            ["cache", "backend", "reason"],
+            registry=r,
+        )
         self.dlq = Counter(
             "flow8_dlq_messages_total",
             "Messages sent to the dead-letter topic, by source topic and reason.",

@@ -134,11 +134,53 @@ class AuditCache(BaseModel):
     max_entries: int = Field(default=1000, gt=0)
 
 
-class Caches(BaseModel):
-    """Per-instance caches (the seed's ``cache:`` block)."""
+class RedisCache(BaseModel):
+    """The shared cache's server (``cache.backend: redis``): a second tier behind each instance's own caches.
+
+    The cache is not critical: when Redis is down, slow or refuses the password, reads go to the
+    database. The timeouts are short so a dead Redis costs milliseconds per read, and after a
+    failure Redis is left alone for ``retry_seconds`` (so then it costs nothing).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
+    port: int = Field(default=6379, ge=1, le=65535)
+    db: int = Field(default=0, ge=0, le=15)
+    password: SecretStr | None = Field(default=None, min_length=1, max_length=512)
+    ttl_seconds: int = Field(default=300, gt=0, le=86_400, description="How long a shared entry lives in Redis.")
+    local_ttl_seconds: float = Field(
+        default=5,
+        gt=0,
+        le=3600,
+        description="How long an instance keeps an entry itself, in front of Redis (short: a new latest "
+        "version stored elsewhere shows within it).",
+    )
+    latest_ttl_seconds: int = Field(
+        default=30,
+        gt=0,
+        le=86_400,
+        description="The TTL in Redis of 'the latest version of a flow' entries (a version itself never changes).",
+    )
+    timeout_ms: int = Field(default=50, ge=1, le=10_000, description="Connect and per-call timeout.")
+    retry_seconds: float = Field(default=2, gt=0, le=300, description="After a Redis error, how long to go without it.")
+    signing_key: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        max_length=512,
+        description="A secret the instances share and Redis never sees: each value is stored with an "
+        "HMAC-SHA256 of it and its key, and one whose tag does not match is ignored, so whoever can write "
+        "to Redis cannot make an instance run a flow definition of their own. Without it, Redis is trusted.",
+    )
+
+
+class Caches(BaseModel):
+    """The caches (the seed's ``cache:`` block): each instance's own, plus Redis when ``backend: redis``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisCache = RedisCache()
     flows: FlowCache = FlowCache()
     modules: ModuleCache = ModuleCache()
     audit: AuditCache = AuditCache()

@@ -11,11 +11,15 @@ import os
 import pytest
 
 
-def require_service(var: str) -> str:
+def require_service(var: str, start: str = "scripts/services up") -> str:
     value = os.environ.get(var)
     if not value:
-        message = f"{var} is not set; start the servers with `export $(scripts/services up)`"
-        if os.environ.get("FLOW8_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_service(f"{var} is not set; start the servers with `export $({start})`")
     return value
+
+
+def missing_service(message: str) -> None:
+    """Skip the test, saying why; fail it under FLOW8_REQUIRE_SERVICES=1 (scripts/test)."""
+    if os.environ.get("FLOW8_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)

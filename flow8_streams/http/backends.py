@@ -279,6 +279,7 @@ class StreamsBackend:
 
         require_streams("flow8 serve --streams")
         from flow8_streams.audit.kafka import Consumers
+        from flow8_streams.cache import shared_flow_cache
         from flow8_streams.http.history import PlayHistories
         from flow8_streams.http.results import PlayResults, reading
         from flow8_streams.metrics import Metrics
@@ -287,15 +288,15 @@ class StreamsBackend:
         from flow8_streams.stores.mongo import MongoStore
 
         await ensure_topics(settings)
+        metrics = metrics or Metrics()
         store = MongoStore(
             settings.mongodb_uri,
             settings.mongodb_database,
-            flow_cache_ttl=settings.cache.flows.ttl_seconds,
             flow_cache_max=settings.cache.flows.max_entries,
+            **shared_flow_cache(settings, metrics),
             timeout_ms=settings.store_timeout_ms,
         )
         http = settings.http
-        metrics = metrics or Metrics()
         results = PlayResults(http.results_max_entries, http.results_ttl_seconds, metrics)
         consumers = Consumers(settings, http.history_consumers)
         try:

@@ -6,6 +6,7 @@ import asyncio
 import os
 
 from flow8_streams import logs
+from flow8_streams.cache import shared_flow_cache
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.runtimes.streams.admin import ensure_topics
@@ -28,8 +29,8 @@ def build(
         settings.mongodb_uri,
         settings.mongodb_database,
         metrics=metrics,
-        flow_cache_ttl=settings.cache.flows.ttl_seconds,
         flow_cache_max=settings.cache.flows.max_entries,
+        **shared_flow_cache(settings, metrics),
         kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds,
         timeout_ms=settings.store_timeout_ms,
     )

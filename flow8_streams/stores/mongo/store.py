@@ -12,6 +12,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from flow8_streams.cache import SharedCache
 from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import fold
 from flow8_streams.errors import InvalidInput, StoreUnavailable
@@ -38,6 +39,8 @@ class MongoStore:
 
     ``client_or_uri``: a URI (the store makes and closes its client) or an
     ``AsyncMongoClient`` the caller owns (``close()`` leaves it open).
+    ``shared_cache``: a cache shared between instances (``cache.backend: redis``) behind the
+    flow catalog's own; the store closes it in ``close()``.
     """
 
     def __init__(
@@ -48,6 +51,9 @@ class MongoStore:
         metrics: Metrics | None = None,
         flow_cache_ttl: float = 300,
         flow_cache_max: int = 10_000,
+        shared_cache: SharedCache | None = None,
+        shared_cache_ttl: float = 300,
+        shared_latest_ttl: float = 30,
         kv_incr_dedup_seconds: float = KV_INCR_DEDUP_SECONDS,
         clock: Callable[[], datetime] | None = None,
         timeout_ms: int | None = None,
@@ -77,7 +83,15 @@ class MongoStore:
         self.log = MongoEventLog(self)
         self.plays = MongoPlays(self)
         self.kv = MongoKV(self, kv_incr_dedup_seconds, clock or _now)
-        self.flows = MongoFlows(self, ttl=flow_cache_ttl, max_entries=flow_cache_max)
+        self.shared_cache = shared_cache  # closed by close()
+        self.flows = MongoFlows(
+            self,
+            ttl=flow_cache_ttl,
+            max_entries=flow_cache_max,
+            shared=shared_cache,
+            shared_ttl=shared_cache_ttl,
+            latest_ttl=shared_latest_ttl,
+        )
         self.keys = MongoApiKeys(self)
 
     def coll(self, name: str) -> AsyncCollection[Doc]:
@@ -94,6 +108,8 @@ class MongoStore:
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # logged where it failed
             await self.plays.settle()
+        if self.shared_cache is not None:
+            await self.shared_cache.close()
         if self._owns_client:
             await self.client.close()
 
