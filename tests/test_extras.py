@@ -280,5 +280,7 @@ def test_the_images_install_from_the_runtime_lock_has_the_workers_stack(tmp_path
         text=True,
     )
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+    shared = subprocess.run([python, "-c", "import redis.asyncio"], cwd=tmp_path, capture_output=True, text=True)
+    assert shared.returncode == 0, f"the image cannot run cache.backend: redis: {shared.stderr}"
     worker = subprocess.run([python.parent / "flow8", "worker", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert worker.returncode == 0, worker.stderr

@@ -62,8 +62,8 @@ def declared() -> dict[str, list[Requirement]]:
 
 
 def runtime() -> list[Requirement]:
-    """What the worker image runs: the base dependencies and the streams extra."""
-    return declared()["dependencies"] + declared()["extra 'streams'"]
+    """What the worker image runs: the base dependencies, the streams extra and the redis one (the shared cache)."""
+    return declared()["dependencies"] + declared()["extra 'streams'"] + declared()["extra 'redis'"]
 
 
 def everything() -> list[Requirement]:
