@@ -190,6 +190,8 @@ def test_kustomization_applies_every_manifest_in_the_namespace() -> None:
         ("Deployment", "flow8-serve"),
         ("Ingress", "flow8"),
         ("Namespace", "flow8"),
+        ("PodDisruptionBudget", "flow8-serve"),
+        ("PodDisruptionBudget", "flow8-worker"),
         ("Service", "flow8"),
         ("Service", "flow8-channels"),
         ("StatefulSet", "flow8-worker"),
@@ -432,3 +434,21 @@ def test_kubectl_kustomize_renders_the_secret_and_the_image(tmp_path: Path) -> N
             }
             assert names == {secret["metadata"]["name"]}
     assert len(objects) == len(_objects()) + 1
+
+
+def test_a_drain_evicts_one_worker_at_a_time_and_keeps_an_api_instance() -> None:
+    """Each worker that leaves rebalances the group (its partitions stall until taken over): a
+    voluntary disruption takes one at a time; the API keeps one instance answering."""
+    budgets = {o["metadata"]["name"]: o["spec"] for o in _objects() if o["kind"] == "PodDisruptionBudget"}
+    pods = {
+        o["metadata"]["name"]: (o["spec"]["replicas"], o["spec"]["template"]["metadata"]["labels"])
+        for o in _objects()
+        if o["kind"] in ("StatefulSet", "Deployment")
+    }
+    assert budgets["flow8-worker"]["maxUnavailable"] == 1
+    assert budgets["flow8-serve"]["minAvailable"] == 1 < pods["flow8-serve"][0]  # a drain can still proceed
+    for budget, workload in (("flow8-worker", "flow8-worker"), ("flow8-serve", "flow8-serve")):
+        selector = budgets[budget]["selector"]["matchLabels"]
+        assert selector.items() <= pods[workload][1].items(), (budget, selector)
+        others = [name for name, (_, labels) in pods.items() if name != workload]
+        assert all(not selector.items() <= pods[o][1].items() for o in others), f"{budget} also selects {others}"
