@@ -237,6 +237,10 @@ class ReadOffsets(defaultdict[Any, int | None]):
 
     def _set(self, tp: Any, offset: int | None, thread: Flow8ConsumerThread | None) -> None:
         super().__setitem__(tp, offset)
+        self._stamp(tp, thread)
+
+    def _stamp(self, tp: Any, thread: Flow8ConsumerThread | None) -> None:
+        """``tp``'s value is of its current seek epoch."""
         if thread is not None:
             self._epoch[tp] = thread.epochs.get(tp, 0)
 
@@ -258,9 +262,7 @@ class ReadOffsets(defaultdict[Any, int | None]):
 
     def pop(self, tp: Any, *default: Any) -> Any:
         """A partition revoked: nothing delivered from it (until its next seek)."""
-        thread = self._ours(tp)
-        if thread is not None:
-            self._epoch[tp] = thread.epochs.get(tp, 0)
+        self._stamp(tp, self._ours(tp))
         return super().pop(tp, *default)
 
 
@@ -315,6 +317,13 @@ class Flow8Consumer(kafka_driver.Consumer):
         self._read_offset = ReadOffsets(lambda: cast(Flow8ConsumerThread | None, self._thread), self._is_changelog_tp)
         self.app.sensors.add(AckRules(self))
 
+    @property
+    def _worker_transactions(self) -> WorkerTransactions | None:
+        """The worker's one transaction (``Settings.transactions`` "worker"), if it runs one."""
+        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
+            return cast(WorkerTransactions, self.transactions)
+        return None
+
     def _new_consumer_thread(self) -> Any:
         return Flow8ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -367,8 +376,9 @@ class Flow8Consumer(kafka_driver.Consumer):
         if self._closed:
             return
         await (self.force_commit() if force else self.commit())
-        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
-            await cast(WorkerTransactions, self.transactions).commit_unsettled()
+        worker = self._worker_transactions
+        if worker is not None:
+            await worker.commit_unsettled()
         elif self.in_transaction:
             try:
                 await cast(Flow8Producer, self.app.producer).commit_unsettled()
@@ -493,8 +503,9 @@ class Flow8Consumer(kafka_driver.Consumer):
         with its open transaction, and its partitions' next owner does it again."""
         await self.commit_all(force=True)
         self._closed = True
-        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
-            cast(WorkerTransactions, self.transactions).close()
+        worker = self._worker_transactions
+        if worker is not None:
+            worker.close()
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         """What was acked before this assignment and not committed by the revocation's commit
@@ -519,11 +530,11 @@ class Flow8Consumer(kafka_driver.Consumer):
         after aiokafka took the new assignment (the new generation's, accepted) and before
         that abort once committed their decisions without their inputs (read again, a play
         started twice)."""
-        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
-            transactions = cast(WorkerTransactions, self.transactions)
+        worker = self._worker_transactions
+        if worker is not None:
             await self.force_commit()  # not skipped when the commit handler's is under way
-            await transactions.commit_unsettled()
-            transactions.hold()
+            await worker.commit_unsettled()
+            worker.hold()
         await super().on_partitions_revoked(revoked)
 
     async def seek_to_committed(self) -> Any:
@@ -545,6 +556,7 @@ class Flow8Consumer(kafka_driver.Consumer):
             await self._thread.seek_to_beginning(*never)
         self._committed_offset.update({ensure_TP(tp): offset for tp, offset in committed.items() if offset})
         self._sought.update(committed)
-        if self.in_transaction and cast(Any, self.app).wiring.per_worker:
-            cast(WorkerTransactions, self.transactions).committed(committed)
+        worker = self._worker_transactions
+        if worker is not None:
+            worker.committed(committed)
         return committed
