@@ -119,6 +119,10 @@ class FlowCache(BaseModel):
 
 
 class ModuleCache(BaseModel):
+    """The seed's ``cache.modules`` block, accepted so its settings file loads: modules here are Python
+    code each instance loads (``--modules``, the ``flow8.modules`` entry points), not documents read
+    from a database, so there is nothing to cache."""
+
     model_config = ConfigDict(extra="forbid")  # a typo in the settings file is an error, never ignored
 
     ttl_seconds: float = Field(default=3600, gt=0)

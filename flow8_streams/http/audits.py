@@ -7,18 +7,24 @@ A verdict computed while its play ran is not served once the play has ended (``s
 play's final verdict is computed then, and held like any other. With ``audit_public_key`` each
 verdict is checked against the checkpoints that key signed; a finished play signed after its
 verdict was taken shows ``anchored`` once the TTL has passed (or the refresh came first).
+
+With ``cache.backend: redis`` and ``cache.redis.signing_key`` the API instances share their
+verdicts through Redis (``AuditQueryCache``'s shared tier). A verdict is a statement an auditor
+relies on, so without the signing key (Redis trusted as it is) they are not shared: whoever can
+write to Redis could otherwise make every instance call a rewritten history clean.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flow8_streams.audit import Audit, Filter
-from flow8_streams.audit.cache import AuditQueryCache
+from flow8_streams.audit.cache import AuditQueryCache, Shared
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,7 +33,10 @@ if TYPE_CHECKING:
     from flow8_streams.metrics import Metrics
     from flow8_streams.settings import Settings
 
+log = logging.getLogger("flow8.cache")
+
 Verdict = dict[str, Any] | None  # the verdict's JSON (flow8 audit verify --json); None: no such play
+VERDICT_FIELDS = {"play_id", "company_id", "status", "verdict", "findings", "last_seq", "head_hash"}
 
 
 async def verdict(backend: Backend, key: Ed25519PublicKey | None, flt: Filter) -> Verdict:
@@ -50,7 +59,25 @@ def audit_cache(backend: Backend, settings: Settings, metrics: Metrics) -> Audit
 
     path = settings.audit_public_key
     key = cp.load_public_key(path, "audit_public_key (FLOW8_AUDIT_PUBLIC_KEY)") if path is not None else None
-    return AuditQueryCache.of(partial(verdict, backend, key), settings.cache, metrics)
+    shared: Shared[Verdict] | None = None
+    if backend.shared_cache is not None:
+        if settings.cache.redis.signing_key is not None:
+            shared = Shared(backend.shared_cache, encode=lambda v: v, decode=held_verdict)
+        else:
+            log.info("audit verdicts are kept per instance: sharing them through Redis needs cache.redis.signing_key")
+    return AuditQueryCache.of(partial(verdict, backend, key), settings.cache, metrics, shared)
+
+
+def held_verdict(flt: Filter, doc: Any) -> tuple[Verdict] | None:
+    """A verdict read back from the shared cache, if it is one of ``flt``'s play (else None: ignored).
+    The cache's HMAC already binds it to its key; this is the shape check of outside input."""
+    if doc is None:
+        return (None,)
+    if not isinstance(doc, dict) or not doc.keys() >= VERDICT_FIELDS:
+        return None
+    if doc["play_id"] != flt.play or doc["company_id"] != flt.company or not isinstance(doc["findings"], list):
+        return None
+    return (doc,)
 
 
 async def play_verdict(cache: AuditQueryCache[Verdict], company_id: str, play: Play) -> Verdict:

@@ -31,6 +31,7 @@ from flow8_streams.modules.registry import ModuleRegistry
 from flow8_streams.stores.ports import PlayPage, Stores
 
 if TYPE_CHECKING:
+    from flow8_streams.cache import SharedCache
     from flow8_streams.http.history import PlayHistories
     from flow8_streams.http.results import PlayResults
     from flow8_streams.metrics import Metrics
@@ -70,6 +71,7 @@ class PlayBusy(Flow8Error):
 class Backend(Protocol):
     name: str
     stores: Stores
+    shared_cache: SharedCache | None  # the cache shared between instances (cache.backend: redis), if any
     registry: ModuleRegistry
     limits: Limits
 
@@ -109,6 +111,7 @@ class EmbeddedBackend:
     flow8 process writes that play's events meanwhile; one it cannot lock is refused (409)."""
 
     name = "embedded"
+    shared_cache: SharedCache | None = None  # one process: nothing to share with
 
     def __init__(self, runtime: LocalRuntime, db: Path) -> None:
         self.runtime = runtime
@@ -263,6 +266,7 @@ class StreamsBackend:
     ) -> None:
         self.mongo = store
         self.stores: Stores = store
+        self.shared_cache = store.shared_cache
         self.producer = producer
         self.registry = registry
         self.limits = limits

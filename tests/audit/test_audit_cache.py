@@ -1,7 +1,9 @@
-"""The per-instance cache of audit filter queries, in front of a real audit of a real db: hits
-counted and served from memory, an asked query refreshed by the background job (and only an
-asked one), answers gone after the TTL, one query at a time per filter, a failed query never
-cached."""
+"""The cache of audit filter queries, in front of a real audit of a real db: hits counted and
+served from memory, an asked query refreshed by the background job (and only an asked one),
+answers gone after the TTL, one query at a time per filter, a failed query never cached. With a
+shared tier (the port's in-memory implementation here; Redis in tests/stores/test_redis_cache.py):
+one instance's answer serves another no longer than the TTL from when it was computed, a recent
+refresh elsewhere saves a query, and a value that is not an answer is ignored and counted."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from flow8_streams.audit import Audit, Filter, SqliteSource
-from flow8_streams.audit.cache import AuditQueryCache
+from flow8_streams.audit.cache import AuditQueryCache, Shared, shared_key
+from flow8_streams.cache import MemoryCache
 from flow8_streams.errors import NotFound
 from flow8_streams.metrics import Metrics
 from flow8_streams.settings import Settings
@@ -150,3 +154,76 @@ def test_sized_by_the_settings_and_refreshed_within_the_ttl(signed: Signed) -> N
     assert cache.refresh_seconds == 120
     with pytest.raises(ValueError, match="less than the TTL"):
         AuditQueryCache(Audits(signed.db), ttl_seconds=10, refresh_seconds=10)
+
+
+# ------------------------------------------------------------------ the shared tier (cache.backend: redis)
+
+
+def shared_of(cache: MemoryCache, clock: Clock) -> Shared[dict[str, Any]]:
+    """The tier as the API builds it for a query whose answers are ``{play: verdict}`` of one company."""
+
+    def decode(flt: Filter, doc: Any) -> tuple[dict[str, Any]] | None:
+        return (doc,) if isinstance(doc, dict) and all(isinstance(v, str) for v in doc.values()) else None
+
+    return Shared(cache, encode=lambda answer: answer, decode=decode, wall=clock)
+
+
+def two_instances(
+    signed: Signed, clock: Clock, memory: MemoryCache, **options: Any
+) -> tuple[tuple[AuditQueryCache[dict[str, Any]], Audits, Metrics], ...]:
+    made = []
+    for _ in range(2):
+        query, metrics = Audits(signed.db), Metrics()
+        cache = AuditQueryCache(query, metrics=metrics, clock=clock, shared=shared_of(memory, clock), **options)
+        made.append((cache, query, metrics))
+    return tuple(made)
+
+
+async def test_instances_share_answers_and_their_age(signed: Signed) -> None:
+    clock, memory = Clock(), MemoryCache(clock=Clock())  # entries in ``memory`` outlive the test's clock
+    (one, q1, _), (two, q2, m2) = two_instances(signed, clock, memory, ttl_seconds=180)
+    acme = Filter("acme")
+    assert await one.get(acme) == {"p1": "ok", "p2": "ok"}
+    tamper(signed.db, "p1")
+    clock.now = 100
+    assert await two.get(acme) == {"p1": "ok", "p2": "ok"}  # the first instance's answer, from the shared cache
+    assert (q1.runs, q2.runs) == (1, 0) and counted(m2) == (0, 1)
+    clock.now = 181  # 181 s after the first instance computed it: the second does not hold it longer
+    assert (await two.get(acme))["p1"] == "findings"
+    assert q2.runs == 1
+
+
+async def test_a_refresh_takes_another_instances_recent_refresh(signed: Signed) -> None:
+    clock, memory = Clock(), MemoryCache(clock=Clock())
+    (one, q1, _), (two, q2, _) = two_instances(signed, clock, memory, ttl_seconds=180, refresh_seconds=120)
+    acme = Filter("acme")
+    await one.get(acme)
+    await two.get(acme)
+    clock.now = 120
+    tamper(signed.db, "p1")
+    assert await one.refresh() == 1  # runs the query: the shared answer is 120 s old
+    clock.now = 150
+    assert await two.refresh() == 1  # the first's refresh, 30 s old (under half of 120 s): no query
+    assert (q1.runs, q2.runs) == (2, 0)
+    assert (await two.get(acme))["p1"] == "findings"
+    clock.now = 299  # held from the first's refresh at 120 until 300
+    await two.get(acme)
+    assert q2.runs == 0
+
+
+async def test_a_shared_value_that_is_not_an_answer_is_ignored_and_counted(signed: Signed) -> None:
+    clock, memory = Clock(), MemoryCache(clock=Clock())
+    (one, q1, _), _ = two_instances(signed, clock, memory)
+    acme = Filter("acme")
+    for forged in (b"not json", orjson.dumps({"at": 0, "answer": ["p1"]}), orjson.dumps({"at": 60, "answer": {}})):
+        await memory.set("audit", shared_key(acme), forged, 60)  # the last one computed in the future
+        assert await one.get(acme) == {"p1": "ok", "p2": "ok"}
+        one._answers.clear()
+    assert q1.runs == 3 and memory.rejects == 3
+
+
+def test_filters_have_their_own_keys_in_their_companys_namespace() -> None:
+    keys = {shared_key(f) for f in (Filter("acme"), Filter("acme", play="p1"), Filter("acme", play="p2"))}
+    assert len(keys) == 3 and all(k.startswith("flow8:audit:acme:") for k in keys)
+    assert shared_key(Filter("acme", play="p1")) == shared_key(Filter("acme", play="p1"))
+    assert shared_key(Filter("ac:me")) != shared_key(Filter("ac", play="me"))

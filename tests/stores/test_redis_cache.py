@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -329,3 +330,73 @@ async def test_with_a_signing_key_a_value_written_to_redis_by_someone_else_is_ig
             assert (c.db_reads(), c.shared_hits()) == (0, 1)  # signed values are hits
         finally:
             await c.close()
+
+
+# ------------------------------------------------------------ audit verdicts (the API's AuditQueryCache)
+
+
+class Verdicts:
+    """A verdict query as the API's (``flow8_streams.http.audits.verdict``) answers: counted runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def __call__(self, flt: Any) -> dict[str, Any]:
+        self.runs += 1
+        return {
+            "play_id": flt.play,
+            "company_id": flt.company,
+            "status": "succeeded",
+            "verdict": "ok",
+            "findings": [],
+            "last_seq": 5,
+            "head_hash": "ab" * 32,
+        }
+
+
+async def test_audit_verdicts_are_shared_only_when_signed(shared_redis: RedisCache) -> None:
+    from redis.asyncio import Redis
+
+    from flow8_streams.audit.cache import shared_key
+    from flow8_streams.audit.sources import Filter
+    from flow8_streams.http.audits import audit_cache, held_verdict
+
+    signed = shared_redis.model_copy(update={"signing_key": SecretStr(secrets.token_urlsafe(32))})
+    company = new_id("co")
+    p1, p2 = Filter(company, play="p1"), Filter(company, play="p2")
+    instances = [RedisSharedCache(signed, Metrics()) for _ in range(2)]
+    queries = [Verdicts(), Verdicts()]
+    made = []
+    for shared, query in zip(instances, queries, strict=True):
+        settings = Settings(cache={"backend": "redis", "redis": signed.model_dump()})
+        backend = SimpleNamespace(shared_cache=shared)
+        cache = audit_cache(backend, settings, Metrics())  # type: ignore[arg-type]
+        assert cache.shared is not None
+        cache.query = query
+        made.append(cache)
+    raw = Redis(host=signed.host, port=signed.port, db=signed.db, password=_pw(signed))
+    try:
+        assert (await made[0].get(p1))["play_id"] == "p1"
+        assert (await made[1].get(p1))["play_id"] == "p1"
+        assert [q.runs for q in queries] == [1, 0]  # the second instance's answer came from Redis
+        # p1's signed verdict copied onto p2's key, and an unsigned verdict of p2: both ignored
+        await made[0].get(p2)
+        await raw.set(shared_key(p2), await raw.get(shared_key(p1)))
+        assert (await made[1].get(p2))["play_id"] == "p2" and queries[1].runs == 1
+        made[1]._answers.clear()
+        await raw.set(shared_key(p2), b'{"at": 0, "answer": null}')
+        assert (await made[1].get(p2))["play_id"] == "p2" and queries[1].runs == 2
+        sample = instances[1]._metrics.registry.get_sample_value  # type: ignore[union-attr]
+        assert sample("flow8_cache_errors_total", {"cache": "audit", "backend": "redis", "reason": "invalid"}) == 2
+        assert held_verdict(p2, await queries[0](p1)) is None  # a verdict of another play is never taken
+    finally:
+        await raw.aclose()
+        for shared in instances:
+            await shared.close()
+
+    unsigned = Settings(cache={"backend": "redis", "redis": shared_redis.model_dump()})
+    shared = RedisSharedCache(shared_redis)
+    try:  # without the signing key a verdict from Redis would be Redis's word: kept per instance
+        assert audit_cache(SimpleNamespace(shared_cache=shared), unsigned, Metrics()).shared is None  # type: ignore[arg-type]
+    finally:
+        await shared.close()
