@@ -1,7 +1,9 @@
-"""One ``flow8 serve --db`` per test module, with keys of two companies (and an admin of one)."""
+"""One ``flow8 serve --db`` per test module, with keys of two companies (and an admin of one); for
+the streams backend, a worker and two ``flow8 serve --streams`` instances over it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 if TYPE_CHECKING:
     from tests.conformance.streams_harness import WorkerGroup
 
-from .server import Server, clean_env, make_key, serving
+from .server import Server, Two, clean_env, make_key, serving, streams_env
 
 HELLO = {"flowlets": [{"name": "a", "module_ref": "echo"}, {"name": "b", "module_ref": "echo", "depends_on": ["a"]}]}
 SLOW = {"flowlets": [{"name": "nap", "module_ref": "sleep", "input": {"seconds": 30}}]}
@@ -52,3 +54,18 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerGroup]:
 
     with running_group(tmp_path_factory.mktemp("workers")) as workers:
         yield workers
+
+
+@pytest.fixture(scope="module")
+def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
+    """Two ``flow8 serve --streams`` instances over ``group``, with a key of acme and one of globex."""
+    cwd = tmp_path_factory.mktemp("serve-streams")
+    env = streams_env(group)
+    acme = make_key("--mongodb", company="acme", cwd=cwd, env=env)
+    globex = make_key("--mongodb", company="globex", cwd=cwd, env=env)
+    with serving("--streams", cwd=cwd, env=env) as a, serving("--streams", cwd=cwd, env=env) as b:
+        yield Two(a, b, acme, globex)
+
+
+def new_id(prefix: str = "p") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

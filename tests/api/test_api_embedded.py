@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,14 +12,10 @@ import httpx
 from tests.conftest import REPO
 from tests.flow8_cli import run
 
-from .conftest import HELLO, SLOW, Api
+from .conftest import HELLO, SLOW, Api, new_id
 from .server import clean_env, make_key
 
 JSON = {"content-type": "application/json"}
-
-
-def new_id(prefix: str = "p") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def put_flow(client: httpx.Client, name: str, document: dict[str, object] = HELLO) -> int:

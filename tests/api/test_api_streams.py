@@ -3,32 +3,13 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
-from tests.conformance.streams_harness import WorkerGroup
-
-from .conftest import HELLO, SLOW
-from .server import Two, make_key, serving, streams_env
+from .conftest import HELLO, SLOW, new_id
+from .server import Two
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
-    cwd = tmp_path_factory.mktemp("serve-streams")
-    env = streams_env(group)
-    acme = make_key("--mongodb", company="acme", cwd=cwd, env=env)
-    globex = make_key("--mongodb", company="globex", cwd=cwd, env=env)
-    with serving("--streams", cwd=cwd, env=env) as a, serving("--streams", cwd=cwd, env=env) as b:
-        yield Two(a, b, acme, globex)
-
-
-def new_id(prefix: str = "p") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def wait(client: httpx.Client, play_id: str) -> dict[str, object]:

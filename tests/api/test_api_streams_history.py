@@ -7,8 +7,6 @@ served once it ended), and a read past its bounds refused naming the setting."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +17,11 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conformance.streams_harness import WorkerGroup, metric, parse_metrics
 
-from .conftest import HELLO, SLOW, Api
-from .server import Server, Two, make_key, serving, streams_env
+from .conftest import HELLO, SLOW, Api, new_id
+from .server import Server, Two, serving, streams_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
 NAP = {"flowlets": [{"name": "nap", "module_ref": "sleep", "input": {"seconds": 2}}]}
-
-
-@pytest.fixture(scope="module")
-def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Two]:
-    cwd = tmp_path_factory.mktemp("serve-history")
-    env = streams_env(group)
-    acme = make_key("--mongodb", company="acme", cwd=cwd, env=env)
-    globex = make_key("--mongodb", company="globex", cwd=cwd, env=env)
-    with serving("--streams", cwd=cwd, env=env) as a, serving("--streams", cwd=cwd, env=env) as b:
-        yield Two(a, b, acme, globex)
-
-
-def new_id(prefix: str = "p") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def finished(client: httpx.Client, flow: str, play_id: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from tests.conformance.streams_harness import WorkerGroup
 
-from .conftest import HELLO, SLOW
+from .conftest import HELLO, SLOW, new_id
 from .server import Server, make_key, serving, streams_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.mongo, pytest.mark.slow]
@@ -49,10 +48,6 @@ def two(group: WorkerGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     }
     with serving("--streams", cwd=cwd, env=bare) as topic, serving("--streams", cwd=cwd, env=env) as mongo:
         yield Instances(topic, mongo, keys, env, cwd)
-
-
-def new_id(prefix: str = "p") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def put_flow(two: Instances, flow: dict[str, object]) -> str:
