@@ -7,8 +7,9 @@ partition of its commands), read from the play's start less ``START_MARGIN`` (of
 on the records' timestamps, written by the same worker clock as the events' ``at``) up to the
 play's terminal event or the partition's end as it was when the read began, read_committed,
 with no consumer group (``audit.kafka.KafkaSource.play``). A play whose first event is not found
-there (an upstream producer with another partitioner) is looked for on every partition, from the
-same time.
+there (an upstream producer with another partitioner, or partitions added to the topic since this
+instance counted them) is looked for on every partition, from the same time, and the partitions
+are counted again at the next read.
 
 Bounds: each read goes through at most ``http.history_max_records`` records and
 ``http.history_max_bytes`` bytes and ends within ``http.history_max_seconds``; past one the
@@ -129,6 +130,7 @@ class PlayHistories:
                 where = "company"
                 if not history.documents or history.documents[0].get("seq") != 1:
                     history, where = await self._source(since, None).play(company_id, play_id), "any"
+                    self._partitions = None  # the topic may have grown since it was counted: count again
         except TimeoutError:
             raise ReadTimedOut(
                 f"reading play {play_id}'s events off {self.settings.topics.events} took more than "
@@ -162,7 +164,7 @@ class PlayHistories:
         partitioner gives the company's key."""
         from aiokafka.partitioner import DefaultPartitioner
 
-        if self._partitions is None:  # once per instance: a topic's partitions are only ever added to
+        if self._partitions is None:  # counted again only after a play was not found where this count put it
             from aiokafka.errors import KafkaError
 
             topic = self.settings.topics.commands

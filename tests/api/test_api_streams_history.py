@@ -96,6 +96,52 @@ def test_events_audit_and_timeline_equal_the_embedded_backends(api: Api, two: Tw
     assert verdict["verdict"] == "ok" and verdict["status"] == "succeeded" and verdict["findings"] == []
 
 
+def test_a_play_started_on_another_partition_is_found_on_every_partition(group: WorkerGroup, two: Two) -> None:
+    """An upstream producer with its own partitioner sends a company's StartPlay to a partition
+    that is not the company's: the worker writes the play's events there, and the API still
+    finds its whole history, by reading every partition (counted as such)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from flow8_streams.domain.messages import StartPlay
+    from flow8_streams.runtimes.streams import codec
+
+    name, play_id = new_id("flow"), new_id()
+    settings = group.settings
+    every = list(range(settings.topics.partitions))
+    elsewhere = (DefaultPartitioner()(b"acme", every, every) + 1) % len(every)
+    with two.a.client(two.acme) as a:
+        a.put(f"/v1/flows/{name}", json=HELLO)
+        command = StartPlay(company_id="acme", flow=name, flow_version=1, play_id=play_id, input={"n": 1})
+
+        async def send() -> None:
+            producer = AIOKafkaProducer(**settings.kafka_client_options())
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    settings.topics.commands, codec.encode(command), key=b"acme", partition=elsewhere
+                )
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
+        done = a.get(f"/v1/plays/{play_id}/wait", params={"timeout": 60})
+        assert done.status_code == 200 and done.json()["status"] == "succeeded", done.text
+        before = samples(two.a)
+        events = a.get(f"/v1/plays/{play_id}/events")
+        verdict = a.get(f"/v1/plays/{play_id}/audit").json()
+        after = samples(two.a)
+    items = events.json()["items"]
+    assert events.status_code == 200 and [e["seq"] for e in items] == list(range(1, len(items) + 1))
+    assert items[-1]["type"] == "PlayCompleted"
+    assert verdict["verdict"] == "ok" and verdict["last_seq"] == len(items)
+    reads = {
+        where: metric(after, "flow8_http_history_reads_total", partitions=where)
+        - metric(before, "flow8_http_history_reads_total", partitions=where)
+        for where in ("company", "any")
+    }
+    assert reads == {"company": 0, "any": 1}
+
+
 def test_another_companys_play_is_a_404(two: Two) -> None:
     name, play_id = new_id("flow"), new_id()
     with two.a.client(two.acme) as acme, two.b.client(two.globex) as globex:
