@@ -446,13 +446,15 @@ def test_keys_and_secrets_env_stay_out_of_git_and_the_image() -> None:
 
 
 def _volume(workload: dict[str, Any], name: str) -> dict[str, Any]:
-    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
-    return volume
+    found: list[dict[str, Any]] = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
+    assert len(found) == 1, f"one volume {name}"
+    return found[0]
 
 
 def _mount(container: dict[str, Any], volume: str) -> dict[str, Any]:
-    (mount,) = [m for m in container.get("volumeMounts", []) if m["name"] == volume]
-    return mount
+    found: list[dict[str, Any]] = [m for m in container.get("volumeMounts", []) if m["name"] == volume]
+    assert len(found) == 1, f"{container['name']} mounts {volume} once"
+    return found[0]
 
 
 def test_an_init_container_copies_the_signing_key_0600_into_memory() -> None:
