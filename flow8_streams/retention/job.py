@@ -159,12 +159,18 @@ async def every_interval(
     open_store: Callable[[], contextlib.AbstractAsyncContextManager[Store]], settings: Settings, metrics: Metrics
 ) -> None:
     """The scheduled job: archive and prune every ``retention.interval_seconds`` while the
-    process runs. A failed run is logged and counted, and tried again at the next interval."""
+    process runs, each run on a thread with a loop of its own (reading, compressing and hashing
+    an archive would otherwise hold the server's loop). A failed run is logged and counted, and
+    tried again at the next interval; a run cut short by a stop is finished by the next one."""
     retention = settings.retention
+
+    async def once() -> list[Outcome]:
+        async with open_store() as store:
+            return await run(store, retention, companies=None, older=None, to=None, prune=True, dry_run=False)
+
     while True:
         try:
-            async with open_store() as store:
-                outcomes = await run(store, retention, companies=None, older=None, to=None, prune=True, dry_run=False)
+            outcomes = await asyncio.to_thread(lambda: asyncio.run(once()))
             for o in outcomes:
                 metrics.archive_plays.inc(o.plays)
                 metrics.archive_files.inc(len(o.archives))
