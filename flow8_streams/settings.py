@@ -268,6 +268,18 @@ class Topics(BaseModel):
     prefix: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=12, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
+    transient_retention_ms: int | None = Field(
+        default=None,
+        ge=3_600_000,
+        description="retention.ms of the topics a play passes through (commands, tasks, completions, play-results, "
+        "dlq) when flow8 creates them; None: the broker's default.",
+    )
+    events_retention_ms: int | None = Field(
+        default=None,
+        ge=86_400_000,
+        description="retention.ms of the events topic when flow8 creates it; None: kept forever (replay and audits "
+        "read it). Set, audits of older plays need archives (flow8 audit export --kafka).",
+    )
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"
@@ -307,8 +319,16 @@ class Topics(BaseModel):
 
     @property
     def kept_forever(self) -> frozenset[str]:
-        """What audits read: never deleted by retention."""
-        return frozenset({self.events, self.checkpoints})
+        """What audits read: never deleted by retention (the events topic unless ``events_retention_ms``)."""
+        return frozenset({self.checkpoints} | ({self.events} if self.events_retention_ms is None else set()))
+
+    def retention_ms(self, topic: str) -> int | None:
+        """The ``retention.ms`` a topic of the deployment is created with: -1 forever, None the broker's."""
+        if topic in self.kept_forever:
+            return -1
+        if topic == self.events:
+            return self.events_retention_ms
+        return self.transient_retention_ms
 
 
 DURATION = re.compile(r"^\s*(\d{1,7})\s*([dhms])\s*$")
