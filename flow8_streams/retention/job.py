@@ -137,6 +137,8 @@ async def run(
     )
     outcomes = []
     for company in companies if companies is not None else await store.port.companies():
+        if companies is None and company in retention.companies and retention.companies[company] is None:
+            continue  # kept forever (a legal hold): only a run naming the company touches it
         age = older_than(retention, company, older)
         if age is None:
             if companies is not None:

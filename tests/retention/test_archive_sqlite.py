@@ -138,9 +138,12 @@ def test_settings_give_the_age_and_the_destination_per_company(signed: Signed) -
     assert result.code == 0, result
     (acme,) = result.json_lines()
     assert acme["company_id"] == "acme" and acme["plays"] == 0
+    result = _archive(signed, "--all-companies", "--older-than", "0s", "--prune", "--config", config, "--json")
+    assert result.code == 0 and [o["company_id"] for o in result.json_lines()] == ["acme"], result  # not globex
+    assert set(_plays(signed.db)) == {"p3"}
     result = _archive(signed, "--company", "globex", "--older-than", "0s", "--prune", "--config", config)
     assert result.code == 0 and "deleted 1" in result.out, result
-    assert set(_plays(signed.db)) == {"p1", "p2"}
+    assert set(_plays(signed.db)) == set()
 
 
 @pytest.mark.parametrize(
