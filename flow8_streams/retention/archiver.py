@@ -31,7 +31,7 @@ from flow8_streams.audit.sources import ArchiveSource, Filter
 from flow8_streams.audit.verify import MISSING, Finding, PlayHistory, verify
 from flow8_streams.errors import Flow8Error
 from flow8_streams.retention import manifest as mf
-from flow8_streams.retention.destination import Directory
+from flow8_streams.retention.destination import Destination
 from flow8_streams.stores.ports import RetentionPort
 
 ReadPlay = Callable[[str, str], Awaitable[PlayHistory | None]]  # (company, play_id) -> its history
@@ -92,7 +92,7 @@ class Archiver:
         port: RetentionPort,
         read: ReadPlay,
         checkpoints: Sequence[cp.SignedCheckpoint | Finding],
-        destination: Directory | None,
+        destination: Destination | None,
         source: str,
         log_in_store: bool = True,
         prune: bool = False,
@@ -151,33 +151,36 @@ class Archiver:
                     self._judge(history, batch, outcome)
                 self.on_play(1)
             return batch
-        where = self.destination.of(company)
         name = f"{company}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
-        out, manifest_file = where / f"{name}{mf.ARCHIVE_SUFFIX}", where / f"{name}.manifest.json"
-        header = {"retention": {"manifest": manifest_file.name, "ended_before": _iso(outcome.ended_before)}}
-        with ArchiveWriter(out, self.checkpoints, company=company, public_key=self.public_key, header=header) as writer:
-            for play_id in ids:
-                history = await self.read(company, play_id)
-                if history is not None:
-                    self._judge(history, batch, outcome)
-                    writer.add(history)
-                self.on_play(1)
-        manifest = mf.build(
-            company=company,
-            archive=out,
-            heads=batch.heads,
-            checkpoints=writer.written,
-            older_than=_iso(outcome.ended_before),
-            source=self.source,
-            created_at=_iso(now),
-        )
-        mf.write(manifest_file, manifest)
-        problems = mf.check(manifest, out, read_back(out, company))
-        if problems:
-            raise ArchiveNotWhole(
-                f"archive {out} does not read back as written ({problems[0].detail}); nothing was deleted"
+        with self.destination.staging(company) as where:
+            out, manifest_file = where / f"{name}{mf.ARCHIVE_SUFFIX}", where / f"{name}.manifest.json"
+            header = {"retention": {"manifest": manifest_file.name, "ended_before": _iso(outcome.ended_before)}}
+            with ArchiveWriter(
+                out, self.checkpoints, company=company, public_key=self.public_key, header=header
+            ) as writer:
+                for play_id in ids:
+                    history = await self.read(company, play_id)
+                    if history is not None:
+                        self._judge(history, batch, outcome)
+                        writer.add(history)
+                    self.on_play(1)
+            manifest = mf.build(
+                company=company,
+                archive=out,
+                heads=batch.heads,
+                checkpoints=writer.written,
+                older_than=_iso(outcome.ended_before),
+                source=self.source,
+                created_at=_iso(now),
             )
-        outcome.archives.append(str(out))
+            mf.write(manifest_file, manifest)
+            problems = mf.check(manifest, out, read_back(out, company))
+            if problems:
+                raise ArchiveNotWhole(
+                    f"archive {out} does not read back as written ({problems[0].detail}); nothing was deleted"
+                )
+            archived, _ = self.destination.publish(company, [out, manifest_file])
+        outcome.archives.append(archived)
         return batch
 
     def _judge(self, history: PlayHistory, batch: _Batch, outcome: Outcome) -> None:

@@ -17,7 +17,7 @@ from flow8_streams.audit.sources import Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.errors import Flow8Error, InvalidInput
 from flow8_streams.retention.archiver import Archiver, Outcome, ReadPlay
-from flow8_streams.retention.destination import Directory, destination
+from flow8_streams.retention.destination import Destination, destination
 from flow8_streams.settings import Retention, Settings, parse_duration
 from flow8_streams.stores.ports import RetentionPort
 
@@ -35,12 +35,12 @@ def older_than(retention: Retention, company: str, flag: str | None) -> timedelt
     return None if days is None else timedelta(days=days)
 
 
-def where_to(retention: Retention, to: str | None, *, prune: bool, dry_run: bool = False) -> Directory | None:
+def where_to(retention: Retention, to: str | None, *, prune: bool, dry_run: bool = False) -> Destination | None:
     """The destination (``--to`` or ``retention.archive``). None only for a prune the operator
     allowed without one (``retention.delete_without_archive``) or a dry run."""
     given = to if to is not None else retention.archive
     if given is not None:
-        return destination(given)
+        return destination(given, retention.s3)
     if dry_run:
         return None
     if prune and retention.delete_without_archive:

@@ -154,7 +154,8 @@ def test_settings_give_the_age_and_the_destination_per_company(signed: Signed) -
         (("--company", "acme", "--older-than", "30 days", "--to", "a"), ("--older-than", "not a duration")),
         (("--company", "acme", "--all-companies", "--to", "a"), ("--company C",)),
         (("--company", "acme", "--to", "a"), ("no retention for acme", "--older-than")),
-        (("--company", "acme", "--older-than", "1d", "--to", "s3://bucket/x"), ("S3 is not supported",)),
+        (("--company", "acme", "--older-than", "1d", "--to", "s3:///x"), ("names no bucket",)),
+        (("--company", "acme", "--older-than", "1d", "--to", "ftp://host/x"), ("neither a directory",)),
         (("--company", "acme", "--older-than", "1d", "--to", "a", "--prune", "--dry-run"), ("--dry-run",)),
     ],
 )

@@ -4,6 +4,7 @@ checked on the specs and on Apache Kafka's own description of the topics created
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 
@@ -54,13 +55,17 @@ async def test_kafka_creates_the_topics_with_their_retention() -> None:
     await admin.start()
     try:
         names = [settings.topics.tasks, settings.topics.events]
-        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
-        found = {}
-        for response in described:
-            for _code, _message, _kind, name, entries in response.resources:  # DescribeConfigs v0/v1
-                for entry in entries:
-                    if entry[0] == "retention.ms":
-                        found[name] = entry[1]
+        found: dict[str, str] = {}
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(found) < len(names):  # a new topic reaches every broker's metadata a moment after it is made
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+            for response in described:
+                for code, _message, _kind, name, entries in response.resources:  # DescribeConfigs v0/v1
+                    for entry in entries if code == 0 else ():
+                        if entry[0] == "retention.ms":
+                            found[name] = entry[1]
+            assert asyncio.get_running_loop().time() < deadline, described
+            await asyncio.sleep(0.2)  # a poll period: Kafka gives no signal when the metadata has spread
         assert found == {settings.topics.tasks: str(DAY), settings.topics.events: "-1"}
     finally:
         await admin.delete_topics(list(settings.topics.all))
