@@ -17,6 +17,7 @@ deleted: retention does not destroy the evidence of tampering.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -151,7 +152,8 @@ class Archiver:
                     self._judge(history, batch, outcome)
                 self.on_play(1)
             return batch
-        name = f"{company}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+        # the time orders a company's archives; the token keeps two instances' runs apart
+        name = f"{company}-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
         with self.destination.staging(company) as where:
             out, manifest_file = where / f"{name}{mf.ARCHIVE_SUFFIX}", where / f"{name}.manifest.json"
             header = {"retention": {"manifest": manifest_file.name, "ended_before": _iso(outcome.ended_before)}}

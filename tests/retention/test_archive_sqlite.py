@@ -171,6 +171,22 @@ def test_bad_input_is_exit_2_with_one_paragraph(
     assert set(_plays(signed.db)) == {"p1", "p2", "p3"}
 
 
+def test_plays_past_one_batch_go_to_one_archive_per_batch(signed: Signed) -> None:
+    args = ("--company", "acme", "--older-than", "0s", "--to", "arch", "--json")
+    # without --prune one batch is archived, and the rest is said to remain
+    result = _archive(signed, *args, FLOW8_RETENTION__BATCH_PLAYS="1")
+    assert result.code == 0, result
+    (acme,) = result.json_lines()
+    assert acme["plays"] == 1 and acme["more"] is True and acme["pruned"] == 0, acme
+    # with --prune, batch after batch until none is left
+    result = _archive(signed, *args, "--prune", FLOW8_RETENTION__BATCH_PLAYS="1")
+    assert result.code == 0, result
+    (acme,) = result.json_lines()
+    assert acme["plays"] == acme["pruned"] == 2 and len(acme["archives"]) == 2 and not acme["more"], acme
+    code, verdicts, summary = _verify(signed, *_archive_args(signed.dir / "arch"))
+    assert code == 0 and set(verdicts) == {"p1", "p2"} and summary["sources"]["identical_copies"] == 1, summary
+
+
 def test_delete_without_archive_only_when_the_setting_says_so(signed: Signed) -> None:
     result = _archive(
         signed, "--company", "acme", "--older-than", "0s", "--prune", FLOW8_RETENTION__DELETE_WITHOUT_ARCHIVE="true"
