@@ -137,8 +137,10 @@ class Across:
             named = read.source.header.get("retention")
             if manifest_file.is_file():
                 signed = [c for c in read.checkpoints if isinstance(c, cp.SignedCheckpoint)]
-                whole = self.filter.play is None and self.filter.flow is None and self.filter.status is None
-                if whole and self.filter.since is None and self.filter.until is None:
+                flt = self.filter
+                whole = flt.play is None and flt.flow is None and flt.status is None and flt.since is None
+                ours = flt.company in (None, read.source.header.get("company_id"))
+                if whole and ours and flt.until is None:
                     self.problems.extend(mf.check(mf.read(manifest_file), read.path, mf.Seen(read.heads, signed)))
             elif isinstance(named, dict):
                 self.problems.append(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flow8_streams.errors import InvalidInput, StoreUnavailable
+from flow8_streams.redact import scrub
 from flow8_streams.retention.manifest import sha256_file
 from flow8_streams.settings import RetentionS3
 
@@ -112,7 +113,8 @@ class S3:
                 back = f.with_name(f".{f.name}.back")
                 self.client().download_file(self.bucket, key, str(back))
             except (BotoCoreError, ClientError) as exc:
-                raise StoreUnavailable(f"archive destination s3://{self.bucket}/{key}: {_short(exc)}") from None
+                problem = scrub(_short(exc), *([self.options.endpoint_url] if self.options.endpoint_url else []))
+                raise StoreUnavailable(f"archive destination s3://{self.bucket}/{key}: {problem}") from None
             if sha256_file(back) != sha256_file(f):
                 raise StoreUnavailable(f"s3://{self.bucket}/{key} does not read back as uploaded; nothing deleted")
             back.unlink()

@@ -96,10 +96,10 @@ def test_archive_to_s3_then_verify_the_downloaded_copy(signed: Signed, s3_server
 
 
 def test_an_unreachable_store_deletes_nothing(signed: Signed) -> None:
-    env = _env(f"http://127.0.0.1:{_free_port()}")
+    env = _env(f"http://flow8:endpoint-password-9c1d@127.0.0.1:{_free_port()}")
     result = flow8("archive", "--db", signed.db, "--company", "acme", "--older-than", "0s",
                    "--to", "s3://flow8-archive/prod", "--prune", cwd=signed.dir, **env)  # fmt: skip
     assert result.code == 1, result
     assert "s3://flow8-archive/prod/acme/" in result.err and "Traceback" not in result.err
-    assert SECRET not in result.out + result.err
+    assert SECRET not in result.out + result.err and "endpoint-password-9c1d" not in result.out + result.err
     assert set(_plays(signed.db)) == {"p1", "p2", "p3"}
