@@ -51,3 +51,12 @@ def require_redis(what: str) -> None:
         raise MissingExtra(
             f"{what} needs the redis package, which this install lacks; install it with: {REDIS_INSTALL}"
         )
+
+
+S3_INSTALL = "pip install 'flow8-streams[s3]'"
+
+
+def require_s3(what: str) -> None:
+    """Refuse ``what`` unless boto3 (the ``s3`` extra) is installed."""
+    if importlib.util.find_spec("boto3") is None:
+        raise MissingExtra(f"{what} needs the boto3 package, which this install lacks; install it with: {S3_INSTALL}")

@@ -140,6 +140,20 @@ class Metrics:
             "Plain modules still running on their thread after their attempt ended (timed out or cancelled).",
             registry=r,
         )
+        # retention: flow8 serve's scheduled archive and prune
+        self.archive_plays = Counter(
+            "flow8_archive_plays_total", "Finished plays written to an archive by the retention job.", registry=r
+        )
+        self.archive_files = Counter(
+            "flow8_archive_files_total", "Archives (each with its manifest) written.", registry=r
+        )
+        self.pruned_plays = Counter(
+            "flow8_pruned_plays_total", "Plays deleted from the live store after they were archived.", registry=r
+        )
+        self.pruned_events = Counter("flow8_pruned_events_total", "Events deleted with those plays.", registry=r)
+        self.retention_runs = Counter(
+            "flow8_retention_runs_total", "Runs of the retention job, by outcome (ok, failed).", ["outcome"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

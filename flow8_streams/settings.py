@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from flow8_streams.domain.bounded import load_yaml
 from flow8_streams.domain.limits import Limits
+from flow8_streams.domain.messages import ID_PATTERN
 from flow8_streams.errors import InvalidInput
 
 PORT_RANGE = re.compile(r"^\s*(\d{1,5})\s*-\s*(\d{1,5})\s*$")
@@ -271,6 +272,18 @@ class Topics(BaseModel):
     prefix: str = Field(default="flow8", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(default=12, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
+    transient_retention_ms: int | None = Field(
+        default=None,
+        ge=3_600_000,
+        description="retention.ms of the topics a play passes through (commands, tasks, completions, play-results, "
+        "dlq) when flow8 creates them; None: the broker's default.",
+    )
+    events_retention_ms: int | None = Field(
+        default=None,
+        ge=86_400_000,
+        description="retention.ms of the events topic when flow8 creates it; None: kept forever (replay and audits "
+        "read it). Set, audits of older plays need archives (flow8 audit export --kafka).",
+    )
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"
@@ -310,8 +323,90 @@ class Topics(BaseModel):
 
     @property
     def kept_forever(self) -> frozenset[str]:
-        """What audits read: never deleted by retention."""
-        return frozenset({self.events, self.checkpoints})
+        """What audits read: never deleted by retention (the events topic unless ``events_retention_ms``)."""
+        return frozenset({self.checkpoints} | ({self.events} if self.events_retention_ms is None else set()))
+
+    def retention_ms(self, topic: str) -> int | None:
+        """The ``retention.ms`` a topic of the deployment is created with: -1 forever, None the broker's."""
+        if topic in self.kept_forever:
+            return -1
+        if topic == self.events:
+            return self.events_retention_ms
+        return self.transient_retention_ms
+
+
+DURATION = re.compile(r"^\s*(\d{1,7})\s*([dhms])\s*$")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_duration(value: str, what: str) -> float:
+    """``30d``, ``12h``, ``90m`` or ``45s`` in seconds; anything else is ``InvalidInput`` naming ``what``."""
+    match = DURATION.match(value)
+    if match is None:
+        raise InvalidInput(f"{what} {value!r} is not a duration like 30d, 12h, 90m or 45s")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class RetentionS3(BaseModel):
+    """Where an ``s3://`` archive goes: any S3-compatible store. Credentials are secrets: never printed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = Field(default=None, max_length=2048, description="None: AWS itself.")
+    region: str | None = Field(default=None, max_length=64)
+    access_key_id: SecretStr | None = Field(default=None, max_length=256)
+    secret_access_key: SecretStr | None = Field(default=None, max_length=1024)
+
+
+class Retention(BaseModel):
+    """How long finished plays and their events are kept, and where they go before they are deleted.
+
+    Unset (``days`` None, no ``companies``), everything is kept forever. Only finished plays
+    (succeeded, failed, cancelled) that ended longer ago than their company's days are archived and
+    pruned; a running play is never touched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: int | None = Field(
+        default=None, ge=1, le=36_500, description="Keep finished plays this many days (None: forever)."
+    )
+    companies: dict[str, int | None] = Field(
+        default_factory=dict,
+        max_length=100_000,
+        description="Per company: its days, overriding `days` (null: that company's plays are kept forever).",
+    )
+    archive: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Where archives are written before plays are deleted: a directory, or s3://bucket/prefix.",
+    )
+    delete_without_archive: bool = Field(
+        default=False, description="Prune without an archive destination: the deleted plays are gone for good."
+    )
+    interval_seconds: float = Field(
+        default=3600, ge=1, le=7 * 86_400, description="How often flow8 serve archives and prunes."
+    )
+    batch_plays: int = Field(default=10_000, ge=1, le=1_000_000, description="Plays per archive file at most.")
+    s3: RetentionS3 = RetentionS3()
+
+    @field_validator("companies")
+    @classmethod
+    def _check_companies(cls, value: dict[str, int | None]) -> dict[str, int | None]:
+        for company, days in value.items():
+            if re.fullmatch(ID_PATTERN, company) is None:
+                raise ValueError(f"retention.companies: {company!r} is not a company id")
+            if days is not None and not 1 <= days <= 36_500:
+                raise ValueError(f"retention.companies.{company}: {days} days is not between 1 and 36500")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.days is not None or any(d is not None for d in self.companies.values())
+
+    def days_of(self, company: str) -> int | None:
+        """The days ``company``'s finished plays are kept (None: forever)."""
+        return self.companies.get(company, self.days)
 
 
 class Settings(BaseSettings):
@@ -464,6 +559,7 @@ class Settings(BaseSettings):
         description="Threads that run plain (not async) modules; a thread stuck past its flowlet's timeout is "
         "replaced, up to as many again.",
     )
+    retention: Retention = Retention()
     audit_signing_key: Path | None = Field(
         default=None,
         description="An Ed25519 private key (flow8 audit keygen; readable by its owner only): the embedded runtime "

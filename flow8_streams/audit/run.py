@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, cast
@@ -70,8 +70,11 @@ class ArchiveWriter:
         *,
         company: str,
         public_key: Ed25519PublicKey | None,
+        header: Mapping[str, object] | None = None,
     ) -> None:
         self.out = out
+        self.extra_header = dict(header or {})  # more header fields (a retention archive names its manifest)
+        self.written: list[cp.SignedCheckpoint] = []  # the checkpoints written
         self.company = company
         self.public_key = public_key
         self.checkpoints = checkpoints
@@ -87,6 +90,7 @@ class ArchiveWriter:
             "exported_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "public_key": cp.public_pem(self.public_key) if self.public_key is not None else None,
             "hashing": "schemas/hashing.md",
+            **self.extra_header,
         }
         self._file = f = cast(IO[bytes], gzip.open(self._tmp, "wb", compresslevel=6))
         try:
@@ -98,6 +102,7 @@ class ArchiveWriter:
                     if key not in written:
                         written.add(key)
                         f.write(c.line())
+                        self.written.append(c)
                         self.signed += 1
         except BaseException:
             self._discard()

@@ -317,6 +317,7 @@ class Summary:
     checkpoints: int = 0
     findings: list[Finding] = field(default_factory=list)  # not of one play: checkpoints, absent plays
     skipped: Counter[str] = field(default_factory=Counter)  # left out, not findings: why -> how many
+    sources: dict[str, Any] | None = None  # an audit across archives and live data: what each held
 
     def add(self, verdict: Verdict) -> None:
         self.plays += 1
@@ -350,4 +351,5 @@ class Summary:
             "findings": [f.as_json() for f in self.findings],
             "skipped": dict(sorted(self.skipped.items())),
             "verdict": "ok" if self.clean else "findings",
+            **({"sources": self.sources} if self.sources is not None else {}),
         }

@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.text import Text
 
 from flow8_streams.audit import checkpoints as cp
+from flow8_streams.audit.across import Across
 from flow8_streams.audit.kafka import Range
 from flow8_streams.audit.report import Report
 from flow8_streams.audit.run import ArchiveWriter, Audit
-from flow8_streams.audit.sources import ArchiveSource, Filter, SqliteSource, StoreSource
+from flow8_streams.audit.sources import Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Summary, Verdict
 from flow8_streams.cli.audit_sources import (
     FromOffsetOpt,
@@ -116,7 +117,14 @@ def keygen(
 def verify_cmd(
     db: DbSourceOpt = None,
     mongodb: MongoOpt = False,
-    archive: Annotated[Path | None, typer.Option("--archive", help="Audit a flow8 audit export file.")] = None,
+    archive: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--archive",
+            help="Audit a flow8 audit export or archive file (repeatable; with --db or --mongodb: archives and "
+            "live data together, each play once).",
+        ),
+    ] = None,
     kafka: KafkaOpt = False,
     partition: PartitionOpt = None,
     from_offset: FromOffsetOpt = None,
@@ -143,15 +151,22 @@ def verify_cmd(
 ) -> None:
     """Verify each play: its hash chain (the first bad seq named: altered, reordered, missing,
     duplicated), that a finished play ends in its terminal event, its projection, and with
-    --public-key the signed checkpoints. Exit 0 clean, 1 findings, 2 bad input."""
-    _one_source(db, mongodb, archive, kafka)
+    --public-key the signed checkpoints. Archives with --db or --mongodb: the chain continuous across
+    them (a play in both identical, a signed play found in one). Exit 0 clean, 1 findings, 2 bad input."""
+    archives = archive or []
+    if not archives:
+        _one_source(db, mongodb, None, kafka)
+    elif kafka or (db is not None and mongodb):
+        raise InvalidInput("--archive goes alone or with one live store, --db FILE or --mongodb (not --kafka)")
     flt = _filter(company, all_companies, play, flow, status, since, until)
     only = kafka_range(kafka, partition, from_offset, to_offset)
     key = cp.load_public_key(public_key) if public_key is not None else None
     if require_anchor and key is None:
         raise InvalidInput("--require-anchor needs --public-key FILE")
     report = _Report(json_out)
-    if kafka:
+    if archives:
+        summary = run_async(_verify_across(flt, archives, db, mongodb, key, require_anchor, checkpoints, report))
+    elif kafka:
         summary = run_async(_verify_kafka(flt, only, key, require_anchor, checkpoints, report))
     elif db is not None:
         source = SqliteSource(db, checkpoints=checkpoints)
@@ -162,17 +177,37 @@ def verify_cmd(
             summary = audit.finish()
         finally:
             source.close()
-    elif archive is not None:
-        packed = ArchiveSource(archive)
-        extra = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
-        audit = Audit(flt, [*packed.checkpoints(), *extra], public_key=key, require_anchor=require_anchor)
-        for history in packed.histories(flt):
-            report.play(audit.play(history))
-        summary = audit.finish(packed.problems)
     else:
         summary = run_async(_verify_mongodb(flt, key, require_anchor, checkpoints, report))
     report.end(summary)
     raise typer.Exit(0 if summary.clean else 1)
+
+
+async def _verify_across(
+    flt: Filter,
+    archives: list[Path],
+    db: Path | None,
+    mongodb: bool,
+    key: Ed25519PublicKey | None,
+    require_anchor: bool,
+    checkpoints: Path | None,
+    report: _Report,
+) -> Summary:
+    """``archives`` alone, or after the live store (--db or --mongodb): each play once."""
+    live = db is not None or mongodb
+    if not live:
+        extra = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
+        across = Across(flt, archives, extra, live_label=None, public_key=key, require_anchor=require_anchor)
+        across.archived(report.play)
+        return across.finish()
+    async with open_source(flt, db=db, mongodb=mongodb, archive=None, kafka=False, checkpoints=checkpoints) as opened:
+        label = f"{db.name} (SQLite)" if db is not None else "MongoDB"
+        across = Across(
+            flt, archives, opened.checkpoints, live_label=label, public_key=key, require_anchor=require_anchor
+        )
+        await across.live(opened.stream, report.play)
+        across.archived(report.play)
+        return across.finish(opened.problems)
 
 
 async def _verify_mongodb(
@@ -257,6 +292,17 @@ class _Report:
             line += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(summary.skipped.items()))
         mark = "[green]✔[/]" if summary.clean else "[red]✘[/]"
         err.print(f"{mark} {line}", soft_wrap=True)
+        if summary.sources is not None and (summary.sources["archives"] > 1 or summary.sources["live"]):
+            s = summary.sources
+            live = f" and live data ({s['live']})" if s["live"] else ""
+            what = "continuous" if summary.clean else "NOT continuous"
+            err.print(
+                f"{mark} the chain is {what} across {s['archives']} archive{'s' * (s['archives'] != 1)}{live}: "
+                f"{s['plays_live']} plays live, {s['plays_only_archived']} only archived, "
+                f"{s['identical_copies']} identical copies read once",
+                soft_wrap=True,
+                markup=True,
+            )
 
 
 CheckpointsOpt = Annotated[

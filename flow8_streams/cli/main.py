@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flow8_streams import __version__
-from flow8_streams.cli import audit, audit_asof, audit_ops, local, ops, serve, streams
+from flow8_streams.cli import archive, audit, audit_asof, audit_ops, local, ops, serve, streams
 from flow8_streams.cli.common import app, out
 from flow8_streams.cli.errors import env_uris, report
 
@@ -21,6 +21,7 @@ audit.audit_app.command("as-of")(audit_asof.as_of)
 audit.audit_app.command("rebuild")(audit_ops.rebuild)
 audit.audit_app.command("replay")(audit_ops.replay_cmd)
 app.add_typer(audit.audit_app, name="audit")
+app.command()(archive.archive)
 app.command()(serve.serve)
 app.add_typer(serve.keys_app, name="keys")
 __all__ = ["app", "audit", "local", "main", "ops", "serve"]

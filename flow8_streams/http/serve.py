@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -33,8 +34,36 @@ async def open_backend(
             yield streams
 
 
+@contextlib.asynccontextmanager
+async def retaining(settings: Settings, db: Path | None, metrics: Metrics) -> AsyncIterator[None]:
+    """With ``retention.days`` (or ``retention.companies``) set, the retention job (archive, then
+    prune) every ``retention.interval_seconds`` until the block ends: on the db of ``--db``, or
+    on MongoDB for ``--streams``. Several instances may run it at once: a play archived by two is
+    two identical copies that ``flow8 audit verify`` reads as one, and a delete finds nothing the
+    second time."""
+    if not settings.retention.enabled:  # (its settings were checked before the backend opened)
+        yield
+        return
+    from flow8_streams.retention import job as retention
+
+    def open_store() -> contextlib.AbstractAsyncContextManager[retention.Store]:
+        return retention.open_sqlite(db) if db is not None else retention.open_mongodb(settings)
+
+    task = asyncio.create_task(retention.every_interval(open_store, settings, metrics), name="flow8-retention")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def serve(settings: Settings, db: Path | None, modules: Sequence[str] = ()) -> None:
     metrics = Metrics()
+    if settings.retention.enabled:
+        from flow8_streams.retention.job import check_settings
+
+        check_settings(settings.retention)
     async with open_backend(settings, db, modules, metrics) as backend:
         app = create_app(settings, metrics, backend)
         config = uvicorn.Config(
@@ -54,7 +83,7 @@ async def serve(settings: Settings, db: Path | None, modules: Sequence[str] = ()
         # one must let this function return, so that the backend closes (the runtime flushes)
         previous = signal.signal(signal.SIGTERM, _stopped)
         try:
-            async with refreshing(app.state.audits):
+            async with refreshing(app.state.audits), retaining(settings, db, metrics):
                 await uvicorn.Server(config).serve()
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -132,6 +132,21 @@ class ApiKeys(Protocol):
         """Mark a key revoked (a key revoked before keeps its first date); None if there is none."""
 
 
+class RetentionPort(Protocol):
+    """What retention needs of a store: the finished plays past their time, and their deletion."""
+
+    async def companies(self) -> builtins.list[str]:
+        """Every company with a play in the projection, ascending."""
+
+    async def expired(self, company_id: str, ended_before: datetime, limit: int) -> builtins.list[str]:
+        """Ids of the company's FINISHED plays that ended before ``ended_before``, oldest start
+        first, at most ``limit``. A running play is never listed."""
+
+    async def prune(self, company_id: str, play_id: str, last_seq: int) -> bool:
+        """Delete a finished play's events and projection, idempotently; nothing when its log
+        has grown past ``last_seq`` (the head archived) or it is running. True: it is gone."""
+
+
 class Stores(Protocol):
     """One deployment's stores: the SQLite file of the embedded runtime, or MongoDB."""
 

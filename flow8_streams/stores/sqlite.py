@@ -149,6 +149,7 @@ class SqliteStore:
         self.kv = SqliteKV(self, kv_incr_dedup_seconds, clock)
         self.flows = SqliteFlows(self)
         self.keys = SqliteApiKeys(self)
+        self.retention = SqliteRetention(self)
 
     def close(self) -> None:
         self.db.close()
@@ -334,6 +335,55 @@ class SqlitePlays:
         """``(company_id, play_id)`` of every play recorded as running."""
         rows = self._s.db.execute("SELECT company_id, play_id FROM plays WHERE status = 'running' ORDER BY created_at")
         return [(r[0], r[1]) for r in rows]
+
+
+class SqliteRetention:
+    """The ``RetentionPort``: finished plays past their time, and their deletion, one transaction each."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._s = store
+
+    async def companies(self) -> builtins.list[str]:
+        return [r[0] for r in self._s.db.execute("SELECT DISTINCT company_id FROM plays ORDER BY company_id")]
+
+    async def expired(self, company_id: str, ended_before: datetime, limit: int) -> builtins.list[str]:
+        """A play ends after it starts, so the index on ``created_at`` narrows the candidates;
+        each one's end is read from its state."""
+        rows = self._s.db.execute(
+            "SELECT play_id, state FROM plays WHERE company_id = ? AND status IN ('succeeded', 'failed', 'cancelled')"
+            " AND created_at < ? ORDER BY created_at, play_id",
+            (company_id, _iso(ended_before.astimezone(UTC))),
+        )
+        found: builtins.list[str] = []
+        for play_id, state in rows:
+            ended = _ended_at(state)
+            if ended is not None and ended < ended_before:
+                found.append(play_id)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def prune(self, company_id: str, play_id: str, last_seq: int) -> bool:
+        with self._s.tx() as db:
+            (head,) = db.execute(
+                "SELECT MAX(seq) FROM events WHERE play_id = ? AND company_id = ?", (play_id, company_id)
+            ).fetchone()
+            row = db.execute(
+                "SELECT status FROM plays WHERE play_id = ? AND company_id = ?", (play_id, company_id)
+            ).fetchone()
+            if (head is not None and head != last_seq) or (row is not None and row[0] == "running"):
+                return False
+            db.execute("DELETE FROM events WHERE play_id = ? AND company_id = ?", (play_id, company_id))
+            db.execute("DELETE FROM plays WHERE play_id = ? AND company_id = ?", (play_id, company_id))
+        return True
+
+
+def _ended_at(state: bytes) -> datetime | None:
+    try:
+        ended = orjson.loads(state).get("ended_at")
+        return datetime.fromisoformat(ended) if isinstance(ended, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None  # a damaged row is not retention's to judge: kept
 
 
 class SqliteKV:

@@ -106,7 +106,8 @@ def test_a_signing_key_others_can_read_or_that_is_not_one_is_refused(tmp_path: P
     ("args", "fragment"),
     [
         pytest.param(("--company", "acme"), "give one source", id="no-source"),
-        pytest.param(("--db", "DB", "--archive", "DB", "--company", "acme"), "give one source", id="two-sources"),
+        pytest.param(("--db", "DB", "--mongodb", "--company", "acme"), "give one source", id="two-sources"),
+        pytest.param(("--kafka", "--archive", "DB", "--company", "acme"), "not --kafka", id="archive-and-kafka"),
         pytest.param(("--db", "DB"), "--company C", id="no-company"),
         pytest.param(("--db", "DB", "--company", "acme", "--all-companies"), "not both", id="company-and-all"),
         pytest.param(("--db", "DB", "--company", "acme", "--since", "yesterday"), "not an ISO time", id="bad-since"),

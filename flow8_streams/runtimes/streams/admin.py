@@ -16,12 +16,16 @@ from flow8_streams.settings import Settings
 
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
+    """The topics as flow8 creates them: the events and checkpoints kept forever (unless
+    ``topics.events_retention_ms``), the others with ``topics.transient_retention_ms`` when set.
+    A topic that exists is left as it is (its retention is changed with kafka-configs)."""
     t = settings.topics
-    keep_forever = {"retention.ms": "-1"}
-    return [
-        NewTopic(name, t.partitions, t.replication_factor, topic_configs=keep_forever if name in t.kept_forever else {})
-        for name in t.all
-    ]
+    specs = []
+    for name in t.all:
+        ms = t.retention_ms(name)
+        configs = {"retention.ms": str(ms)} if ms is not None else {}
+        specs.append(NewTopic(name, t.partitions, t.replication_factor, topic_configs=configs))
+    return specs
 
 
 async def kafka_unavailable(settings: Settings, exc: Exception) -> StoreUnavailable:

@@ -36,6 +36,8 @@ INDEXES: dict[str, list[IndexModel]] = {
             name="company_status_created",
         ),
         IndexModel([("company_id", ASCENDING), ("created_at", DESCENDING)], name="company_created"),
+        # the shard key's: shardCollection("flow8.plays", {company_id: 1, created_at: 1}); retention's range
+        IndexModel([("company_id", ASCENDING), ("created_at", ASCENDING)], name="company_created_shard"),
     ],
     PLAYS_LIVE: [
         IndexModel([("play_id", ASCENDING), ("seq", DESCENDING)], name="play_seq"),

@@ -30,6 +30,7 @@ from flow8_streams.stores.mongo.flows import MongoFlows
 from flow8_streams.stores.mongo.keys import MongoApiKeys
 from flow8_streams.stores.mongo.kv import KV_INCR_DEDUP_SECONDS, MongoKV
 from flow8_streams.stores.mongo.plays import MongoPlays
+from flow8_streams.stores.mongo.retention import MongoRetention
 
 # ------------------------------------------------------------ the store
 
@@ -93,6 +94,7 @@ class MongoStore:
             latest_ttl=shared_latest_ttl,
         )
         self.keys = MongoApiKeys(self)
+        self.retention = MongoRetention(self)
 
     def coll(self, name: str) -> AsyncCollection[Doc]:
         return self.db[name]
