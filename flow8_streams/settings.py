@@ -499,7 +499,8 @@ class Settings(BaseSettings):
     transactions: Literal["partition", "worker"] = Field(
         default="worker",
         description="Exactly-once: one transaction per worker whose commits the consumer group fences by "
-        "generation (KIP-447), or one per input partition (faust's own, the default before 0.2).",
+        "generation (KIP-447), or one per input partition (faust's own, the default before 0.2; deprecated: it "
+        "loses plays when the group rebalances under load).",
     )
     commit_interval_ms: int = Field(
         default=100,

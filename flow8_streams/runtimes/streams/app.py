@@ -20,6 +20,7 @@ in the orchestrator: see ``channels``.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -47,6 +48,21 @@ from flow8_streams.settings import Settings
 if TYPE_CHECKING:
     from flow8_streams.channels.pool import ChannelPool
     from flow8_streams.stores.mongo import MongoStore
+
+
+log = logging.getLogger("flow8.worker")
+
+PARTITION_MODE_WARNING = (
+    "transactions: partition (FLOW8_TRANSACTIONS=partition) is deprecated and will be removed: with it, a "
+    "group that rebalances under load loses plays (StartPlays never run, completions never read: "
+    "tests/streams/test_rebalances.py fails in this mode) and can crash a worker on a result for a partition "
+    "it just lost. The default, transactions: worker, is tested through rebalances, kill -9 and a frozen worker."
+)
+
+
+def mode_warning(settings: Settings) -> str | None:
+    """What a worker says at start about its transaction mode, if anything."""
+    return PARTITION_MODE_WARNING if settings.transactions == "partition" else None
 
 
 class Flow8App:
@@ -83,6 +99,9 @@ class Flow8App:
             on_start = (direct.start, channel_executor.start)
             on_stop = (self._final_commit, channel_executor.close, direct.stop, runner.close)
 
+        warning = mode_warning(s)
+        if warning is not None:
+            log.warning(warning)
         transaction = WorkerTransaction(
             transactional_id=f"{s.group_id}-{s.worker_id}",
             producer_options={**s.kafka_client_options(), "client_id": f"{s.worker_id}-txn", "linger_ms": 1},
