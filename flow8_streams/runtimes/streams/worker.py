@@ -85,6 +85,8 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     import faust
     import uvloop
 
+    from flow8_streams.runtimes.streams.kafka.metadata import pause_failed_metadata_updates
+
     if channel_sources is not None:
         check_channel_ports(settings)
     os.environ[logs.ENV] = settings.log_format  # the channel workers it starts log the same way
@@ -92,6 +94,7 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     uris = [settings.mongodb_uri, settings.kafka_bootstrap_servers]
     logs.configure(settings.log_format, level, uris=uris)  # from the first line on, faust's setup aside
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    pause_failed_metadata_updates()  # while the broker is down, its clients ask once a second, not thousands of times
     token_key = asyncio.run(prepare(settings))
     flow8 = build(settings, registry, channel_sources, token_key)
     loop = asyncio.new_event_loop()
