@@ -22,6 +22,7 @@ def build(
     """The worker's app; with ``channel_sources`` (the --modules list) it runs a channel pool,
     whose completion tokens ``token_key`` mints (see ``prepare``)."""
     from flow8_streams.runtimes.streams.app import Flow8App
+    from flow8_streams.runtimes.streams.retrying import SERVER_SELECTION_S
     from flow8_streams.stores.mongo import MongoStore
 
     metrics = Metrics()
@@ -33,6 +34,8 @@ def build(
         **shared_flow_cache(settings, metrics),
         kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds,
         timeout_ms=settings.store_timeout_ms,
+        # a call finds MongoDB down within 2 s, and its agent says so and tries again
+        server_selection_timeout_ms=min(int(SERVER_SELECTION_S * 1000), settings.store_timeout_ms),
     )
     pool = None
     if channel_sources is not None:
