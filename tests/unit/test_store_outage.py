@@ -12,6 +12,7 @@ import pytest
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 
 from flow8_streams.errors import InvalidInput, StoreUnavailable
+from flow8_streams.logs import ContextFilter, log_context
 from flow8_streams.metrics import Metrics
 from flow8_streams.runtimes.streams.retrying import StoreOutage, WaitingKV
 from flow8_streams.stores.ports import KVEntry
@@ -147,3 +148,13 @@ async def test_a_flowlets_kv_call_is_tried_again_only_where_a_repeat_does_no_har
     kv = WaitingKV(never_sent, outage(Metrics()), within=5)
     assert await kv.cas("acme", "k", 2, 1) is not None
     assert never_sent.calls == {"cas": 2}
+
+
+async def test_the_outage_lines_carry_no_play_context(caplog: pytest.LogCaptureFixture) -> None:
+    """The call that notices is some play's; the line is about the store, for every play."""
+    waits = outage(Metrics())
+    caplog.handler.addFilter(ContextFilter())
+    with caplog.at_level(logging.INFO, logger="flow8.streams"), log_context(company_id="acme", play_id="p-1"):
+        await waits.call("flowlets", "kv_incr", Flaky(down(AutoReconnect("x"))))
+    said = [r for r in caplog.records if "unreachable since" in r.getMessage() or "back after" in r.getMessage()]
+    assert len(said) == 2 and all(r.flow8_context == "" for r in said), [r.flow8_context for r in said]

@@ -30,6 +30,7 @@ from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, stop_never, wait_exponential
 
 from flow8_streams.errors import StoreUnavailable
+from flow8_streams.logs import context_for
 from flow8_streams.metrics import Metrics
 from flow8_streams.stores.ports import KVEntry, KVStore
 
@@ -79,6 +80,11 @@ class StoreOutage:
         self._said_at = 0.0
         self._last_success = float("-inf")  # when a call last passed: a try begun before it tells nothing new
 
+    @staticmethod
+    def _say(message: str, *args: object) -> None:
+        """A line about the store, not about the play whose call noticed: without its play context."""
+        context_for().run(log.warning, message, *args)
+
     def note(self) -> dict[str, Any] | None:
         """For ``/readyz``: the outage under way, if any."""
         if self.since_utc is None or self.since is None:
@@ -98,7 +104,7 @@ class StoreOutage:
                 return  # began before the store came back: no news
             self.since, self.since_utc, self.retries, self._said_at = now, datetime.now(UTC), 0, now
             state = "unreachable" if unreachable(exc) else "failing"
-            log.warning(
+            self._say(
                 "%s at %s %s since %s UTC; %s waiting, retrying every %g s (%s)",
                 self.name,
                 self.where,
@@ -110,7 +116,7 @@ class StoreOutage:
             )
         elif now - self._said_at >= REMIND_EVERY_S:
             self._said_at = now
-            log.warning(
+            self._say(
                 "%s at %s still down after %.0f s (%d calls waiting, %d retries)",
                 self.name,
                 self.where,
@@ -125,7 +131,7 @@ class StoreOutage:
         now = self.clock()
         self._last_success = now
         if self.since is not None:
-            log.warning(
+            self._say(
                 "%s at %s back after %.1f s (%d retries while it was down)",
                 self.name,
                 self.where,
