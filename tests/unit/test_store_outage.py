@@ -5,6 +5,7 @@ pymongo's error), then answers; the tests look at what was tried, counted and sa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -46,7 +47,7 @@ def samples(metrics: Metrics) -> Any:
 
 
 def outage(metrics: Metrics) -> StoreOutage:
-    return StoreOutage("127.0.0.1:1", metrics, pause_s=0.01, try_s=0)
+    return StoreOutage("127.0.0.1:1", metrics, pause_s=0.01, try_s=0, settle_s=0)
 
 
 async def test_an_outage_is_waited_out_counted_and_told_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -158,3 +159,21 @@ async def test_the_outage_lines_carry_no_play_context(caplog: pytest.LogCaptureF
         await waits.call("flowlets", "kv_incr", Flaky(down(AutoReconnect("x"))))
     said = [r for r in caplog.records if "unreachable since" in r.getMessage() or "back after" in r.getMessage()]
     assert len(said) == 2 and all(r.flow8_context == "" for r in said), [r.flow8_context for r in said]
+
+
+async def test_a_server_that_answers_once_in_between_is_one_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """A clean stop refuses new connections a moment before it drops the open ones: a call may
+    pass in between. Until calls pass for ``settle_s`` with no failure, the outage goes on."""
+    waits = StoreOutage("127.0.0.1:1", Metrics(), pause_s=0.01, try_s=0, settle_s=0.3)
+    refused = ServerSelectionTimeoutError("refused")
+    with caplog.at_level(logging.INFO, logger="flow8.streams"):
+        await waits.call("flowlets", "kv_incr", Flaky(down(refused)))  # refused, then passes
+        assert not waits.over.is_set()
+        await waits.call("projector", "project", Flaky(down(refused), down(refused)))  # down after all
+        async with asyncio.timeout(5):
+            await waits.over.wait()
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "unreachable since" in m]) == 1, said
+    back = [m for m in said if " back after " in m]
+    assert len(back) == 1 and "(3 retries while it was down)" in back[0], said
+    assert waits.note() is None

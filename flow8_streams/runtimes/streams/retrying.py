@@ -20,6 +20,7 @@ server is down) and ``FLOW8_STORE_TIMEOUT_MS`` (a server that answers no more).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,9 @@ T = TypeVar("T")
 SERVER_SELECTION_S = 2.0  # a worker's try finds MongoDB down within this (its client's serverSelectionTimeoutMS)
 PAUSE_S = 1.0  # the longest pause between two tries of a call (from 0.1 s, doubling)
 REMIND_EVERY_S = 60.0  # while an outage lasts, a line this often says it still does
+# The outage is over when calls pass this long with no new failure: a server that stops cleanly
+# refuses new connections a moment before it drops the open ones, so a call can pass in between
+SETTLE_S = 5.0
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -64,6 +68,7 @@ class StoreOutage:
         name: str = "MongoDB",
         pause_s: float = PAUSE_S,
         try_s: float = SERVER_SELECTION_S,
+        settle_s: float = SETTLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.where = where  # hosts only: never a URI, which may carry a password
@@ -72,6 +77,7 @@ class StoreOutage:
         self.name = name
         self.pause_s = pause_s
         self.retry_every_s = try_s + pause_s  # what a person is told: a try, then a pause
+        self.settle_s = settle_s
         self.clock = clock
         self.since: float | None = None  # monotonic time of the first failure of this outage
         self.since_utc: datetime | None = None
@@ -79,6 +85,9 @@ class StoreOutage:
         self.waiting = 0  # calls waiting now
         self._said_at = 0.0
         self._last_success = float("-inf")  # when a call last passed: a try begun before it tells nothing new
+        self._back_at: float | None = None  # when a call passed again, while it settles
+        self._settling: asyncio.TimerHandle | None = None  # says the outage is over, unless a call fails first
+        self.over = asyncio.Event()  # set when an outage was said to be over (for tests), cleared at the next
 
     @staticmethod
     def _say(message: str, *args: object) -> None:
@@ -99,10 +108,14 @@ class StoreOutage:
         """A try of ``waiter``'s ``operation`` failed with ``exc``; it is tried again."""
         self.metrics.store_retries.labels(self.store, operation).inc()
         now = self.clock()
-        if self.since is None:
-            if tried_at < self._last_success:
-                return  # began before the store came back: no news
+        if tried_at < self._last_success:
+            return  # began before the store came back: no news
+        if self._settling is not None:  # it failed again before it settled: the same outage goes on
+            self._settling.cancel()
+            self._settling = self._back_at = None
+        elif self.since is None:
             self.since, self.since_utc, self.retries, self._said_at = now, datetime.now(UTC), 0, now
+            self.over.clear()
             state = "unreachable" if unreachable(exc) else "failing"
             self._say(
                 "%s at %s %s since %s UTC; %s waiting, retrying every %g s (%s)",
@@ -127,18 +140,28 @@ class StoreOutage:
         self.retries += 1
 
     def passed(self) -> None:
-        """A call that had failed passed: the outage, if there was one, is over."""
+        """A call that had failed passed: the outage, if there was one, is over once it settled."""
         now = self.clock()
         self._last_success = now
-        if self.since is not None:
+        if self.since is None or self._settling is not None:
+            return
+        self._back_at = now
+        if self.settle_s > 0:
+            self._settling = asyncio.get_running_loop().call_later(self.settle_s, self._settled)
+        else:
+            self._settled()
+
+    def _settled(self) -> None:
+        if self.since is not None and self._back_at is not None:
             self._say(
                 "%s at %s back after %.1f s (%d retries while it was down)",
                 self.name,
                 self.where,
-                now - self.since,
+                self._back_at - self.since,
                 self.retries,
             )
-            self.since = self.since_utc = None
+        self.since = self.since_utc = self._settling = self._back_at = None
+        self.over.set()
 
     async def call(
         self,
