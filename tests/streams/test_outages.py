@@ -12,13 +12,14 @@ server came back, how soon the projection converged, and what the workers counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,18 @@ def stall_figures(results: ResultCollector, down_at: float, back_at: float) -> s
         f"{before} results before the outage; first result after it {first_after} after it began "
         f"({resumed} after the server was back); longest gap between two results {max(gaps, default=0):.1f} s"
     )
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """``coro`` as a task, cancelled if it still runs when the block ends (a failure midway)."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def workers_alive(group: WorkerGroup) -> list[int | None]:
@@ -234,44 +247,45 @@ async def test_mongodb_down_for_30_s_midway_is_waited_out_and_loses_nothing(
                 return len(tap.terminal) >= count
 
             t0 = time.monotonic()
-            sender = asyncio.create_task(send_plays())
-            await tap.wait_until(partial(finished, OUTAGE_AFTER), 120, f"{OUTAGE_AFTER} plays finished")
+            async with running(send_plays()) as sender:
+                await tap.wait_until(partial(finished, OUTAGE_AFTER), 120, f"{OUTAGE_AFTER} plays finished")
 
-            down_at = time.monotonic()
-            await asyncio.to_thread(ferretdb.stop)
-            done_at_stop = len(tap.terminal)
-            assert done_at_stop < PLAYS, "every play finished before MongoDB stopped: nothing was in flight"
-            # while it is down: each worker says so on /readyz, naming mongodb and the outage its agents wait out
-            for i in range(WORKERS):
-                body = await readyz_becomes(group, i, 503, READY_WITHIN_S)
-                assert body["failing"] == ["mongodb"], body
-            told_at = time.monotonic() - down_at
-            await asyncio.sleep(max(0.0, down_at + MONGODB_DOWN_S - time.monotonic()))  # the outage itself
-            assert workers_alive(group) == [None] * WORKERS, "a worker exited while MongoDB was down"
-            done_while_down = len(tap.terminal) - done_at_stop
-            outage = [readyz(group, i)[1]["checks"]["mongodb"] for i in range(WORKERS)]
-            await asyncio.to_thread(ferretdb.start)
-            back_at = time.monotonic()
-            for i in range(WORKERS):
-                await readyz_becomes(group, i, 200, READY_WITHIN_S)
-            ready_again = time.monotonic() - back_at
+                down_at = time.monotonic()
+                await asyncio.to_thread(ferretdb.stop)
+                done_at_stop = len(tap.terminal)
+                assert done_at_stop < PLAYS, "every play finished before MongoDB stopped: nothing was in flight"
+                # while it is down: each worker says so on /readyz, naming mongodb and the outage its agents wait out
+                for i in range(WORKERS):
+                    body = await readyz_becomes(group, i, 503, READY_WITHIN_S)
+                    assert body["failing"] == ["mongodb"], body
+                told_at = time.monotonic() - down_at
+                await asyncio.sleep(max(0.0, down_at + MONGODB_DOWN_S - time.monotonic()))  # the outage itself
+                assert workers_alive(group) == [None] * WORKERS, "a worker exited while MongoDB was down"
+                done_while_down = len(tap.terminal) - done_at_stop
+                outage = [readyz(group, i)[1]["checks"]["mongodb"] for i in range(WORKERS)]
+                await asyncio.to_thread(ferretdb.start)
+                back_at = time.monotonic()
+                for i in range(WORKERS):
+                    await readyz_becomes(group, i, 200, READY_WITHIN_S)
+                ready_again = time.monotonic() - back_at
 
-            def unfinished() -> str:
-                running = sorted(plays.keys() - tap.terminal.keys())
-                return f"all {PLAYS} plays finished ({len(running)} still running, e.g. {running[:3]})"
+                def unfinished() -> str:
+                    running = sorted(plays.keys() - tap.terminal.keys())
+                    return f"all {PLAYS} plays finished ({len(running)} still running, e.g. {running[:3]})"
 
-            await sender
-            await all_finished(settings, tap, plays, GUARD_S, unfinished)
-            await results.wait_for(set(plays), 60)
-            last_result = time.monotonic()
-            assert workers_alive(group) == [None] * WORKERS, "a worker exited after MongoDB came back"
-            print(
-                f"\nMongoDB outage: {PLAYS} plays, {done_at_stop} done when it stopped ({down_at - t0:.1f} s in), "
-                f"{done_while_down} finished while it was down ({MONGODB_DOWN_S:.0f} s); /readyz 503 on every worker "
-                f"{told_at:.1f} s after the stop, 200 again {ready_again:.1f} s after the start; all done "
-                f"{last_result - back_at:.1f} s after it was back; " + stall_figures(results, down_at, back_at)
-            )
-            print(f"/readyz's mongodb check during the outage: {outage}")
+                await sender
+                await all_finished(settings, tap, plays, GUARD_S, unfinished)
+                await results.wait_for(set(plays), 60)
+                last_result = time.monotonic()
+                assert workers_alive(group) == [None] * WORKERS, "a worker exited after MongoDB came back"
+                print(
+                    f"\nMongoDB outage: {PLAYS} plays, {done_at_stop} done when it stopped ({down_at - t0:.1f} s "
+                    f"in), {done_while_down} finished while it was down ({MONGODB_DOWN_S:.0f} s); /readyz 503 on "
+                    f"every worker {told_at:.1f} s after the stop, 200 again {ready_again:.1f} s after the start; "
+                    f"all done {last_result - back_at:.1f} s after it was back; "
+                    + stall_figures(results, down_at, back_at)
+                )
+                print(f"/readyz's mongodb check during the outage: {outage}")
 
         unsettled = await projected_within(store, results.results, PROJECTED_WITHIN_S)
         print(
