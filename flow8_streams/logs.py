@@ -17,7 +17,9 @@ import contextvars
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 
@@ -154,6 +156,41 @@ def formatter(log_format: str) -> logging.Formatter:
     return logging.Formatter(TEXT_FORMAT)
 
 
+class RepeatsFilter(logging.Filter):
+    """A library's warning or error that repeats (same logger, same message template) shows once
+    per ``every_s`` at most; the next one shown says how many were held back. aiokafka logs each
+    failed reconnect and fetch, several a second per client, for as long as the broker is down:
+    a restart of 20 s made 130,000 lines. What it says first is always shown."""
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...] = ("aiokafka",),
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.every_s = every_s
+        self.clock = clock
+        self._shown: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, template) -> (shown at, held since)
+        self._lock = threading.Lock()  # faust's consumer logs from a thread of its own
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            shown_at, held = self._shown.get(key, (None, 0))
+            if shown_at is not None and now - shown_at < self.every_s:
+                self._shown[key] = (shown_at, held + 1)
+                return False
+            self._shown[key] = (now, 0)
+        if held and shown_at is not None:
+            record.msg = f"{record.msg} ({held} more like it in the last {now - shown_at:.0f} s, not shown)"
+        return True
+
+
 def configure(
     log_format: str = "text", level: str | int = "warning", *, uris: Iterable[str] = (), replace: bool = False
 ) -> logging.Handler:
@@ -164,6 +201,7 @@ def configure(
     handler = StderrHandler(shown)
     handler.set_name(HANDLER_NAME)
     handler.addFilter(ContextFilter())
+    handler.addFilter(RepeatsFilter())
     handler.addFilter(ScrubFilter(*shown))
     handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
@@ -197,6 +235,7 @@ __all__ = [
     "ENV",
     "FORMATS",
     "ContextFilter",
+    "RepeatsFilter",
     "StderrHandler",
     "bind",
     "check_format",

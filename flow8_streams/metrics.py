@@ -80,6 +80,19 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
             registry=r,
         )
+        self.store_retries = Counter(
+            "flow8_store_retries_total",
+            "Calls to a store (mongodb) tried again after it failed them (down, or refusing), by operation: "
+            "project, repair, claim_play_id, read_flow, read_owner, kv_get, kv_set, kv_cas, kv_incr, kv_keys.",
+            ["store", "operation"],
+            registry=r,
+        )
+        self.store_waiting = Gauge(
+            "flow8_store_waiting",
+            "Calls waiting for a store to answer again after it failed them (0 while it answers).",
+            ["store"],
+            registry=r,
+        )
         self.http_refused = Counter(
             "flow8_http_refused_total",
             "Requests an HTTP port refused, by status: a worker's (404: a path it does not serve, 405: a method) "

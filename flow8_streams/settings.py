@@ -528,6 +528,14 @@ class Settings(BaseSettings):
         le=600_000,
         description="Bound on one MongoDB operation: past it the call fails (a flowlet retries it) instead of waiting.",
     )
+    store_wait_seconds: float = Field(
+        default=60,
+        ge=0,
+        le=3_600,
+        description="How long a flowlet's KV call waits out a MongoDB outage (a try every 3 s) before its attempt "
+        "fails and the flowlet's retry policy takes over. The projector and the orchestrator wait as long as the "
+        "outage lasts (the worker stays up, /readyz 503).",
+    )
     executor_concurrency: int = Field(default=64, ge=1, le=10_000)
     projector_batch: int = Field(default=500, ge=1, le=100_000)
     topics: Topics = Topics()

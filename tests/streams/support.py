@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES, verify_chain
 from flow8_streams.domain.flow import FlowDefinition
+from flow8_streams.domain.results import PlayResult
 from flow8_streams.domain.state import PlayStatus
 from flow8_streams.engine import fold
 from flow8_streams.modules import builtin
@@ -84,12 +86,43 @@ async def assert_each_play_once(
     assert wrong == {}, f"kv counters (got, expected) that are off: {wrong}"
 
 
+async def projected_within(store: MongoStore, results: dict[str, PlayResult], within: float) -> dict[str, str]:
+    """Polls the projection until every play's document is final and agrees with its result, or
+    ``within`` seconds pass; returns what still differs, by play. One listing a round: the group's
+    database holds only this test's plays, and a read by id scans the collection on FerretDB."""
+    deadline = time.monotonic() + within
+    while True:
+        projected = {s.play_id: s for s in await store.plays.list(None, None, limit=2 * len(results))}
+        unsettled: dict[str, str] = {}
+        for play_id, result in results.items():
+            doc = projected.get(play_id)
+            if doc is None:
+                unsettled[play_id] = "no document"
+            elif doc.company_id != result.company_id:
+                unsettled[play_id] = f"document of company {doc.company_id}, result of {result.company_id}"
+            elif doc.status.value != result.status or doc.output != result.output:
+                unsettled[play_id] = f"document {doc.status.value} (seq {doc.seq}), result {result.status}"
+        if not unsettled or time.monotonic() > deadline:
+            return unsettled
+        await asyncio.sleep(0.5)  # the projection has no event a reader can await
+
+
 @contextlib.contextmanager
-def running_group(workdir: Path, count: int = 1, **options: Any) -> Iterator[WorkerGroup]:
+def running_group(
+    workdir: Path,
+    count: int = 1,
+    *,
+    kafka: str | None = None,
+    mongodb_uri: str | None = None,
+    discard: bool = True,
+    **options: Any,
+) -> Iterator[WorkerGroup]:
     """``count`` workers on topics, a group and a database of their own; all stopped at the end,
-    and their topics deleted (unless FLOW8_TEST_KEEP=1). ``options`` go to ``WorkerGroup``."""
-    kafka = require_service("KAFKA_BOOTSTRAP_SERVERS")
-    mongodb_uri = require_service("MONGODB_URI")
+    and their topics deleted (unless FLOW8_TEST_KEEP=1 or not ``discard``). ``options`` go to
+    ``WorkerGroup``; ``kafka`` and ``mongodb_uri`` name servers of the test's own instead of the
+    shared ones (a private broker goes with its topics: nothing to discard)."""
+    kafka = kafka or require_service("KAFKA_BOOTSTRAP_SERVERS")
+    mongodb_uri = mongodb_uri or require_service("MONGODB_URI")
     # FLOW8_TEST_WORKER_LOG_LEVEL=info makes the workers' logs (in ``workdir``) tell more when a test fails
     log_level = os.environ.get("FLOW8_TEST_WORKER_LOG_LEVEL", "warning")
     # FLOW8_TEST_TRANSACTIONS=worker runs them with one transaction per worker (FLOW8_TRANSACTIONS)
@@ -103,7 +136,7 @@ def running_group(workdir: Path, count: int = 1, **options: Any) -> Iterator[Wor
     finally:
         group.stop()
         assert group.processes == []
-        if os.environ.get("FLOW8_TEST_KEEP") != "1":  # keep the topics to look at after a failure
+        if discard and os.environ.get("FLOW8_TEST_KEEP") != "1":  # keep the topics to look at after a failure
             asyncio.run(group.discard())
 
 
@@ -114,6 +147,7 @@ class ResultCollector:
         self.settings = settings
         self.results: dict[str, Any] = {}
         self.seen: dict[str, int] = {}
+        self.arrivals: list[float] = []  # when each result was read (monotonic), in order
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -134,6 +168,7 @@ class ResultCollector:
     async def _run(self) -> None:
         async for result, _ in tail_results(self.settings, from_beginning=True, on_ready=self._ready.set):
             self.results[result.play_id] = result
+            self.arrivals.append(time.monotonic())
             self.seen[result.play_id] = self.seen.get(result.play_id, 0) + 1
             async with self._changed:
                 self._changed.notify_all()

@@ -12,7 +12,6 @@ and agrees with its result. The test prints how long the killed worker's partiti
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from flow8_streams.domain.messages import StartPlay
-from flow8_streams.domain.results import PlayResult
 from flow8_streams.runtimes.streams.client import CommandProducer
 from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
@@ -33,6 +31,7 @@ from .support import (
     assert_each_play_once,
     collecting_results,
     group_offsets,
+    projected_within,
     running_group,
     watching,
 )
@@ -56,27 +55,6 @@ def commands_partitions(group: WorkerGroup, index: int) -> set[int]:
     commands = group.settings.topics.commands
     assigned = group.healthz(index)["assigned"]
     return {int(tp[len(commands) + 1 : -1]) for tp in assigned if tp.startswith(f"{commands}[")}
-
-
-async def projected_within(store: MongoStore, results: dict[str, PlayResult], within: float) -> dict[str, str]:
-    """Polls the projection until every play's document is final and agrees with its result, or
-    ``within`` seconds pass; returns what still differs, by play. One listing a round: the group's
-    database holds only this test's plays, and a read by id scans the collection on FerretDB."""
-    deadline = time.monotonic() + within
-    while True:
-        projected = {s.play_id: s for s in await store.plays.list(None, None, limit=2 * len(results))}
-        unsettled: dict[str, str] = {}
-        for play_id, result in results.items():
-            doc = projected.get(play_id)
-            if doc is None:
-                unsettled[play_id] = "no document"
-            elif doc.company_id != result.company_id:
-                unsettled[play_id] = f"document of company {doc.company_id}, result of {result.company_id}"
-            elif doc.status.value != result.status or doc.output != result.output:
-                unsettled[play_id] = f"document {doc.status.value} (seq {doc.seq}), result {result.status}"
-        if not unsettled or time.monotonic() > deadline:
-            return unsettled
-        await asyncio.sleep(0.5)  # the projection has no event a reader can await
 
 
 async def where_unprojected(

@@ -27,7 +27,15 @@ from faust.transport.drivers.aiokafka import Producer as FaustAIOKafkaProducer
 from faust.web.base import Web
 
 import flow8_streams.runtimes.streams.kafka as kafka_folder
-from flow8_streams.runtimes.streams.kafka import consumer, faust_app, partition_txn, producer, protocol, transactions
+from flow8_streams.runtimes.streams.kafka import (
+    consumer,
+    faust_app,
+    metadata,
+    partition_txn,
+    producer,
+    protocol,
+    transactions,
+)
 
 FOLDER = Path(kafka_folder.__file__).parent
 ACCESS = re.compile(r"\.(_[A-Za-z]\w*)\b")
@@ -53,6 +61,7 @@ LIBRARY: dict[str, tuple[type, ...]] = {
     "_ensure_consumer": (AIOKafkaConsumerThread,),
     "_client": (AIOKafkaConsumer,),
     "_bootstrap_servers": (AIOKafkaClient,),
+    "_metadata_update": (AIOKafkaClient,),
     "_is_changelog_tp": (FaustConsumer,),
     "_acked": (FaustConsumer,),
     "_acked_index": (FaustConsumer,),
@@ -128,7 +137,7 @@ def test_every_override_of_a_private_library_method_is_listed() -> None:
     """A private method of faust or aiokafka overridden here is listed: renamed upstream, the
     override would silently never be called again (the listed check then fails)."""
     overrides = set()
-    for module in (consumer, faust_app, partition_txn, producer, protocol, transactions):
+    for module in (consumer, faust_app, metadata, partition_txn, producer, protocol, transactions):
         for cls in vars(module).values():
             if not inspect.isclass(cls) or cls.__module__ != module.__name__:
                 continue

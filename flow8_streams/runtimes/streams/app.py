@@ -40,6 +40,7 @@ from flow8_streams.runtimes.streams.kafka.transactions import WorkerTransaction,
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
 from flow8_streams.runtimes.streams.orchestrator import Orchestrator, Outputs
 from flow8_streams.runtimes.streams.projector import Projector
+from flow8_streams.runtimes.streams.retrying import StoreOutage, WaitingKV
 from flow8_streams.runtimes.streams.table import plays_table
 from flow8_streams.runtimes.streams.timers import Timers, Wakeups
 from flow8_streams.runtimes.streams.web import WebPages
@@ -85,7 +86,9 @@ class Flow8App:
         direct = DirectProducer(s)
         # plain modules run on these threads, never on the loop the agents share
         threads = ModuleThreads(s.module_threads, on_stuck=metrics.module_threads_stuck.set)
-        runner = TaskRunner(registry, store.kv, threads, metrics, utcnow)
+        # one view of MongoDB's outages for every agent: told once, counted, shown by /readyz
+        outage = StoreOutage(store.hosts, metrics)
+        runner = TaskRunner(registry, WaitingKV(store.kv, outage, s.store_wait_seconds), threads, metrics, utcnow)
         on_start: tuple[Hook, ...] = (direct.start,)
         on_stop: tuple[Hook, ...] = (self._final_commit, direct.stop, runner.close)
         # channels: the executor runs long flowlets on the pool, the orchestrator watches them
@@ -176,11 +179,12 @@ class Flow8App:
             channel_executor=channel_executor,
             channel_watch=channel_watch,
             checkpoints=stream_checkpoints(s),
+            outage=outage,
         )
         if self.orchestrator.checkpoints is not None:
             app.timer(s.audit_checkpoint_seconds, name="flow8-checkpoints")(self.orchestrator.checkpoint)
         self.executor = Executor(runner, topic(t.completions), dead_letters, s.limits, channel_executor)
-        self.projector = Projector(s, store.plays, metrics, dead_letters)
+        self.projector = Projector(s, store.plays, metrics, dead_letters, outage)
         self.timers = Timers(
             app,
             plays,
@@ -197,6 +201,7 @@ class Flow8App:
             metrics,
             s.worker_id,
             pings={"kafka": direct.ping, "mongodb": partial(store.client.admin.command, "ping")},
+            outages={"mongodb": outage.note},
         )
 
         app.agent(topic(t.commands, t.completions), name="orchestrator")(self.orchestrator)

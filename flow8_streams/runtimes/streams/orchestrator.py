@@ -47,7 +47,7 @@ from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.kafka.faust_app import changelog_sent
 from flow8_streams.runtimes.streams.kafka.rules import of_this_generation
 from flow8_streams.runtimes.streams.kafka.wiring import Wiring
-from flow8_streams.runtimes.streams.retrying import until_stored
+from flow8_streams.runtimes.streams.retrying import StoreOutage
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot
 from flow8_streams.runtimes.streams.timers import Wakeups
 from flow8_streams.settings import Settings
@@ -103,6 +103,7 @@ class Orchestrator:
         channel_executor: ChannelExecutor | None,
         channel_watch: ChannelWatch | None,
         checkpoints: StreamCheckpoints | None = None,
+        outage: StoreOutage,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -120,6 +121,7 @@ class Orchestrator:
         self.channel_executor = channel_executor
         self.channel_watch = channel_watch
         self.checkpoints = checkpoints  # signs the heads published, with FLOW8_AUDIT_SIGNING_KEY
+        self.outage = outage  # MongoDB calls wait out an outage: an input cannot be skipped
         self._waiting: Any = None  # the agent's queue of inputs (see _commands_waiting)
         wiring.transaction.restore = self.restore
 
@@ -172,8 +174,9 @@ class Orchestrator:
                 return None  # finished: repeats, late results and ticks change nothing
             state = PlayState.model_validate_json(body)
         elif claim:
-            holder = await until_stored(
-                f"claiming play id {play_id!r}",
+            holder = await self.outage.call(
+                "orchestrator",
+                "claim_play_id",
                 partial(self.claims.holder, incoming.company_id, play_id, self._commands_waiting(), utcnow()),
             )
             if holder != incoming.company_id:
@@ -181,7 +184,7 @@ class Orchestrator:
         elif not isinstance(incoming, Start | Tick):
             # Not a play of this worker's partitions: a message keyed by another company lands
             # on that company's partition. Refused if another company holds the play.
-            owner = await until_stored(f"reading the owner of play {play_id!r}", partial(self.owner_of, play_id))
+            owner = await self.outage.call("orchestrator", "read_owner", partial(self.owner_of, play_id))
             if owner is not None and owner != incoming.company_id:
                 raise CompanyMismatch.of(incoming.type, play_id, incoming.company_id)
             return None
@@ -270,8 +273,9 @@ class Orchestrator:
         if isinstance(command, CancelPlay):
             return command
         assert isinstance(command, StartPlay)
-        flow = await until_stored(
-            f"reading flow {command.flow!r} of {command.company_id!r}",
+        flow = await self.outage.call(
+            "orchestrator",
+            "read_flow",
             partial(self.flows.get, command.company_id, command.flow, command.flow_version),
         )
         if flow is None:

@@ -18,7 +18,7 @@ from flow8_streams.logs import log_context
 from flow8_streams.metrics import Metrics
 from flow8_streams.runtimes.streams.deadletters import DeadLetters
 from flow8_streams.runtimes.streams.repair import read_plays
-from flow8_streams.runtimes.streams.retrying import until_stored
+from flow8_streams.runtimes.streams.retrying import StoreOutage
 from flow8_streams.settings import Settings
 from flow8_streams.stores.ports import PlayProjection
 
@@ -28,9 +28,15 @@ BATCH_WITHIN_S = 0.05  # a batch waits this long for more events before it is wr
 
 class Projector:
     def __init__(
-        self, settings: Settings, projection: PlayProjection, metrics: Metrics, dead_letters: DeadLetters
+        self,
+        settings: Settings,
+        projection: PlayProjection,
+        metrics: Metrics,
+        dead_letters: DeadLetters,
+        outage: StoreOutage,
     ) -> None:
         self.settings = settings
+        self.outage = outage  # a batch waits out a MongoDB outage: its events cannot be skipped
         self.projection = projection
         self.metrics = metrics
         self.dead_letters = dead_letters
@@ -50,7 +56,7 @@ class Projector:
                 partition_of[batch[-1].play_id] = event.message.partition
             if not batch:
                 continue
-            result = await until_stored(f"projection of {len(batch)} events", partial(self.projection.apply, batch))
+            result = await self.outage.call("projector", "project", partial(self.projection.apply, batch))
             self._projected(result)
             self.metrics.projection_batch.observe(len(batch))
             by_partition: defaultdict[int, set[str]] = defaultdict(set)
@@ -73,7 +79,7 @@ class Projector:
         """Project ``play_ids`` again from their events read back from the log (``repair``)."""
         try:
             events = await read_plays(self.settings, partition, play_ids)
-            result = await until_stored(f"repair of {len(play_ids)} play(s)", partial(self.projection.apply, events))
+            result = await self.outage.call("projector", "repair", partial(self.projection.apply, events))
             self._projected(result)
         except Exception:  # the next gap of these plays tries again
             log.exception("repair of the projection of %s failed", sorted(play_ids))

@@ -22,11 +22,13 @@ class WebPages:
         metrics: Metrics,
         worker_id: str,
         pings: dict[str, Callable[[], Awaitable[Any]]],
+        outages: dict[str, Callable[[], dict[str, Any] | None]] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.worker_id = worker_id
         self.pings = pings  # dependency name -> a call that returns when it answers
+        self.outages = outages or {}  # dependency name -> the outage its callers wait out now, if any
         self._lag_labels: set[tuple[str, ...]] = set()  # the consumer-lag samples on the page
         self._readiness: tuple[float, dict[str, Any]] | None = None  # (when, checks) of the last look
         self._readiness_check: asyncio.Future[dict[str, Any]] | None = None  # the look under way
@@ -96,6 +98,10 @@ class WebPages:
         answers = await asyncio.gather(*(bounded(self.pings[name]) for name in names))
         assigned = len(self.app.consumer.assignment())
         checks: dict[str, Any] = dict(zip(names, answers, strict=True))
+        for name, note in self.outages.items():
+            outage = note()
+            if outage is not None and name in checks and not checks[name]["ok"]:
+                checks[name]["outage"] = outage  # since when the agents wait for it, and how many
         checks["partitions"] = {"ok": assigned > 0, "assigned": assigned}
         self._readiness = (time.monotonic(), checks)
         return checks

@@ -22,6 +22,7 @@ def build(
     """The worker's app; with ``channel_sources`` (the --modules list) it runs a channel pool,
     whose completion tokens ``token_key`` mints (see ``prepare``)."""
     from flow8_streams.runtimes.streams.app import Flow8App
+    from flow8_streams.runtimes.streams.retrying import SERVER_SELECTION_S
     from flow8_streams.stores.mongo import MongoStore
 
     metrics = Metrics()
@@ -33,6 +34,8 @@ def build(
         **shared_flow_cache(settings, metrics),
         kv_incr_dedup_seconds=settings.kv_incr_dedup_seconds,
         timeout_ms=settings.store_timeout_ms,
+        # a call finds MongoDB down within 2 s, and its agent says so and tries again
+        server_selection_timeout_ms=min(int(SERVER_SELECTION_S * 1000), settings.store_timeout_ms),
     )
     pool = None
     if channel_sources is not None:
@@ -85,6 +88,8 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     import faust
     import uvloop
 
+    from flow8_streams.runtimes.streams.kafka.metadata import pause_failed_metadata_updates
+
     if channel_sources is not None:
         check_channel_ports(settings)
     os.environ[logs.ENV] = settings.log_format  # the channel workers it starts log the same way
@@ -92,6 +97,7 @@ def run_worker(settings: Settings, registry: ModuleRegistry, channel_sources: li
     uris = [settings.mongodb_uri, settings.kafka_bootstrap_servers]
     logs.configure(settings.log_format, level, uris=uris)  # from the first line on, faust's setup aside
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    pause_failed_metadata_updates()  # while the broker is down, its clients ask once a second, not thousands of times
     token_key = asyncio.run(prepare(settings))
     flow8 = build(settings, registry, channel_sources, token_key)
     loop = asyncio.new_event_loop()

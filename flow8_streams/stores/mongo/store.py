@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from bson.errors import InvalidDocument
 from pymongo import AsyncMongoClient
@@ -35,6 +36,24 @@ from flow8_streams.stores.mongo.retention import MongoRetention
 # ------------------------------------------------------------ the store
 
 
+def _timeouts(timeout_ms: int | None, server_selection_timeout_ms: int | None) -> dict[str, Any]:
+    """The client's timeouts. ``timeout_ms`` bounds each operation, so a wedged server fails the
+    call (StoreUnavailable, a retryable flowlet failure) instead of hanging it: as pymongo's
+    client-side timeout (timeoutMS), unless ``server_selection_timeout_ms`` is given. That one
+    says how soon a call finds the server down (a worker's callers then say so and try again:
+    ``runtimes.streams.retrying``), and timeoutMS would override it (a call would wait out the
+    whole ``timeout_ms`` for a server that is down); so then ``timeout_ms`` bounds each socket
+    read, connect and wait for a pooled connection instead."""
+    if server_selection_timeout_ms is None:
+        return {"timeoutMS": timeout_ms}
+    return {
+        "serverSelectionTimeoutMS": server_selection_timeout_ms,
+        "socketTimeoutMS": timeout_ms,
+        "connectTimeoutMS": timeout_ms,
+        "waitQueueTimeoutMS": timeout_ms,
+    }
+
+
 class MongoStore:
     """One MongoDB database; its ports are ``log``, ``plays``, ``kv`` and ``flows``.
 
@@ -58,16 +77,18 @@ class MongoStore:
         kv_incr_dedup_seconds: float = KV_INCR_DEDUP_SECONDS,
         clock: Callable[[], datetime] | None = None,
         timeout_ms: int | None = None,
+        server_selection_timeout_ms: int | None = None,
     ) -> None:
         if not kv_incr_dedup_seconds > 0:
             raise InvalidInput(f"kv_incr_dedup_seconds must be more than 0, not {kv_incr_dedup_seconds}")
         if isinstance(client_or_uri, str):
             self.hosts = _hosts(client_or_uri)
             try:
-                # timeoutMS bounds each operation (pymongo's client-side timeout): a wedged server
-                # fails the call (StoreUnavailable, a retryable flowlet failure) instead of hanging it
                 self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
-                    client_or_uri, tz_aware=True, appname="flow8", timeoutMS=timeout_ms
+                    client_or_uri,
+                    tz_aware=True,
+                    appname="flow8",
+                    **_timeouts(timeout_ms, server_selection_timeout_ms),
                 )
             except (PyMongoError, ValueError) as exc:  # InvalidURI, ConfigurationError, a bad port: no password
                 problem = scrub(_short(exc), client_or_uri)
