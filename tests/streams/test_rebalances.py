@@ -97,7 +97,8 @@ async def test_a_worker_joining_and_leaving_a_loaded_group_loses_and_duplicates_
                         if step == "join":
                             await group.start(1)  # until the group of three settled
                         else:
-                            await asyncio.to_thread(group.stop, 2)  # SIGTERM: it commits and leaves
+                            codes = await asyncio.to_thread(group.stop, 2)  # SIGTERM: it commits and leaves
+                            assert codes == [0], f"the leaving worker exited {codes}; its log is in {group.workdir}"
                             await group.wait_ready()
                         took = time.monotonic() - started
                         rebalances.append(f"{step} {cycle + 1} at {len(tap.terminal)} done ({took:.1f} s)")

@@ -151,16 +151,19 @@ class WorkerGroup:
             proc.wait()
         self.processes = [p for p in self.processes if p not in victims]
 
-    def stop(self, index: int | None = None) -> None:
-        """Stop one worker (or all) gracefully: SIGTERM, then ``kill -9`` after 20 s."""
+    def stop(self, index: int | None = None) -> list[int]:
+        """Stop one worker (or all) gracefully: SIGTERM, then ``kill -9`` after 20 s. Returns
+        their exit codes (0: a clean stop; -9: killed)."""
         stopping = self.processes if index is None else [self.processes[index]]
         for proc, _ in stopping:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
+        codes = []
         for proc, _ in stopping:
             try:
-                proc.wait(timeout=20)
+                codes.append(proc.wait(timeout=20))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                codes.append(proc.wait())
         self.processes = [p for p in self.processes if p not in stopping]
+        return codes

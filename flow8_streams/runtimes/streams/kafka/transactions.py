@@ -50,6 +50,7 @@ from flow8_streams.runtimes.streams.kafka.producer import GroupFenced, GroupProd
 # holds back what its successor reads of its partitions (read_committed stops at the
 # transaction's first record) until then; a transaction lives about one commit interval.
 TRANSACTION_TIMEOUT_MS = 6_000
+STOP_WAIT_S = 10.0  # at stop, how long the abort waits for a commit cycle under way
 
 
 def transaction_timeout_ms(commit_interval_ms: int) -> int:
@@ -104,14 +105,20 @@ class WorkerTransactions(TransactionManager):
         self._open.set()
 
     async def on_stop(self) -> None:
-        """What was not committed is aborted: the partitions' next owner does it again."""
+        """What was not committed is aborted: the partitions' next owner does it again. Under the
+        gate: a commit cycle already under way (shielded, so its caller's cancellation did not stop
+        it) ends first; an abort in the middle of it made its commit an invalid state transition,
+        which crashed a worker as it left the group. No new cycle starts once the producer is gone."""
         producer, self._producer = self._producer, None
         if producer is None:
             return
         try:
-            if producer.transaction_open():
-                await producer.abort_transaction()
-        except KafkaError as exc:  # the broker aborts it at the transaction timeout
+            async with asyncio.timeout(STOP_WAIT_S), self.worker.gate:
+                if producer.transaction_open():
+                    await producer.abort_transaction()
+        except TimeoutError:  # the broker aborts it at the transaction timeout
+            self.log.warning("the open transaction was not aborted within %g s: the broker aborts it", STOP_WAIT_S)
+        except KafkaError as exc:
             self.log.warning("could not abort the open transaction: %s", exc)
         finally:
             await producer.stop()
