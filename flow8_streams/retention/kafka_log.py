@@ -26,7 +26,7 @@ from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, company_pa
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES
 from flow8_streams.domain.state import PlayState
-from flow8_streams.errors import StoreUnavailable
+from flow8_streams.errors import ReadTooLarge, StoreUnavailable
 from flow8_streams.settings import Settings
 
 START_MARGIN = timedelta(seconds=10)  # a worker's clock wrote both the events' ``at`` and the records' timestamps
@@ -121,7 +121,13 @@ class KafkaLog:
         source = KafkaSource(
             self.settings, since=since, partitions=partitions, budget=self.budget, consumers=self.consumers
         )
-        found = await source.plays(company, states.keys())
+        try:
+            found = await source.plays(company, states.keys())
+        except ReadTooLarge as exc:
+            raise ReadTooLarge(
+                f"{company}: {exc}; the run stopped before deleting any play of this batch "
+                "(raise the setting, or lower retention.batch_plays)"
+            ) from None
         return {p: h.documents for p, h in found.items()}, source.trimmed
 
     async def _count(self) -> int:

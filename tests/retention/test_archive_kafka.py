@@ -117,6 +117,10 @@ def test_archive_reads_the_events_off_kafka_and_keeps_what_the_log_cannot_vouch_
 
     to = tmp_path / "arch"
     args = ("archive", "--mongodb", "--company", COMPANY, "--older-than", "0s", "--to", to, "--prune", "--json")
+    bounded = flow8(*args, cwd=tmp_path, **env, FLOW8_RETENTION__KAFKA_MAX_RECORDS="2")  # the group wrote more
+    assert bounded.code == 1 and "(retention.kafka_max_records)" in bounded.err, bounded
+    assert "stopped before deleting any play" in bounded.err and projections(settings) == set(heads) | {"ghost"}
+
     result = flow8(*args, cwd=tmp_path, **env)
     assert result.code == 0, result
     (outcome,) = result.json_lines()
