@@ -172,6 +172,7 @@ class KafkaSource:
         settings: Settings,
         *,
         since: datetime | None = None,
+        until: datetime | None = None,
         only: Range | None = None,
         partitions: Collection[int] | None = None,
         budget: Budget | None = None,
@@ -182,6 +183,7 @@ class KafkaSource:
         self.settings = settings
         self.topic = settings.topics.events
         self.since = since
+        self.until = until  # with ``since``: stop at the first record stamped at or after it
         self.only = only
         self.partitions = partitions
         self.budget = budget
@@ -242,7 +244,11 @@ class KafkaSource:
             for tp, found in at.items()
             if first[tp] > 0 and (first[tp] == end[tp] or (found is not None and found.offset == first[tp]))
         }
-        return {tp: (found.offset if found is not None else end[tp], end[tp]) for tp, found in at.items()}
+        stop = dict(end)
+        if self.until is not None:
+            later = await consumer.offsets_for_times({tp: int(self.until.timestamp() * 1000) for tp in tps})
+            stop = {tp: found.offset if found is not None else end[tp] for tp, found in later.items()}
+        return {tp: (found.offset if found is not None else end[tp], stop[tp]) for tp, found in at.items()}
 
     async def checkpoints(self) -> list[cp.SignedCheckpoint | Finding]:
         """Every committed record of the checkpoints topic (its ``partitions``), the workers'

@@ -3,8 +3,11 @@ events are on ``flow8.events``, so an archived play's events are read from there
 
 Read once per company and batch: the company's partition (the one Kafka's default partitioner
 gives its key over the commands topic's partitions, as ``http/history.py`` finds a play) from
-the batch's earliest start less ``START_MARGIN``, keeping only the batch's plays; the plays not
-found whole there are looked for on every partition, from the same time, in one more read.
+the batch's earliest start less ``START_MARGIN`` to its latest end plus ``END_MARGIN`` (a batch
+is listed by start: its plays are neighbours in time), keeping only the batch's plays; the plays
+not found whole there are looked for on every partition from the same start to the topic's end,
+in one more read (an upstream producer with another partitioner, a grown topic, or records
+stamped later than their events, as a copied topic may be).
 Each read is bounded by a ``Budget`` (``retention.kafka_max_records``/``kafka_max_bytes``):
 past it the run stops (``ReadTooLarge``) before anything of the batch is deleted.
 
@@ -29,7 +32,10 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.errors import ReadTooLarge, StoreUnavailable
 from flow8_streams.settings import Settings
 
-START_MARGIN = timedelta(seconds=10)  # a worker's clock wrote both the events' ``at`` and the records' timestamps
+# a worker's clock wrote both the events' ``at`` and the records' timestamps (set when produced);
+# an event stamped outside the margins is not found, and its play kept: never a wrong delete
+START_MARGIN = timedelta(seconds=10)
+END_MARGIN = timedelta(seconds=60)
 GONE = "events no longer in Kafka"
 
 
@@ -74,11 +80,13 @@ class KafkaLog:
         if not states:
             return {}
         since = min(s.started_at for s in states.values()) - START_MARGIN
+        ends = [s.ended_at for s in states.values() if s.ended_at is not None]
+        until = max(ends) + END_MARGIN if len(ends) == len(states) else None  # a finished play has its end
         ours = company_partition(company, await self._count())
-        found, trimmed = await self._read(company, since, [ours], states)
+        found, trimmed = await self._read(company, since, until, [ours], states)
         if [p for p, s in states.items() if gap(found.get(p, []), s, self.topic)]:
             self._partitions = None  # the topic may have grown since it was counted
-            anywhere, trimmed_anywhere = await self._read(company, since, None, states)
+            anywhere, trimmed_anywhere = await self._read(company, since, None, None, states)
             for play_id, docs in anywhere.items():
                 if gap(found.get(play_id, []), states[play_id], self.topic) and not gap(
                     docs, states[play_id], self.topic
@@ -114,12 +122,22 @@ class KafkaLog:
         return self._checkpoints[company]
 
     async def _read(
-        self, company: str, since: datetime, partitions: list[int] | None, states: dict[str, PlayState]
+        self,
+        company: str,
+        since: datetime,
+        until: datetime | None,
+        partitions: list[int] | None,
+        states: dict[str, PlayState],
     ) -> tuple[dict[str, list[dict[str, object]]], set[int]]:
-        """The plays' events found on ``partitions`` (None: all) from ``since``, and the partitions
-        read whose older records are gone."""
+        """The plays' events found on ``partitions`` (None: all) from ``since`` to ``until``, and
+        the partitions read whose older records are gone."""
         source = KafkaSource(
-            self.settings, since=since, partitions=partitions, budget=self.budget, consumers=self.consumers
+            self.settings,
+            since=since,
+            until=until,
+            partitions=partitions,
+            budget=self.budget,
+            consumers=self.consumers,
         )
         try:
             found = await source.plays(company, states.keys())

@@ -43,7 +43,8 @@ async def _fill(settings: Settings) -> int:
     producer = AIOKafkaProducer(**settings.kafka_client_options())
     await producer.start()
     try:
-        for event in events:
+        for event in events:  # stamped now, long after the play's end (as a copied topic may be): found by
+            # the read of every partition to the topic's end, after the company's partition's read up to its end
             await producer.send_and_wait(settings.topics.events, encode(event), key=COMPANY.encode())
     finally:
         await producer.stop()
