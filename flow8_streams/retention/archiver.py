@@ -118,7 +118,7 @@ class Archiver:
         source: str,
         log_in_store: bool = True,
         log: Log | None = None,
-        log_name: str = mf.ABSENT,
+        log_name: str = "kafka",
         prune_without_log: bool = False,
         prune: bool = False,
         dry_run: bool = False,
