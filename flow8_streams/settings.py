@@ -388,6 +388,23 @@ class Retention(BaseModel):
         default=3600, ge=1, le=7 * 86_400, description="How often flow8 serve archives and prunes."
     )
     batch_plays: int = Field(default=10_000, ge=1, le=1_000_000, description="Plays per archive file at most.")
+    kafka_max_records: int = Field(
+        default=10_000_000,
+        ge=1,
+        le=10_000_000_000,
+        description="--streams: records of the events topic one batch's read may go through (the run stops past it).",
+    )
+    kafka_max_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        le=1024**4,
+        description="--streams: bytes of the events topic one batch's read may go through (the run stops past it).",
+    )
+    prune_without_log: bool = Field(
+        default=False,
+        description="--streams: delete a finished play's projection whose events are not archived with it (Kafka no "
+        "longer holds them, or the run did not read Kafka); it is archived by its head alone.",
+    )
     s3: RetentionS3 = RetentionS3()
 
     @field_validator("companies")

@@ -146,6 +146,23 @@ class Consumers:
             await consumer.stop()
 
 
+def company_partition(company_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the company's key on a topic of
+    ``partitions``: where every flow8 producer sends its commands, so where a worker writes its
+    plays' events and signs its checkpoints."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    every = list(range(partitions))
+    partition: int = DefaultPartitioner()(company_id.encode(), every, every)
+    return partition
+
+
+async def partition_count(consumer: AIOKafkaConsumer, topic: str) -> int | None:
+    """How many partitions ``topic`` has now (None: no such topic)."""
+    found = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+    return len(found) if found else None
+
+
 class KafkaSource:
     """The events topic named by ``settings`` (``topics.events``), read once: its ``partitions``
     (all when None), within ``budget``, with a consumer of ``consumers`` (else one of its own)."""
@@ -155,6 +172,7 @@ class KafkaSource:
         settings: Settings,
         *,
         since: datetime | None = None,
+        until: datetime | None = None,
         only: Range | None = None,
         partitions: Collection[int] | None = None,
         budget: Budget | None = None,
@@ -165,6 +183,7 @@ class KafkaSource:
         self.settings = settings
         self.topic = settings.topics.events
         self.since = since
+        self.until = until  # with ``since``: stop at the first record stamped at or after it
         self.only = only
         self.partitions = partitions
         self.budget = budget
@@ -174,6 +193,9 @@ class KafkaSource:
         self.records = 0
         self.bytes = 0
         self._company: str | None = None  # a company's run leaves other companies' records unread
+        # partitions read from ``since`` whose oldest record kept is at or after it, older ones
+        # deleted (a retention or delete-records): records written from ``since`` on may be gone
+        self.trimmed: set[int] = set()
         self._reading = f"reading {self.topic}"  # what a refusal says was being read
 
     async def _consumer(self) -> AIOKafkaConsumer:
@@ -217,7 +239,16 @@ class KafkaSource:
         if self.since is None:
             return {tp: (first[tp], end[tp]) for tp in tps}
         at = await consumer.offsets_for_times({tp: int(self.since.timestamp() * 1000) for tp in tps})
-        return {tp: (found.offset if found is not None else end[tp], end[tp]) for tp, found in at.items()}
+        self.trimmed = {
+            tp.partition
+            for tp, found in at.items()
+            if first[tp] > 0 and (first[tp] == end[tp] or (found is not None and found.offset == first[tp]))
+        }
+        stop = dict(end)
+        if self.until is not None:
+            later = await consumer.offsets_for_times({tp: int(self.until.timestamp() * 1000) for tp in tps})
+            stop = {tp: found.offset if found is not None else end[tp] for tp, found in later.items()}
+        return {tp: (found.offset if found is not None else end[tp], stop[tp]) for tp, found in at.items()}
 
     async def checkpoints(self) -> list[cp.SignedCheckpoint | Finding]:
         """Every committed record of the checkpoints topic (its ``partitions``), the workers'
@@ -337,6 +368,21 @@ class KafkaSource:
         history = PlayHistory(play_id, company, [r.doc for r in self._kept(found)])
         history.problems = self.problems[before:]
         return history
+
+    async def plays(self, company: str, play_ids: Collection[str]) -> dict[str, PlayHistory]:
+        """The events of ``company``'s plays ``play_ids`` that the read reaches, each play's as
+        found: it may begin after seq 1 (the read began after its start) or stop short; the caller
+        judges whether a history is whole (retention holds it against the play's projection).
+        Only those plays' records are held."""
+        self._company = company
+        self._reading = f"reading {len(play_ids)} plays' events off {self.topic}"
+        wanted = set(play_ids)
+        found: dict[str, list[_Record]] = {}
+        async for record in self._read():
+            play_id = record.doc["play_id"]
+            if play_id in wanted:
+                found.setdefault(str(play_id), []).append(record)
+        return {p: PlayHistory(p, company, [r.doc for r in self._kept(rs)]) for p, rs in found.items()}
 
     def _stalled(
         self, bounds: dict[TopicPartition, tuple[int, int]], at: dict[TopicPartition, int]

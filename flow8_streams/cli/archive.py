@@ -41,6 +41,14 @@ def archive(
         Path | None,
         typer.Option("--checkpoints", help="With --mongodb: signed checkpoints (JSONL) to put in each archive."),
     ] = None,
+    kafka: Annotated[
+        bool | None,
+        typer.Option(
+            "--kafka/--no-kafka",
+            help="With --mongodb: read the plays' events and signed checkpoints off the events topic "
+            "($KAFKA_BOOTSTRAP_SERVERS) into the archive (default: when the settings name Kafka).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per company.")] = False,
 ) -> None:
@@ -60,14 +68,18 @@ def archive(
         raise InvalidInput("--dry-run deletes nothing: give --prune or --dry-run, not both")
     if checkpoints is not None and not mongodb:
         raise InvalidInput("--checkpoints adds signed checkpoints to a --mongodb archive (a --db has its own)")
+    if kafka and not mongodb:
+        raise InvalidInput("--kafka reads the events of a --mongodb store's plays (a --db holds its own)")
     settings = load_settings(config)
+    # the streams runtime's log is Kafka; a MongoDB deployment without Kafka keeps its events in MongoDB
+    read_kafka = kafka if kafka is not None else "kafka_bootstrap_servers" in settings.model_fields_set
     if older_than is not None:
         job.older_than(settings.retention, "", older_than)  # a bad duration: exit 2 before anything is opened
     job.where_to(settings.retention, to, prune=prune, dry_run=dry_run)
     companies = [company] if company is not None else None
 
     async def go(advance: Callable[[int], None] | None) -> list[Outcome]:
-        opener = job.open_sqlite(db) if db is not None else job.open_mongodb(settings, checkpoints)
+        opener = job.open_sqlite(db) if db is not None else job.open_mongodb(settings, checkpoints, kafka=read_kafka)
         async with opener as store:
             return await job.run(
                 store,

@@ -35,7 +35,7 @@ import orjson
 from cachetools import LRUCache
 
 from flow8_streams.audit.checkpoints import SignedCheckpoint
-from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource
+from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, company_partition, partition_count
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES
 from flow8_streams.errors import ReadTimedOut, StoreUnavailable
@@ -162,20 +162,16 @@ class PlayHistories:
     async def _company_partition(self, company_id: str) -> int:
         """The partition of the commands topic (and so of the events topic) Kafka's default
         partitioner gives the company's key."""
-        from aiokafka.partitioner import DefaultPartitioner
-
         if self._partitions is None:  # counted again only after a play was not found where this count put it
             from aiokafka.errors import KafkaError
 
             topic = self.settings.topics.commands
             try:
                 async with self.consumers.lend() as consumer:  # a lent one tracks the events topic only
-                    found = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+                    found = await partition_count(consumer, topic)
             except KafkaError as exc:
                 raise StoreUnavailable(f"Kafka, reading the metadata of {topic}: {type(exc).__name__}") from None
             if not found:
                 raise StoreUnavailable(f"Kafka has no topic {topic} (check FLOW8_TOPICS__PREFIX)")
-            self._partitions = len(found)
-        every = list(range(self._partitions))
-        partition: int = DefaultPartitioner()(company_id.encode(), every, every)
-        return partition
+            self._partitions = found
+        return company_partition(company_id, self._partitions)

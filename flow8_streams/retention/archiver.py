@@ -12,17 +12,20 @@ The order makes a crash at any point safe, and a re-run after it lose nothing:
    identical copy that ``flow8 audit verify`` reads as one.
 
 A play whose own history has findings (an altered event, a missing seq) is archived but never
-deleted: retention does not destroy the evidence of tampering.
+deleted: retention does not destroy the evidence of tampering. On the streams runtime (MongoDB
+holds projections, the log is ``flow8.events``) a play's events are read from its ``log``
+(``kafka_log.KafkaLog``); one whose events are not found whole there is archived as found and
+kept, with the reason.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -35,7 +38,25 @@ from flow8_streams.retention import manifest as mf
 from flow8_streams.retention.destination import Destination
 from flow8_streams.stores.ports import RetentionPort
 
+_T = TypeVar("_T")
 ReadPlay = Callable[[str, str], Awaitable[PlayHistory | None]]  # (company, play_id) -> its history
+
+
+class Log(Protocol):
+    """Where the events of plays the store holds no log for are read (the streams runtime's
+    ``flow8.events``), and the company's signed checkpoints with them."""
+
+    async def fill(self, company: str, histories: Sequence[PlayHistory]) -> dict[str, str]:
+        """Sets each history's documents from the log; returns why each play that may not be deleted may not."""
+        ...
+
+    async def checkpoints(self, company: str) -> list[cp.SignedCheckpoint | Finding]: ...
+
+
+NO_LOG = (
+    "its events are not in the store (the streams runtime's log is the events topic) and this run did not "
+    "read Kafka: archive it with --kafka, or set retention.prune_without_log to delete it archived by its head"
+)
 
 
 class ArchiveNotWhole(Flow8Error):
@@ -96,6 +117,9 @@ class Archiver:
         destination: Destination | None,
         source: str,
         log_in_store: bool = True,
+        log: Log | None = None,
+        log_name: str = "kafka",
+        prune_without_log: bool = False,
         prune: bool = False,
         dry_run: bool = False,
         batch: int = 10_000,
@@ -109,6 +133,9 @@ class Archiver:
         self.destination = destination
         self.source = source  # "flow8.db (SQLite)": written in the manifest, never a URI
         self.log_in_store = log_in_store  # False: MongoDB of the streams runtime (its log is flow8.events)
+        self.log = log  # where such a store's plays' events are read (None: they are archived by their heads)
+        self.log_name = log_name  # a head's ``log`` in the manifest for events read from ``log`` ("kafka")
+        self.prune_without_log = prune_without_log
         self.prune = prune
         self.dry_run = dry_run
         self.batch = batch
@@ -130,7 +157,11 @@ class Archiver:
                 for play_id in ids:
                     history = await self.read(company, play_id)
                     outcome.plays += 1
-                    outcome.events += len(history.documents) if history is not None else 0
+                    if history is not None:  # a projection without its log: its head's seq is its count
+                        state = history.projection
+                        outcome.events += len(history.documents) or (
+                            state.seq if state and not self.log_in_store else 0
+                        )
                     self.on_play(1)
             else:
                 batch = await self._archive(company, ids, outcome)
@@ -146,26 +177,25 @@ class Archiver:
         batch = _Batch()
         now = self.clock()
         if self.destination is None:
-            for play_id in ids:
-                history = await self.read(company, play_id)
-                if history is not None:
-                    self._judge(history, batch, outcome)
-                self.on_play(1)
+            async for history, why, log in self._histories(company, ids):
+                self._judge(history, batch, outcome, why, log)
             return batch
+        checkpoints: list[cp.SignedCheckpoint | Finding] = list(self.checkpoints)
+        read: AsyncIterator[tuple[PlayHistory, str | None, str]] | list[tuple[PlayHistory, str | None, str]]
+        read = self._histories(company, ids)
+        if self.log is not None:  # read before the archive is begun: its checkpoints come first in it
+            read = [found async for found in read]
+            if any(log == self.log_name for _, _, log in read):  # Kafka only when a play's events are there
+                checkpoints += await self.log.checkpoints(company)
         # the time orders a company's archives; the token keeps two instances' runs apart
         name = f"{company}-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(3)}"
         with self.destination.staging(company) as where:
             out, manifest_file = where / f"{name}{mf.ARCHIVE_SUFFIX}", where / f"{name}.manifest.json"
             header = {"retention": {"manifest": manifest_file.name, "ended_before": _iso(outcome.ended_before)}}
-            with ArchiveWriter(
-                out, self.checkpoints, company=company, public_key=self.public_key, header=header
-            ) as writer:
-                for play_id in ids:
-                    history = await self.read(company, play_id)
-                    if history is not None:
-                        self._judge(history, batch, outcome)
-                        writer.add(history)
-                    self.on_play(1)
+            with ArchiveWriter(out, checkpoints, company=company, public_key=self.public_key, header=header) as writer:
+                async for history, why, log in _each(read):
+                    self._judge(history, batch, outcome, why, log)
+                    writer.add(history)
             manifest = mf.build(
                 company=company,
                 archive=out,
@@ -185,8 +215,33 @@ class Archiver:
         outcome.archives.append(archived)
         return batch
 
-    def _judge(self, history: PlayHistory, batch: _Batch, outcome: Outcome) -> None:
-        """The play's head for the manifest, and whether it may be deleted."""
+    async def _histories(self, company: str, ids: Sequence[str]) -> AsyncIterator[tuple[PlayHistory, str | None, str]]:
+        """Each play of ``ids`` the store still has, with why it may not be deleted (None: it may,
+        unless its history has findings) and where its events came from. A play whose log is not
+        in the store waits for the others of the batch: their events are read off the log in one go."""
+        waiting: list[PlayHistory] = []
+        for play_id in ids:
+            history = await self.read(company, play_id)
+            self.on_play(1)
+            if history is None:
+                continue
+            if not history.documents and not self.log_in_store and history.projection is not None:
+                waiting.append(history)
+            else:
+                yield history, None, "archived"
+        if not waiting:
+            return
+        if self.log is not None:
+            why = await self.log.fill(company, waiting)
+        else:
+            why = {} if self.prune_without_log else {h.play_id: NO_LOG for h in waiting}
+        for history in waiting:
+            yield history, why.get(history.play_id), self.log_name
+
+    def _judge(
+        self, history: PlayHistory, batch: _Batch, outcome: Outcome, why: str | None, log: str = "archived"
+    ) -> None:
+        """The play's head for the manifest, and whether it may be deleted (``why`` not: it may not)."""
         verdict = verify(history)
         state = history.projection
         docs = history.documents
@@ -195,14 +250,16 @@ class Archiver:
         no_log = not docs and not self.log_in_store and state is not None
         if no_log:
             assert state is not None
-            head = mf.Head(state.seq, state.last_hash, 0, state.status.value, started, ended, log="absent")
+            head = mf.Head(state.seq, state.last_hash, 0, state.status.value, started, ended, log=mf.ABSENT)
         else:
-            head = mf.Head(verdict.last_seq, verdict.head_hash, len(docs), verdict.status, started, ended)
+            head = mf.Head(verdict.last_seq, verdict.head_hash, len(docs), verdict.status, started, ended, log=log)
         batch.heads[history.play_id] = head
         outcome.plays += 1
         outcome.events += len(docs)
         problems = [f for f in verdict.findings if not (no_log and f.kind == MISSING)]
-        if problems:
+        if why is not None:
+            outcome.kept[history.play_id] = why
+        elif problems:
             first = problems[0]
             outcome.kept[history.play_id] = f"{first.kind}{f' seq {first.seq}' if first.seq else ''}: {first.detail}"
         else:
@@ -216,6 +273,15 @@ class Archiver:
                 outcome.pruned_events += head.events
             else:
                 outcome.kept[play_id] = "its log changed after it was archived (archived again by the next run)"
+
+
+async def _each(items: AsyncIterator[_T] | list[_T]) -> AsyncIterator[_T]:
+    if isinstance(items, list):
+        for item in items:
+            yield item
+    else:
+        async for item in items:
+            yield item
 
 
 def read_back(archive: Path, company: str) -> mf.Seen:

@@ -16,7 +16,7 @@ from flow8_streams.audit import checkpoints as cp
 from flow8_streams.audit.sources import Filter, SqliteSource, StoreSource
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.errors import Flow8Error, InvalidInput
-from flow8_streams.retention.archiver import Archiver, Outcome, ReadPlay
+from flow8_streams.retention.archiver import Archiver, Log, Outcome, ReadPlay
 from flow8_streams.retention.destination import Destination, destination
 from flow8_streams.settings import Retention, Settings, parse_duration
 from flow8_streams.stores.ports import RetentionPort
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flow8_streams.metrics import Metrics
 
 log = logging.getLogger("flow8.retention")
+LOG_KAFKA = "kafka"  # a manifest head's ``log`` for events read off the events topic
 
 
 def older_than(retention: Retention, company: str, flag: str | None) -> timedelta | None:
@@ -62,6 +63,7 @@ class Store:
     checkpoints: list[cp.SignedCheckpoint | Finding]
     source: str  # for the manifest and messages: never a URI
     log_in_store: bool
+    log: Log | None = None  # where the events of a store without its log are read (the streams runtime's Kafka)
 
 
 @contextlib.asynccontextmanager
@@ -85,15 +87,21 @@ async def open_sqlite(path: Path) -> AsyncIterator[Store]:
 
 
 @contextlib.asynccontextmanager
-async def open_mongodb(settings: Settings, checkpoints: Path | None = None) -> AsyncIterator[Store]:
+async def open_mongodb(
+    settings: Settings, checkpoints: Path | None = None, *, kafka: bool = True
+) -> AsyncIterator[Store]:
     """MongoDB (``$MONGODB_URI``): the streams runtime keeps only projections there (its log is
-    ``flow8.events``), so a play without events is archived by its head alone."""
+    ``flow8.events``), so with ``kafka`` a play without events in MongoDB has them read off the
+    topic (``kafka_log``), with its company's signed checkpoints; without, it is archived by its
+    head alone and kept (unless ``retention.prune_without_log``)."""
     from flow8_streams.extras import require_streams
 
     require_streams("flow8 archive --mongodb")
+    from flow8_streams.retention.kafka_log import KafkaLog
     from flow8_streams.stores.mongo import MongoStore
 
     mongo = MongoStore(settings.mongodb_uri, settings.mongodb_database)
+    log = KafkaLog(settings, prune_without_log=settings.retention.prune_without_log) if kafka else None
     try:
         await mongo.open()
         reader = StoreSource(mongo)
@@ -104,8 +112,13 @@ async def open_mongodb(settings: Settings, checkpoints: Path | None = None) -> A
             return None
 
         signed = list(cp.read_jsonl(checkpoints)) if checkpoints is not None else []
-        yield Store(mongo.retention, read, signed, f"MongoDB database {settings.mongodb_database}", False)
+        source = f"MongoDB database {settings.mongodb_database}"
+        if log is not None:
+            source += f", events from Kafka topic {log.topic}"
+        yield Store(mongo.retention, read, signed, source, False, log)
     finally:
+        if log is not None:
+            await log.close()
         await mongo.close()
 
 
@@ -130,6 +143,9 @@ async def run(
         destination=target,
         source=store.source,
         log_in_store=store.log_in_store,
+        log=store.log,
+        log_name=LOG_KAFKA,
+        prune_without_log=retention.prune_without_log,
         prune=prune,
         dry_run=dry_run,
         batch=retention.batch_plays,

@@ -26,6 +26,7 @@ FORMAT, VERSION = "flow8-archive-manifest", 1
 MANIFEST = "manifest"  # the finding's kind: the archive differs from its manifest
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # a manifest larger than this is refused, not parsed
 ARCHIVE_SUFFIX = ".jsonl.gz"
+ABSENT = "absent"  # a head's ``log``: the play's events are not in the archive
 
 
 def manifest_path(archive: Path) -> Path:
@@ -46,9 +47,10 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """One play as archived: its chain's head, and whether its events are in the archive
-    (``log`` "archived"), or were never in the store ("absent": the streams runtime's MongoDB
-    holds projections, its log is ``flow8.events``; the head is then the projection's)."""
+    """One play as archived: its chain's head, and where the events in the archive came from
+    (``log``: "archived", the store's own log; "kafka", the streams runtime's events topic), or
+    that they are not in it ("absent": neither the store nor the run's log had them; the head is
+    then the projection's)."""
 
     last_seq: int
     head_hash: str | None
@@ -83,7 +85,7 @@ def build(
     sha256, size = sha256_file(archive)
     starts = [h.started_at for h in heads.values() if h.started_at]
     ends = [h.ended_at for h in heads.values() if h.ended_at]
-    archived = [h for h in heads.values() if h.log == "archived"]
+    archived = [h for h in heads.values() if h.log != ABSENT]
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -163,7 +165,7 @@ def check(manifest: Mapping[str, Any], archive: Path, seen: Seen) -> list[Findin
         differs(f"the manifest is of {manifest.get('archive')!r}")
     if manifest.get("sha256") != sha256 or manifest.get("bytes") != size:
         differs(f"its sha256 is {sha256[:16]}… ({size} bytes), the manifest says {str(manifest.get('sha256'))[:16]}…")
-    listed = {p: h for p, h in manifest["heads"].items() if isinstance(h, dict) and h.get("log") == "archived"}
+    listed = {p: h for p, h in manifest["heads"].items() if isinstance(h, dict) and h.get("log") != ABSENT}
     for play_id, head in sorted(listed.items()):
         held = seen.heads.get(play_id)
         if held is None:

@@ -1,8 +1,8 @@
 """``flow8 archive --mongodb`` on the real MongoDB wire-protocol server (FerretDB here): finished
 plays archived and deleted (events, live versions, the play document), a running play and other
-companies untouched, a projection-only play (the streams runtime's: its log is flow8.events)
-archived by its head, a prune that finds the play gone already a success, and the shard key's
-index in place."""
+companies untouched, a projection-only play (the streams runtime's: its log is flow8.events) read
+without Kafka archived by its head and kept (or deleted when the operator chose to), a prune that
+finds the play gone already a success, and the shard key's index in place."""
 
 from __future__ import annotations
 
@@ -94,7 +94,9 @@ def test_archive_and_prune_on_mongodb_then_verify_across(mongo_db: tuple[str, st
     result = flow8(*args, "--older-than", "3650d", "--prune", cwd=tmp_path, **env)
     assert result.code == 0 and "no finished play ended before" in result.out, result
 
-    result = flow8(*args, "--older-than", "1h", "--prune", "--json", cwd=tmp_path, **env)
+    # the operator's choice: a projection whose events are not archived with it is deleted anyway
+    result = flow8(*args, "--older-than", "1h", "--prune", "--json", "--no-kafka", cwd=tmp_path,
+                   FLOW8_RETENTION__PRUNE_WITHOUT_LOG="true", **env)  # fmt: skip
     assert result.code == 0, result
     (outcome,) = result.json_lines()
     assert outcome["plays"] == 3 and outcome["events"] == 20 and outcome["pruned"] == 3, outcome
@@ -116,6 +118,19 @@ def test_archive_and_prune_on_mongodb_then_verify_across(mongo_db: tuple[str, st
     summary = lines[-1]
     assert {v["play_id"] for v in lines[:-1]} == {"m1", "m2", "r1"}
     assert summary["sources"]["plays_only_archived"] == 2 and summary["verdict"] == "ok"
+
+
+def test_a_projection_without_its_log_is_kept_when_kafka_is_not_read(mongo_db: tuple[str, str], tmp_path: Path) -> None:
+    uri, database = mongo_db
+    args = ("archive", "--mongodb", "--company", "acme", "--to", tmp_path / "arch", "--older-than", "1h", "--prune")
+    result = flow8(*args, "--json", cwd=tmp_path, **_env(uri, database))  # no KAFKA_BOOTSTRAP_SERVERS: not read
+    assert result.code == 0, result
+    (outcome,) = result.json_lines()
+    assert outcome["pruned"] == 2 and list(outcome["kept"]) == ["m4"], outcome
+    assert "did not read Kafka: archive it with --kafka" in outcome["kept"]["m4"]
+    assert _left(uri, database)["plays"] == {"m3", "m4"}
+    refused = flow8("archive", "--db", tmp_path / "x.db", "--kafka", "--company", "acme", cwd=tmp_path)
+    assert refused.code == 2 and "--kafka reads the events of a --mongodb store" in refused.err, refused
 
 
 def test_prune_is_idempotent_and_refuses_a_grown_log(mongo_db: tuple[str, str]) -> None:

@@ -38,10 +38,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def s3_server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    binary, port = _binary(), _free_port()  # skips without a server: before a file is opened
     log = (tmp_path / "gofakes3.log").open("wb")
     proc = subprocess.Popen(
-        [_binary(), "-backend", "memory", "-host", f"127.0.0.1:{port}", "-initialbucket", "flow8-archive"],
+        [binary, "-backend", "memory", "-host", f"127.0.0.1:{port}", "-initialbucket", "flow8-archive"],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from flow8_streams.domain.events import Event
 from flow8_streams.domain.messages import FlowletResult, Start
+from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import decide, fold
 from flow8_streams.http.serve import retaining
 from flow8_streams.metrics import Metrics
@@ -27,23 +29,29 @@ from tests.retention.test_archive_mongo import _uri
 pytestmark = pytest.mark.mongo
 
 
+def finished_play(play_id: str, company: str, start: datetime) -> tuple[list[Event], PlayState]:
+    """A play of the diamond run to success from ``start``, a second a flowlet: its events and state."""
+    events = decide(None, Start(play_id=play_id, company_id=company, flow=DIAMOND, input={}), start)
+    state = fold(events)
+    for i, name in enumerate(("fetch", "fee", "tax", "pay"), start=1):
+        assert state is not None
+        at = start + timedelta(seconds=i)
+        result = FlowletResult(play_id=play_id, company_id=company, flowlet=name, attempt=1, ok=True,
+                               output={}, started_at=at, ended_at=at)  # fmt: skip
+        more = decide(state, result, at)
+        events += more
+        state = fold(more, state)
+    assert state is not None and state.finished
+    return events, state
+
+
 async def _fill(uri: str, database: str) -> None:
     store = MongoStore(uri, database)
     try:
         await store.open()
         now = datetime.now(UTC)
         for play_id, start in (("old", now - timedelta(days=3)), ("young", now - timedelta(hours=1))):
-            events = decide(None, Start(play_id=play_id, company_id="acme", flow=DIAMOND, input={}), start)
-            state = fold(events)
-            for i, name in enumerate(("fetch", "fee", "tax", "pay"), start=1):
-                assert state is not None
-                at = start + timedelta(seconds=i)
-                result = FlowletResult(play_id=play_id, company_id="acme", flowlet=name, attempt=1, ok=True,
-                                       output={}, started_at=at, ended_at=at)  # fmt: skip
-                more = decide(state, result, at)
-                events += more
-                state = fold(more, state)
-            assert state is not None and state.finished
+            events, state = finished_play(play_id, "acme", start)
             await store.log.append(events)
             await store.plays.save([state])
     finally:
