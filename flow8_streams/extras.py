@@ -8,6 +8,7 @@ worker and the MongoDB store need the ``streams`` extra. Code that imports that 
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from flow8_streams.errors import InvalidInput
 
@@ -27,9 +28,18 @@ class MissingExtra(InvalidInput):
     reason = "missing_extra"
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it. One already imported is: faust
+    replaces its module object by a lazy one without ``__spec__``, and ``find_spec`` raises
+    ValueError for such a module."""
+    if sys.modules.get(module) is not None:
+        return True
+    return importlib.util.find_spec(module) is not None
+
+
 def missing_streams() -> list[str]:
     """The distributions of the ``streams`` extra whose module cannot be found, none imported."""
-    return [dist for dist, module in STREAMS_STACK.items() if importlib.util.find_spec(module) is None]
+    return [dist for dist, module in STREAMS_STACK.items() if not _installed(module)]
 
 
 def require_streams(what: str) -> None:

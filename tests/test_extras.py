@@ -284,3 +284,14 @@ def test_the_images_install_from_the_runtime_lock_has_the_workers_stack(tmp_path
     assert shared.returncode == 0, f"the image cannot run cache.backend: redis: {shared.stderr}"
     worker = subprocess.run([python.parent / "flow8", "worker", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert worker.returncode == 0, worker.stderr
+
+
+def test_the_streams_stack_counts_as_installed_once_faust_is_imported() -> None:
+    """faust swaps its module for a lazy one with no ``__spec__``; ``find_spec`` raises for it."""
+    pytest.importorskip("faust")
+    import faust  # noqa: F401
+
+    from flow8_streams.extras import missing_streams, require_streams
+
+    assert missing_streams() == []
+    require_streams("flow8 archive --mongodb")
