@@ -99,3 +99,21 @@ def test_rescan_gives_unwatched_flowlets_a_grace_and_forgets_plays_not_owned() -
     clock.t += 1
     w.rescan([(mine, 0)])  # a second rescan does not restart its clock
     assert w.entries[("mine", "long", 1)].last_seen == clock.t - 1
+
+
+def test_a_flowlet_this_worker_still_holds_is_never_lost_however_late_its_heartbeats() -> None:
+    """A burst queues thousands of tasks for a channel and puts the completions partition, which
+    carries their heartbeats, far behind its reader: the flowlets this worker's own executor holds
+    are alive, and their clock starts again; one it does not hold is lost as before."""
+    clock = Clock()
+    w = watch(clock)
+    held, elsewhere = started("held"), started("elsewhere")
+    w.track(held, 0)
+    w.track(elsewhere, 0)
+    clock.t += 3.0
+    mine = {("held", "long", 1)}
+    assert [key for key, _ in w.overdue(mine.__contains__)] == [("elsewhere", "long", 1)]
+    assert set(w.entries) == {("held", "long", 1)} and w.entries[("held", "long", 1)].last_seen == clock.t
+    clock.t += 3.0
+    mine.clear()  # its executor let go of it (the result was sent, or the worker is stopping)
+    assert [key for key, _ in w.overdue(mine.__contains__)] == [("held", "long", 1)]

@@ -168,6 +168,10 @@ class ChannelExecutor:
             self._beating.cancel()
             await asyncio.gather(self._beating, return_exceptions=True)
 
+    def holds(self, key: Key) -> bool:
+        """Whether ``key``'s attempt is this worker's: waiting for its defer or a channel, or running."""
+        return key in self.held
+
     def hand_over(self, task: Task, partition: int) -> None:
         """Run ``task`` on a channel in the background; returns at once."""
         key = (task.play_id, task.flowlet, task.attempt)
@@ -292,10 +296,20 @@ class ChannelWatch:
             raise CompanyMismatch.of("ChannelHeartbeat", heartbeat.play_id, heartbeat.company_id)
         entry.last_seen = self.clock()
 
-    def overdue(self) -> list[tuple[Key, Watched]]:
-        """The entries silent for the timeout, taken out of the watch (reported once)."""
-        limit = self.clock() - self.timeout_s
-        late = [(key, w) for key, w in self.entries.items() if w.last_seen <= limit]
+    def overdue(self, held: Callable[[Key], bool] = lambda key: False) -> list[tuple[Key, Watched]]:
+        """The entries silent for the timeout, taken out of the watch (reported once). One this
+        worker's own channel executor ``held`` is alive, however late its heartbeats: they go
+        through the completions partition, which a burst can put far behind its reader, and
+        waiting tasks were failed by the thousand (``channel_lost``) while their channels ran."""
+        now = self.clock()
+        limit = now - self.timeout_s
+        late = []
+        for key, w in self.entries.items():
+            if w.last_seen <= limit:
+                if held(key):
+                    w.last_seen = now
+                else:
+                    late.append((key, w))
         for key, _ in late:
             del self.entries[key]
             keys = self._by_play.get(key[0])
