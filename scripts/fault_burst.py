@@ -20,7 +20,8 @@ p50/p95/p99, before the burst (baseline) and during it, split by those three kin
 burst took. Checks (exit 1 when one fails, 2 on bad arguments):
 - every play completed (steady, stuck and burst), and each result came once;
 - no steady company starved: each one off the burst's partition had a play finish while the burst
-  ran (before its last play finished; a burst of a few seconds proves little here).
+  ran (before its last play finished; a burst of a few seconds proves little here);
+- no channel flowlet was declared lost (``flow8_channels_lost_total``: no worker or channel died).
 Bounded: the run stops at ``--limit`` seconds (the checks then fail); the workers and their
 topics go at the end (the database stays, as the tests leave theirs).
 """
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client.parser import text_string_to_metric_families
 
 from flow8_streams.channels.ports import port_is_free
 from flow8_streams.domain.flow import FlowDefinition
@@ -246,7 +249,21 @@ async def drive(args: argparse.Namespace, group: WorkerGroup) -> dict[str, Any]:
             await collector
     result = figures(run, companies, steady_ids, stuck, burst, burst_began, burst_sent, burst_done and finished)
     result["burst_breakdown"] = await breakdown(settings, run, companies, steady_ids, burst_began)
+    result["channels_lost"] = await asyncio.to_thread(channels_lost, group)
+    # no worker died and no channel process was killed: a flowlet declared lost was a false alarm
+    result["checks"]["no channel flowlet declared lost"] = result["channels_lost"] == 0
     return result
+
+
+def channels_lost(group: WorkerGroup) -> float:
+    """``flow8_channels_lost_total`` summed over the workers' /metrics."""
+    total = 0.0
+    for _, port in group.processes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            total += sum(s.value for s in family.samples if s.name == "flow8_channels_lost_total")
+    return total
 
 
 async def breakdown(
@@ -340,7 +357,8 @@ def figures(
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"plays: {result['plays']}, statuses {result['statuses']}, results twice: {result['results_twice']}",
-        f"burst: sent in {result['burst_sent_s']} s, its last play done {result['burst_took_s']} s after it began",
+        f"burst: sent in {result['burst_sent_s']} s, its last play done {result['burst_took_s']} s after it began; "
+        f"channel flowlets declared lost: {result.get('channels_lost')}",
         "steady plays' latency (produce to consumed result):",
     ]
     for phase, by in result["latency"].items():

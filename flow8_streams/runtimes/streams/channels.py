@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
+from cachetools import TTLCache
 from pydantic import BaseModel
 
 from flow8_streams.channels import placement
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams.channels")
 Key = tuple[str, str, int]  # play_id, flowlet, attempt
 CLOSE_GRACE_S = 5.0
+REPORTED_MAX = 100_000  # results sent, remembered for the watchdog (see ChannelExecutor.holds)
+REPORTED_TTL_S = 600.0
 
 
 def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
@@ -133,6 +136,8 @@ class ChannelExecutor:
         self.advertised_host = advertised_host
         self.heartbeat_every_s = heartbeat_every_s
         self.held: dict[Key, Held] = {}
+        # attempts whose result was sent, for as long as the orchestrator may take to read it
+        self.reported: TTLCache[Key, bool] = TTLCache(maxsize=REPORTED_MAX, ttl=REPORTED_TTL_S)
         if pool.on_pending is None:
             pool.on_pending = self._pending
         self._beating: asyncio.Task[None] | None = None
@@ -169,8 +174,10 @@ class ChannelExecutor:
             await asyncio.gather(self._beating, return_exceptions=True)
 
     def holds(self, key: Key) -> bool:
-        """Whether ``key``'s attempt is this worker's: waiting for its defer or a channel, or running."""
-        return key in self.held
+        """Whether ``key``'s attempt is this worker's: waiting for its defer or a channel, running,
+        or done with its result sent (the orchestrator, behind on the completions partition, may
+        not have read it yet: that result comes before any ``channel_lost``, on the same partition)."""
+        return key in self.held or key in self.reported
 
     def hand_over(self, task: Task, partition: int) -> None:
         """Run ``task`` on a channel in the background; returns at once."""
@@ -223,6 +230,8 @@ class ChannelExecutor:
             await self.producer.send(partition, company, result)
         except Exception as exc:  # the watchdog of the play's owner fails the attempt
             log.warning("result of %s/%s attempt %s not sent: %s", task.play_id, task.flowlet, task.attempt, exc)
+        else:
+            self.reported[(task.play_id, task.flowlet, task.attempt)] = True
 
     async def _heartbeats(self) -> None:
         while True:
