@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "fault_burst.py"
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(320)
 def test_a_burst_and_a_stuck_module_of_one_company_starve_no_other(tmp_path: Path) -> None:
     require_service("KAFKA_BOOTSTRAP_SERVERS")
     require_service("MONGODB_URI")
@@ -34,7 +34,7 @@ def test_a_burst_and_a_stuck_module_of_one_company_starve_no_other(tmp_path: Pat
         env=env,
         capture_output=True,
         text=True,
-        timeout=190,
+        timeout=300,  # about 50 s on this machine; under other runs' load up to 3 minutes
         check=False,
     )
     assert done.returncode in (0, 1), done.stderr[-4000:]
