@@ -58,6 +58,7 @@ from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
 
 BURST_COMPANY = "burst"
+BREAKDOWN_S = 30.0  # the longest the breakdown reads the projection
 # where a steady company's commands go, against the burst's: its partition, another partition of
 # the worker that owns it, or a partition of the other worker
 SAME, NEIGHBOUR, OTHER = "same partition", "same worker", "other worker"
@@ -248,6 +249,7 @@ async def drive(args: argparse.Namespace, group: WorkerGroup) -> dict[str, Any]:
         with contextlib.suppress(asyncio.CancelledError):
             await collector
     result = figures(run, companies, steady_ids, stuck, burst, burst_began, burst_sent, burst_done and finished)
+    print(json.dumps({k: result[k] for k in ("plays", "statuses", "burst_took_s", "latency")}), file=sys.stderr)
     result["burst_breakdown"] = await breakdown(settings, run, companies, steady_ids, burst_began)
     result["channels_lost"] = await asyncio.to_thread(channels_lost, group)
     # no worker died and no channel process was killed: a flowlet declared lost was a false alarm
@@ -276,16 +278,19 @@ async def breakdown(
     waited for a few seconds (it lags the results)."""
     wanted = {p for p in steady if p in run.done and run.sent[p][1] >= began}
     store = await MongoStore(settings.mongodb_uri, settings.mongodb_database).open()
+    states: dict[str, Any] = {}
     try:
-        states: dict[str, Any] = {}
-        for _ in range(20):
-            for company in companies:
-                for state in await store.plays.list(company, None, limit=10_000):
-                    if state.play_id in wanted and state.ended_at is not None:
-                        states[state.play_id] = state
-            if wanted <= states.keys():
-                break
-            await asyncio.sleep(0.5)  # the projection has no event to await
+        async with asyncio.timeout(BREAKDOWN_S):  # what the projection holds by then: a loaded FerretDB is slow
+            while True:
+                for company in companies:
+                    for state in await store.plays.list(company, None, limit=len(steady) + 100):
+                        if state.play_id in wanted and state.ended_at is not None:
+                            states[state.play_id] = state
+                if wanted <= states.keys():
+                    break
+                await asyncio.sleep(0.5)  # the projection has no event to await
+    except TimeoutError:
+        pass
     finally:
         await store.close()
     parts: dict[str, dict[str, list[float]]] = {w: {"to_start": [], "channel_step": [], "rest": []} for w in WHERE}
