@@ -117,3 +117,20 @@ def test_a_flowlet_this_worker_still_holds_is_never_lost_however_late_its_heartb
     clock.t += 3.0
     mine.clear()  # its executor let go of it (the result was sent, or the worker is stopping)
     assert [key for key, _ in w.overdue(mine.__contains__)] == [("held", "long", 1)]
+
+
+def test_a_flowlet_declared_lost_is_not_watched_again_by_a_rescan_while_its_result_is_on_its_way() -> None:
+    """Behind a burst the orchestrator reads the channel_lost result late; until then the play
+    still shows the attempt in flight, and a rescan re-watched it and failed it again, every
+    timeout, flooding the partition it was behind on. Unless the result could not be sent."""
+    clock = Clock()
+    w = watch(clock)
+    sent, unsent = started("sent"), started("unsent")
+    w.rescan([(sent, 0), (unsent, 0)])
+    clock.t += 3.0
+    assert sorted(key for key, _ in w.overdue()) == [("sent", "long", 1), ("unsent", "long", 1)]
+    w.sent_lost(("sent", "long", 1))
+    w.rescan([(sent, 0), (unsent, 0)])  # both plays still show attempt 1 in flight
+    assert set(w.entries) == {("unsent", "long", 1)}
+    w.track(sent, 0)  # a decision on the play (another flowlet's result) does not either
+    assert set(w.entries) == {("unsent", "long", 1)}

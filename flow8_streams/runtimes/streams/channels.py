@@ -269,6 +269,9 @@ class ChannelWatch:
         self.clock = clock
         self.entries: dict[Key, Watched] = {}
         self._by_play: dict[str, set[Key]] = {}
+        # attempts whose channel_lost was sent: not watched again by a rescan while that result waits
+        # to be read (behind a burst, a rescan re-watched them and failed them again every 35 s)
+        self.declared_lost: TTLCache[Key, bool] = TTLCache(maxsize=REPORTED_MAX, ttl=REPORTED_TTL_S)
 
     def _watched(self, state: PlayState) -> set[Key]:
         if state.finished:
@@ -341,12 +344,17 @@ class ChannelWatch:
             self.forget(play_id)
 
     def _add(self, keys: set[Key], state: PlayState, partition: int) -> None:
+        keys = {key for key in keys if key not in self.declared_lost}
         if not keys:
             return
         now = self.clock()
         for key in keys:
             self.entries[key] = Watched(now, state.company_id, partition)
         self._by_play.setdefault(state.play_id, set()).update(keys)
+
+    def sent_lost(self, key: Key) -> None:
+        """``key``'s channel_lost result was sent: its play will read it; a rescan leaves it be."""
+        self.declared_lost[key] = True
 
     def lost(self, key: Key, watched: Watched) -> FlowletResult:
         return failed(key, watched.company_id, f"channel_lost: no heartbeat for {self.timeout_s:g} s")

@@ -88,6 +88,8 @@ class Timers:
                 await self.direct.send(watched.partition, watched.company_id, result)
             except Exception as exc:  # Kafka unavailable: the next rescan watches it again
                 log.warning("channel_lost of %s/%s not sent: %s", key[0], key[1], exc)
+            else:
+                watch.sent_lost(key)
 
     async def rescan(self) -> None:
         """Rebuild the wakeups and channel watch of the plays this instance owns (after a rebalance)."""
