@@ -148,6 +148,12 @@ class Metrics:
         self.channel_restarts = Counter(
             "flow8_channel_restarts_total", "Channel worker processes restarted on their port.", registry=r
         )
+        self.producers_renewed = Counter(
+            "flow8_producers_renewed_total",
+            "Transactional producers replaced after the broker fenced them for a transaction open past its "
+            "timeout (the worker was frozen); the worker rejoins the group.",
+            registry=r,
+        )
         self.module_threads_stuck = Gauge(
             "flow8_module_threads_stuck",
             "Plain modules still running on their thread after their attempt ended (timed out or cancelled).",

@@ -99,3 +99,38 @@ def test_rescan_gives_unwatched_flowlets_a_grace_and_forgets_plays_not_owned() -
     clock.t += 1
     w.rescan([(mine, 0)])  # a second rescan does not restart its clock
     assert w.entries[("mine", "long", 1)].last_seen == clock.t - 1
+
+
+def test_a_flowlet_this_worker_still_holds_is_never_lost_however_late_its_heartbeats() -> None:
+    """A burst queues thousands of tasks for a channel and puts the completions partition, which
+    carries their heartbeats, far behind its reader: the flowlets this worker's own executor holds
+    are alive, and their clock starts again; one it does not hold is lost as before."""
+    clock = Clock()
+    w = watch(clock)
+    held, elsewhere = started("held"), started("elsewhere")
+    w.track(held, 0)
+    w.track(elsewhere, 0)
+    clock.t += 3.0
+    mine = {("held", "long", 1)}
+    assert [key for key, _ in w.overdue(mine.__contains__)] == [("elsewhere", "long", 1)]
+    assert set(w.entries) == {("held", "long", 1)} and w.entries[("held", "long", 1)].last_seen == clock.t
+    clock.t += 3.0
+    mine.clear()  # its executor let go of it (the result was sent, or the worker is stopping)
+    assert [key for key, _ in w.overdue(mine.__contains__)] == [("held", "long", 1)]
+
+
+def test_a_flowlet_declared_lost_is_not_watched_again_by_a_rescan_while_its_result_is_on_its_way() -> None:
+    """Behind a burst the orchestrator reads the channel_lost result late; until then the play
+    still shows the attempt in flight, and a rescan re-watched it and failed it again, every
+    timeout, flooding the partition it was behind on. Unless the result could not be sent."""
+    clock = Clock()
+    w = watch(clock)
+    sent, unsent = started("sent"), started("unsent")
+    w.rescan([(sent, 0), (unsent, 0)])
+    clock.t += 3.0
+    assert sorted(key for key, _ in w.overdue()) == [("sent", "long", 1), ("unsent", "long", 1)]
+    w.sent_lost(("sent", "long", 1))
+    w.rescan([(sent, 0), (unsent, 0)])  # both plays still show attempt 1 in flight
+    assert set(w.entries) == {("unsent", "long", 1)}
+    w.track(sent, 0)  # a decision on the play (another flowlet's result) does not either
+    assert set(w.entries) == {("unsent", "long", 1)}

@@ -18,12 +18,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from flow8_streams.domain.events import verify_chain
 from flow8_streams.domain.messages import StartPlay
-from flow8_streams.errors import StoreUnavailable
 from flow8_streams.runtimes.streams.client import CommandProducer
 from flow8_streams.runtimes.streams.kafka.producer import GroupFenced, GroupMember, GroupProducer, group_member
 from flow8_streams.settings import Settings
 from flow8_streams.stores.mongo import MongoStore
-from tests.conformance.streams_harness import EventTap, WorkerGroup
+from tests.conformance.streams_harness import EventTap, WorkerGroup, metric
 from tests.services import require_service
 
 from .support import collecting_results, fl, make_flow, running_group
@@ -206,6 +205,11 @@ SESSION_TIMEOUT_MS = 6_000  # the least the broker allows (group.min.session.tim
 STOPPED_PLAYS = 300
 STOPPED_COMPANIES = 20
 STOP_AFTER = 60  # plays finished before the SIGSTOP
+AFTER_PLAYS = 40  # plays sent once the continued worker rejoined
+# how long the worker stays stopped: past its transaction's timeout (6 s) and the broker's next
+# look for timed-out transactions (transaction.abort.timed.out.transaction.cleanup.interval.ms,
+# 10 s), so the broker aborts its open transaction and fences its producer, as a long freeze does
+FROZEN_S = 20.0
 SLOW_FLOW = make_flow(
     "zombie",
     fl("start", "echo", input={"n": "${input.n}"}),
@@ -247,17 +251,41 @@ def command_partitions_of(group: WorkerGroup, index: int) -> set[int]:
     return {int(tp[len(commands) + 1 : -1]) for tp in assigned if tp.startswith(f"{commands}[")}
 
 
+def company_on(partitions: set[int], count: int, every: int) -> list[str]:
+    """``count`` company ids whose commands Kafka's default partitioner puts on ``partitions``."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    spread = list(range(every))
+    found: list[str] = []
+    for i in range(10_000):
+        company = f"co-after-{i:04d}"
+        if DefaultPartitioner()(company.encode(), spread, spread) in partitions:
+            found.append(company)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"no {count} companies found on partitions {sorted(partitions)}")
+
+
+async def send_plays(settings: Settings, plays: dict[str, str], first: int) -> None:
+    async with CommandProducer(settings) as producer:
+        for n, (play_id, company) in enumerate(plays.items(), start=first):
+            await producer.send(StartPlay(company_id=company, flow=SLOW_FLOW.name, play_id=play_id, input={"n": n}))
+        await producer.flush()
+
+
 @pytest.mark.kafka
 @pytest.mark.mongo
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-async def test_a_worker_stopped_past_its_session_commits_nothing_when_continued(
+@pytest.mark.timeout(360)
+async def test_a_worker_stopped_past_its_session_is_fenced_then_rejoins_and_works(
     two_workers: WorkerGroup, no_leaked_tasks: None
 ) -> None:
-    """SIGSTOP one of two workers mid-load, past the session timeout: the other takes its
-    partitions and finishes every play; then SIGCONT: the zombie, fenced by the group's
-    generation, commits nothing: no (play_id, seq) twice in flow8.events, no play lost,
-    every play's result once on flow8.play-results."""
+    """SIGSTOP one of two workers mid-load, past the session and transaction timeouts: the
+    other takes its partitions and finishes every play. Then SIGCONT: the zombie, fenced by the group's
+    generation (and its producer by the broker's abort of its open transaction), commits
+    nothing; it rejoins the group as a new member, gets partitions again and works: a second
+    batch of plays, some of them on its partitions, all complete. Through both: no
+    (play_id, seq) twice in flow8.events, every play's result once on flow8.play-results."""
     group = two_workers
     settings = group.settings
     partitions = set(range(settings.topics.partitions))
@@ -273,10 +301,8 @@ async def test_a_worker_stopped_past_its_session_commits_nothing_when_continued(
         for company in companies:
             await store.flows.put(company, SLOW_FLOW)
         await tap.open(from_beginning=True)
-        async with collecting_results(settings) as results, CommandProducer(settings) as producer:
-            for n, (play_id, company) in enumerate(plays.items()):
-                await producer.send(StartPlay(company_id=company, flow=SLOW_FLOW.name, play_id=play_id, input={"n": n}))
-            await producer.flush()
+        async with collecting_results(settings) as results:
+            await send_plays(settings, plays, 0)
             await tap.wait_until(lambda: len(tap.terminal) >= STOP_AFTER, 120, f"{STOP_AFTER} plays finished")
             proc.send_signal(signal.SIGSTOP)
             stopped = True
@@ -290,39 +316,69 @@ async def test_a_worker_stopped_past_its_session_commits_nothing_when_continued(
                 return dict(Counter(tap.partition.get(p) for p in plays.keys() - tap.terminal.keys()))
 
             await until("the survivor owns every partition", survivor_owns_all, timeout=120)
+            taken_over = time.monotonic() - stopped_at
             # the session runs from the worker's last heartbeat (every second), before the stop
-            assert time.monotonic() - stopped_at >= SESSION_TIMEOUT_MS / 1000 - 2
+            assert taken_over >= SESSION_TIMEOUT_MS / 1000 - 2
             await tap.wait_until(
                 lambda: plays.keys() <= tap.terminal.keys(),
                 180,
                 lambda: f"all plays finished; still running, by events partition: {running_by_partition()}",
             )
             await results.wait_for(set(plays), 60)
+            await asyncio.sleep(max(0.0, FROZEN_S - (time.monotonic() - stopped_at)))  # the fault's length
+            frozen_s = time.monotonic() - stopped_at
 
             proc.send_signal(signal.SIGCONT)
             stopped = False
+            continued_at = time.monotonic()
 
-            async def zombie_settled() -> bool:
-                if proc.poll() is not None:  # it crashed on being fenced
-                    return True
-                try:  # or it rejoined the group as a new member
-                    shares = await asyncio.to_thread(group.assigned_by_worker)
-                except StoreUnavailable:
-                    return True
-                return len(shares) == 2 and all(shares)
+            async def zombie_rejoined() -> bool:
+                assert proc.poll() is None, f"the continued worker exited ({proc.returncode}); its log: {group.workdir}"
+                shares = await asyncio.to_thread(group.assigned_by_worker)
+                return len(shares) == 2 and all(shares) and await asyncio.to_thread(group.ready)
 
-            await until("the continued worker exits or rejoins", zombie_settled, timeout=120)
+            await until("the continued worker rejoins the group with partitions of its own", zombie_rejoined, 120)
+            rejoined_s = time.monotonic() - continued_at
+            assert group.healthz(zombie)["status"] == "ok"
+            # its producer was replaced if the broker had aborted its open transaction and fenced it
+            # (a transaction holding records at the SIGSTOP; one still empty is not the broker's to abort)
+            renewed = metric(group.metrics(zombie), "flow8_producers_renewed_total")
+            assert renewed in (0, 1), renewed
+            owned = command_partitions_of(group, zombie)
+            assert owned and owned < partitions, owned
+
+            # the rejoined worker works: a second batch, half of it on its partitions
+            ours = company_on(owned, 5, settings.topics.partitions)
+            others = company_on(partitions - owned, 5, settings.topics.partitions)
+            after = {str(uuid.uuid4()): (ours + others)[i % 10] for i in range(AFTER_PLAYS)}
+            for company in ours + others:
+                await store.flows.put(company, SLOW_FLOW)
+            started_before = metric(group.metrics(zombie), "flow8_plays_started_total")
+            await send_plays(settings, after, STOPPED_PLAYS)
+            await tap.wait_until(lambda: after.keys() <= tap.terminal.keys(), 120, "the second batch finished")
+            await results.wait_for(set(after), 60)
+            started_by_zombie = metric(group.metrics(zombie), "flow8_plays_started_total") - started_before
             await tap.sync()
+            print(
+                f"\nfrozen {frozen_s:.1f} s; its partitions taken over {taken_over:.1f} s after the SIGSTOP; "
+                f"rejoined {rejoined_s:.1f} s after the SIGCONT with partitions {sorted(owned)}; "
+                f"it started {started_by_zombie:.0f} of the second batch's {AFTER_PLAYS} plays; "
+                f"its producer was {'fenced and replaced' if renewed else 'not fenced (its transaction was empty)'}"
+            )
         results_once = await result_counts(settings)
 
+        every = plays | after
         assert tap.duplicates == [], f"(play_id, seq) written twice to flow8.events: {tap.duplicates[:10]}"
-        assert Counter(tap.terminal[p] for p in plays) == {"PlayCompleted": STOPPED_PLAYS}
-        for play_id in plays:
+        assert Counter(tap.terminal[p] for p in every) == {"PlayCompleted": len(every)}
+        for play_id in every:
             assert verify_chain(tap.history(play_id)) == [], play_id
         assert results.duplicates == [], f"play results delivered twice: {results.duplicates[:10]}"
-        assert results_once == dict.fromkeys(plays, 1), "a play result missing or delivered twice"
-        assert results.results.keys() == plays.keys()
-        assert Counter(r.status for r in results.results.values()) == {"succeeded": STOPPED_PLAYS}
+        assert results_once == dict.fromkeys(every, 1), "a play result missing or delivered twice"
+        assert results.results.keys() == every.keys()
+        assert Counter(r.status for r in results.results.values()) == {"succeeded": len(every)}
+        on_zombie = [p for p, company in after.items() if company in ours]
+        assert {tap.partition[p] for p in on_zombie} <= owned
+        assert started_by_zombie >= len(on_zombie), (started_by_zombie, len(on_zombie))
     finally:
         if stopped:
             proc.send_signal(signal.SIGCONT)

@@ -195,6 +195,7 @@ class Flow8App:
             completions_topic=t.completions,
             tasks_topic=t.tasks,
             channel_watch=channel_watch,
+            channel_held=channel_executor.holds if channel_executor is not None else lambda key: False,
         )
         self.web = WebPages(
             app,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
+from cachetools import TTLCache
 from pydantic import BaseModel
 
 from flow8_streams.channels import placement
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flow8.streams.channels")
 Key = tuple[str, str, int]  # play_id, flowlet, attempt
 CLOSE_GRACE_S = 5.0
+REPORTED_MAX = 100_000  # results sent, remembered for the watchdog (see ChannelExecutor.holds)
+REPORTED_TTL_S = 600.0
 
 
 def failed(task: Task | Key, company_id: str, error: str) -> FlowletResult:
@@ -133,6 +136,8 @@ class ChannelExecutor:
         self.advertised_host = advertised_host
         self.heartbeat_every_s = heartbeat_every_s
         self.held: dict[Key, Held] = {}
+        # attempts whose result was sent, for as long as the orchestrator may take to read it
+        self.reported: TTLCache[Key, bool] = TTLCache(maxsize=REPORTED_MAX, ttl=REPORTED_TTL_S)
         if pool.on_pending is None:
             pool.on_pending = self._pending
         self._beating: asyncio.Task[None] | None = None
@@ -167,6 +172,12 @@ class ChannelExecutor:
         if self._beating is not None:
             self._beating.cancel()
             await asyncio.gather(self._beating, return_exceptions=True)
+
+    def holds(self, key: Key) -> bool:
+        """Whether ``key``'s attempt is this worker's: waiting for its defer or a channel, running,
+        or done with its result sent (the orchestrator, behind on the completions partition, may
+        not have read it yet: that result comes before any ``channel_lost``, on the same partition)."""
+        return key in self.held or key in self.reported
 
     def hand_over(self, task: Task, partition: int) -> None:
         """Run ``task`` on a channel in the background; returns at once."""
@@ -219,6 +230,8 @@ class ChannelExecutor:
             await self.producer.send(partition, company, result)
         except Exception as exc:  # the watchdog of the play's owner fails the attempt
             log.warning("result of %s/%s attempt %s not sent: %s", task.play_id, task.flowlet, task.attempt, exc)
+        else:
+            self.reported[(task.play_id, task.flowlet, task.attempt)] = True
 
     async def _heartbeats(self) -> None:
         while True:
@@ -256,6 +269,9 @@ class ChannelWatch:
         self.clock = clock
         self.entries: dict[Key, Watched] = {}
         self._by_play: dict[str, set[Key]] = {}
+        # attempts whose channel_lost was sent: not watched again by a rescan while that result waits
+        # to be read (behind a burst, a rescan re-watched them and failed them again every 35 s)
+        self.declared_lost: TTLCache[Key, bool] = TTLCache(maxsize=REPORTED_MAX, ttl=REPORTED_TTL_S)
 
     def _watched(self, state: PlayState) -> set[Key]:
         if state.finished:
@@ -292,10 +308,20 @@ class ChannelWatch:
             raise CompanyMismatch.of("ChannelHeartbeat", heartbeat.play_id, heartbeat.company_id)
         entry.last_seen = self.clock()
 
-    def overdue(self) -> list[tuple[Key, Watched]]:
-        """The entries silent for the timeout, taken out of the watch (reported once)."""
-        limit = self.clock() - self.timeout_s
-        late = [(key, w) for key, w in self.entries.items() if w.last_seen <= limit]
+    def overdue(self, held: Callable[[Key], bool] = lambda key: False) -> list[tuple[Key, Watched]]:
+        """The entries silent for the timeout, taken out of the watch (reported once). One this
+        worker's own channel executor ``held`` is alive, however late its heartbeats: they go
+        through the completions partition, which a burst can put far behind its reader, and
+        waiting tasks were failed by the thousand (``channel_lost``) while their channels ran."""
+        now = self.clock()
+        limit = now - self.timeout_s
+        late = []
+        for key, w in self.entries.items():
+            if w.last_seen <= limit:
+                if held(key):
+                    w.last_seen = now
+                else:
+                    late.append((key, w))
         for key, _ in late:
             del self.entries[key]
             keys = self._by_play.get(key[0])
@@ -318,12 +344,17 @@ class ChannelWatch:
             self.forget(play_id)
 
     def _add(self, keys: set[Key], state: PlayState, partition: int) -> None:
+        keys = {key for key in keys if key not in self.declared_lost}
         if not keys:
             return
         now = self.clock()
         for key in keys:
             self.entries[key] = Watched(now, state.company_id, partition)
         self._by_play.setdefault(state.play_id, set()).update(keys)
+
+    def sent_lost(self, key: Key) -> None:
+        """``key``'s channel_lost result was sent: its play will read it; a rescan leaves it be."""
+        self.declared_lost[key] = True
 
     def lost(self, key: Key, watched: Watched) -> FlowletResult:
         return failed(key, watched.company_id, f"channel_lost: no heartbeat for {self.timeout_s:g} s")

@@ -5,6 +5,7 @@ sends again the tasks in flight on partitions just taken over."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from flow8_streams.domain.state import PlayState
 from flow8_streams.engine import in_flight, next_wakeup
 from flow8_streams.metrics import Metrics
 from flow8_streams.modules.registry import ModuleRegistry
-from flow8_streams.runtimes.streams.channels import ChannelWatch, DirectProducer, runs_on_channel
+from flow8_streams.runtimes.streams.channels import ChannelWatch, DirectProducer, Key, runs_on_channel
 from flow8_streams.runtimes.streams.checkpoints import is_checkpoint_key
 from flow8_streams.runtimes.streams.kafka.faust_app import FaustApp
 from flow8_streams.runtimes.streams.table import TOMBSTONE, Slot
@@ -40,6 +41,7 @@ class Timers:
         completions_topic: str,
         tasks_topic: str,
         channel_watch: ChannelWatch | None,
+        channel_held: Callable[[Key], bool] = lambda key: False,
     ) -> None:
         self.app = app
         self.plays = plays  # the orchestrator's table
@@ -50,6 +52,7 @@ class Timers:
         self.completions_topic = completions_topic
         self.tasks_topic = tasks_topic
         self.channel_watch = channel_watch
+        self.channel_held = channel_held  # a flowlet this worker's channel executor holds is not lost
         self._owned: set[int] = set()  # completions partitions assigned here (see on_assigned)
         self._taken: dict[int, datetime] = {}  # partitions taken over and when, until redispatch looked
 
@@ -75,7 +78,7 @@ class Timers:
     async def _channels_lost(self, watch: ChannelWatch) -> None:
         """Channel flowlets not heard of for the heartbeat timeout: failed, ``channel_lost``."""
         owned = self._owned_partitions()
-        for key, watched in watch.overdue():
+        for key, watched in watch.overdue(self.channel_held):
             if watched.partition not in owned:
                 continue  # the partition went to another worker, whose watch has the flowlet now
             result = watch.lost(key, watched)
@@ -85,6 +88,8 @@ class Timers:
                 await self.direct.send(watched.partition, watched.company_id, result)
             except Exception as exc:  # Kafka unavailable: the next rescan watches it again
                 log.warning("channel_lost of %s/%s not sent: %s", key[0], key[1], exc)
+            else:
+                watch.sent_lost(key)
 
     async def rescan(self) -> None:
         """Rebuild the wakeups and channel watch of the plays this instance owns (after a rebalance)."""

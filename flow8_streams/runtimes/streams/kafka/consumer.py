@@ -148,6 +148,13 @@ class Flow8ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
 
         return await self.call_thread(seek)
 
+    def rejoin(self) -> None:
+        """Leave this generation and join the next one: a revocation and an assignment, after
+        which every input is read again from its committed offset. Asked of this thread's loop
+        without waiting for it: a caller may be inside a revocation, which that loop awaits."""
+        coordinator = self._ensure_consumer()._coordinator
+        self.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+
     async def seek_to_beginning(self, *partitions: Any) -> None:
         async def seek() -> None:
             self._bump(partitions)

@@ -15,6 +15,7 @@ it commits, whatever was queued before or after it.
 from __future__ import annotations
 
 import collections
+import contextlib
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -167,6 +168,24 @@ class GroupProducer(AIOKafkaProducer):  # type: ignore[misc]  # aiokafka is unty
     def transaction_open(self) -> bool:
         """Whether a transaction is open (records may be sent)."""
         return bool(self._txn_manager.is_in_transaction())
+
+    def fenced(self) -> bool:
+        """Whether the broker fenced this producer's epoch: its sender stopped on
+        ``ProducerFenced`` and nothing it holds can be sent, committed or aborted again."""
+        task = self._sender.sender_task
+        if task is None or not task.done() or task.cancelled():
+            return False
+        return isinstance(task.exception(), ProducerFenced)
+
+    async def stop_fenced(self) -> None:
+        """Stop this fenced producer. aiokafka also failed its transaction's end with the fence,
+        which no one awaits once the fence was seen: that is taken here, not logged by asyncio
+        as an error never retrieved."""
+        waiter = self._txn_manager.wait_for_transaction_end()
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            waiter.exception()
+        with contextlib.suppress(KafkaError):
+            await self.stop()
 
     async def send_offsets_to_transaction(self, offsets: Any, group_id: Any) -> None:
         """Add ``offsets`` to the open transaction, committed by ``group_id``'s member

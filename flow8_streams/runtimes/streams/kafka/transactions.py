@@ -28,19 +28,26 @@ the group's generation (``producer``). The rules it keeps:
   were (``WorkerTransaction.undo``), and the inputs are read again from the committed
   offsets when the consumer rejoins. Until that next assignment nothing more is committed:
   the inputs acked meanwhile include those whose outputs were just aborted, and a commit of
-  their offsets (the revocation's) would lose them. A producer fenced (its transactional id taken over,
-  or its transaction timed out) stops the worker.
+  their offsets (the revocation's) would lose them;
+- a producer fenced while its transaction was open past the transaction timeout (the
+  process was frozen: SIGSTOP, a paused VM) was fenced by the broker's abort of that
+  transaction: it is replaced by a new producer on the same transactional id, the table
+  entries put back, and nothing committed until the next assignment, which the worker asks
+  for (its group session has most likely expired too); it then works on as a new member. A
+  producer fenced sooner was fenced by another process with this transactional id: the
+  worker stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from faust.transport.consumer import TransactionManager
 from faust.types import TP
 
@@ -90,19 +97,65 @@ class WorkerTransactions(TransactionManager):
         self._sending = 0  # sends under way
         self._idle = asyncio.Event()  # no send under way
         self._idle.set()
+        self._began = 0.0  # time.monotonic() when the open transaction began
+        self._renewing = asyncio.Lock()  # one replacement of a fenced producer at a time
 
     async def on_start(self) -> None:
-        # made here, on the loop that runs it (aiokafka binds a producer to its loop)
-        self._producer = GroupProducer(
+        self._producer = await self._new_producer()
+        self._open.set()
+
+    async def _new_producer(self) -> GroupProducer:
+        """A started producer with a transaction open; made on the loop that runs it (aiokafka
+        binds a producer to its loop). Its ``InitProducerId`` fences any earlier one of this id."""
+        producer = GroupProducer(
             **self.worker.producer_options,
             transactional_id=self.worker.transactional_id,
             transaction_timeout_ms=self.worker.transaction_timeout_ms,
             acks="all",
             enable_idempotence=True,
         )
-        await self._producer.start()
-        await self._producer.begin_transaction()
-        self._open.set()
+        await producer.start()
+        await self._begin(producer)
+        return producer
+
+    async def _begin(self, producer: GroupProducer) -> None:
+        await producer.begin_transaction()
+        self._began = time.monotonic()
+
+    async def _renew(self, fenced: GroupProducer, exc: Exception, *, rejoin: bool = True) -> bool:
+        """``fenced`` was fenced (see the module's rules): replace it (True), or stop the worker
+        when another process took its transactional id (False). Not under ``gate``: a send
+        inside a decision may find the fence. ``rejoin``: ask the group for a new assignment
+        (not needed at an assignment)."""
+        async with self._renewing:
+            if self._producer is not fenced:  # replaced already
+                return self._producer is not None
+            open_s = time.monotonic() - self._began
+            if open_s < self.worker.transaction_timeout_ms / 1000:
+                self.log.error("this worker's producer was fenced by another with its id (%s): stopping", exc)
+                await self.app.crash(exc)
+                return False
+            self.log.warning(
+                "this worker's transaction was open %.1f s, past its timeout (was the process frozen?): the broker "
+                "aborted it and fenced the producer; a new one goes on, and the worker rejoins the group",
+                open_s,
+            )
+            cast(Any, self.app).wiring.metrics.producers_renewed.inc()
+            self._refused = True  # see the module's rules: not before the next assignment
+            self._open.clear()
+            try:
+                worker = self.worker
+                if worker.restore is not None:
+                    worker.restore(worker.undo)
+                worker.undo.clear()
+                self._unsettled = False
+                await fenced.stop_fenced()
+                self._producer = await self._new_producer()
+            finally:
+                self._open.set()  # still fenced (a new producer could not start): the next send tries again
+        if rejoin:
+            cast(Any, self.consumer)._thread.rejoin()
+        return True
 
     async def on_stop(self) -> None:
         """What was not committed is aborted: the partitions' next owner does it again. Under the
@@ -145,13 +198,25 @@ class WorkerTransactions(TransactionManager):
         self._sending += 1
         self._idle.clear()
         try:
+            producer = self._ensure()
+            if producer.fenced():  # sent in the next transaction, aborted at the next assignment
+                if not await self._renew(producer, ProducerFenced()):
+                    raise ProducerFenced()
+                producer = self._ensure()
             self._unsettled = True
             if isinstance(headers, Mapping):
                 headers = list(headers.items())
             timestamp_ms = int(timestamp * 1000) if timestamp else None
-            sent: Awaitable[Any] = await self._ensure().send(
-                topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=headers
-            )
+            try:
+                sent: Awaitable[Any] = await producer.send(
+                    topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=headers
+                )
+            except IllegalOperation:  # fenced while this send was under way: once more, on its successor
+                if not (producer.fenced() and await self._renew(producer, ProducerFenced())):
+                    raise
+                sent = await self._ensure().send(
+                    topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms, headers=headers
+                )
             return sent
         finally:
             self._sending -= 1
@@ -178,12 +243,14 @@ class WorkerTransactions(TransactionManager):
             self._open.clear()
             try:
                 await self._idle.wait()
-                if self._unsettled:
+                producer = self._ensure()
+                if producer.fenced():  # what it held is aborted: as the abort below
+                    await self._renew(producer, ProducerFenced(), rejoin=False)
+                elif self._unsettled:
                     await self._abort(producer, "sent between the revocation's commit and the assignment")
                 self._refused = False  # the inputs are read again from the committed offsets from here
             finally:
-                if producer.transaction_open():
-                    self._open.set()
+                self._reopen()
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Nothing: ``Flow8Consumer`` commits before faust forgets the revoked partitions' acks."""
@@ -224,6 +291,9 @@ class WorkerTransactions(TransactionManager):
             self._open.clear()
             try:
                 await self._idle.wait()
+                producer = self._ensure()  # replaced, if it was fenced, while the cycle waited
+                if producer.fenced():
+                    await self._renew(producer, ProducerFenced())
                 if self._refused or self._closed:  # see the module's rules: not before the next assignment
                     return False
                 sending = self._with_known(offsets)
@@ -239,16 +309,20 @@ class WorkerTransactions(TransactionManager):
                     self._refused = True
                     return False
                 except ProducerFenced as exc:
-                    self.log.error("this worker's producer was fenced (%s): stopping; nothing more is committed", exc)
-                    await self.app.crash(exc)
+                    await self._renew(producer, exc)
                     return False
                 self._known.update(sending)
                 worker.undo.clear()
-                await producer.begin_transaction()
+                await self._begin(producer)
             finally:
-                if producer.transaction_open():
-                    self._open.set()
+                self._reopen()
         return True
+
+    def _reopen(self) -> None:
+        """Sends may go again, if a transaction is open."""
+        producer = self._producer
+        if producer is not None and producer.transaction_open():
+            self._open.set()
 
     def _with_known(self, offsets: Mapping[TP, int]) -> dict[TopicPartition, int]:
         """``offsets`` and the committed offsets of the other input partitions assigned: every
@@ -263,12 +337,18 @@ class WorkerTransactions(TransactionManager):
         """Abort the open transaction and put back the table entries it wrote."""
         worker = self.worker
         self.log.warning("transaction aborted (%s); its inputs are read again from the committed offsets", reason)
-        await producer.abort_transaction()
+        try:
+            if producer.fenced():
+                raise ProducerFenced()
+            await producer.abort_transaction()
+        except ProducerFenced as exc:  # the broker aborted it at its timeout: the same, and a new producer
+            await self._renew(producer, exc, rejoin=False)
+            return
         if worker.restore is not None:
             worker.restore(worker.undo)
         worker.undo.clear()
         self._unsettled = False
-        await producer.begin_transaction()
+        await self._begin(producer)
 
 
 def _tp(tp: Any) -> TopicPartition:
