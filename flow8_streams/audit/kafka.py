@@ -163,6 +163,22 @@ async def partition_count(consumer: AIOKafkaConsumer, topic: str) -> int | None:
     return len(found) if found else None
 
 
+async def commands_partitions(settings: Settings, consumers: Consumers) -> int:
+    """How many partitions the commands topic has now (what a company's partition is taken
+    over), asked with a consumer ``consumers`` lends; ``StoreUnavailable`` if Kafka cannot say."""
+    from aiokafka.errors import KafkaError
+
+    topic = settings.topics.commands
+    try:
+        async with consumers.lend() as consumer:  # a lent one tracks the events topic only
+            found = await partition_count(consumer, topic)
+    except KafkaError as exc:
+        raise StoreUnavailable(f"Kafka, reading the metadata of {topic}: {type(exc).__name__}") from None
+    if not found:
+        raise StoreUnavailable(f"Kafka has no topic {topic} (check FLOW8_TOPICS__PREFIX)")
+    return found
+
+
 class KafkaSource:
     """The events topic named by ``settings`` (``topics.events``), read once: its ``partitions``
     (all when None), within ``budget``, with a consumer of ``consumers`` (else one of its own)."""

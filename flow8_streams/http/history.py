@@ -35,10 +35,10 @@ import orjson
 from cachetools import LRUCache
 
 from flow8_streams.audit.checkpoints import SignedCheckpoint
-from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, company_partition, partition_count
+from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, commands_partitions, company_partition
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES
-from flow8_streams.errors import ReadTimedOut, StoreUnavailable
+from flow8_streams.errors import ReadTimedOut
 
 if TYPE_CHECKING:
     from flow8_streams.metrics import Metrics
@@ -163,15 +163,5 @@ class PlayHistories:
         """The partition of the commands topic (and so of the events topic) Kafka's default
         partitioner gives the company's key."""
         if self._partitions is None:  # counted again only after a play was not found where this count put it
-            from aiokafka.errors import KafkaError
-
-            topic = self.settings.topics.commands
-            try:
-                async with self.consumers.lend() as consumer:  # a lent one tracks the events topic only
-                    found = await partition_count(consumer, topic)
-            except KafkaError as exc:
-                raise StoreUnavailable(f"Kafka, reading the metadata of {topic}: {type(exc).__name__}") from None
-            if not found:
-                raise StoreUnavailable(f"Kafka has no topic {topic} (check FLOW8_TOPICS__PREFIX)")
-            self._partitions = found
+            self._partitions = await commands_partitions(self.settings, self.consumers)
         return company_partition(company_id, self._partitions)

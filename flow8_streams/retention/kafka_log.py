@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from flow8_streams.audit import checkpoints as cp
-from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, company_partition, partition_count
+from flow8_streams.audit.kafka import Budget, Consumers, KafkaSource, commands_partitions, company_partition
 from flow8_streams.audit.verify import Finding, PlayHistory
 from flow8_streams.domain.events import TERMINAL_EVENT_TYPES
 from flow8_streams.domain.state import PlayState
-from flow8_streams.errors import ReadTooLarge, StoreUnavailable
+from flow8_streams.errors import ReadTooLarge
 from flow8_streams.settings import Settings
 
 # a worker's clock wrote both the events' ``at`` and the records' timestamps (set when produced);
@@ -151,15 +151,5 @@ class KafkaLog:
     async def _count(self) -> int:
         """The commands topic's partitions (what a company's partition is taken over)."""
         if self._partitions is None:
-            from aiokafka.errors import KafkaError
-
-            topic = self.settings.topics.commands
-            try:
-                async with self.consumers.lend() as consumer:
-                    found = await partition_count(consumer, topic)
-            except KafkaError as exc:
-                raise StoreUnavailable(f"Kafka, reading the metadata of {topic}: {type(exc).__name__}") from None
-            if not found:
-                raise StoreUnavailable(f"Kafka has no topic {topic} (check FLOW8_TOPICS__PREFIX)")
-            self._partitions = found
+            self._partitions = await commands_partitions(self.settings, self.consumers)
         return self._partitions
