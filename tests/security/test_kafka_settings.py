@@ -58,6 +58,7 @@ def test_a_login_from_the_settings_file_reaches_every_client_and_no_repr_shows_i
 
 
 def test_plaintext_by_default_and_sasl_ssl_verifies_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)  # the default, not the test run's broker
     assert load_settings().kafka_client_options() == {
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "PLAINTEXT",
