@@ -44,6 +44,7 @@ log = logging.getLogger("flow8.http")
 TERMINAL = frozenset({"PlayCompleted", "PlayFailed", "PlayCancelled"})
 START_SECONDS = 10.0  # an embedded start not recorded by then was refused (the orchestrator logs why)
 STREAMS_POLL_SECONDS = (0.02, 0.2)  # a large play's wait reads the projection this often, backing off to the second
+STREAMS_COMING_SECONDS = 2.0  # a play started here, not seen yet, is looked for this long before a 404
 STREAMS_LOOK_SECONDS = 0.25  # a streams wait whose result has not come by then looks in the projection once
 
 
@@ -322,7 +323,7 @@ class StreamsBackend:
         command = StartPlay(
             company_id=company_id, flow=flow.name, flow_version=flow.version, play_id=play_id, input=input
         )
-        self.results.starting(play_id)  # before the broker has it: its result may come at once
+        self.results.starting(company_id, play_id)  # before the broker has it: its result may come at once
         await (await self.producer.enqueue(command))
 
     async def cancel(self, company_id: str, play_id: str) -> None:
@@ -332,7 +333,33 @@ class StreamsBackend:
         await (await self.producer.enqueue(command))
 
     async def play(self, company_id: str | None, play_id: str) -> Play | None:
-        return self.results.get(company_id, play_id) or await self.stores.plays.get(company_id, play_id)
+        found = self.results.get(company_id, play_id) or await self.stores.plays.get(company_id, play_id)
+        if found is None and company_id is not None and self.results.coming(company_id, play_id):
+            return await self._arriving(company_id, play_id)
+        return found
+
+    async def _arriving(self, company_id: str, play_id: str) -> Play | None:
+        """A play started through this instance moments ago, that neither its result read here
+        nor the projection shows yet (another instance may have answered its wait already: the
+        result reached that one's reader first): it exists, so it is looked for a little longer
+        (``STREAMS_COMING_SECONDS``), its result awaited and the projection read meanwhile,
+        rather than called absent."""
+        from flow8_streams.http.results import Finished
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAMS_COMING_SECONDS
+        pause, longest = STREAMS_POLL_SECONDS
+        with self.results.awaiting(company_id, play_id) as arrival:
+            while (left := deadline - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(pause, left)):
+                        result = await asyncio.shield(arrival)
+                        return Finished.of(result) or await self.stores.plays.get(company_id, play_id)
+                state = await self.stores.plays.get(company_id, play_id)
+                if state is not None:
+                    return state
+                pause = min(pause * 2, longest)
+        return None
 
     async def plays(self, company_id: str, status: str | None, limit: int, page: PlayPage) -> Sequence[Play]:
         """The projection's page, with the finished plays read off Kafka that it does not show
@@ -356,7 +383,7 @@ class StreamsBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self.results.awaiting(company_id, play_id) as arrival:
-            if not self.results.coming(play_id):  # not started here since the reader started: may have ended unseen
+            if not self.results.coming(company_id, play_id):  # not started here lately: it may have ended unseen
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(timeout, STREAMS_LOOK_SECONDS)):
                         await asyncio.shield(arrival)

@@ -58,7 +58,7 @@ class PlayResults:
 
         self._ended: TTLCache[str, Finished] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
         # plays started through this instance whose result is not read yet: it is still to come
-        self._coming: TTLCache[str, None] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+        self._coming: TTLCache[tuple[str, str], None] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
         self._waits: dict[tuple[str, str], set[asyncio.Future[PlayResult]]] = {}
         self._metrics = metrics
 
@@ -70,17 +70,18 @@ class PlayResults:
         (self._metrics.cache_hits if found is not None else self._metrics.cache_misses).labels(CACHE).inc()
         return found
 
-    def starting(self, play_id: str) -> None:
-        """``play_id`` is being started through this instance: its result is still to come."""
-        self._coming[play_id] = None
+    def starting(self, company_id: str, play_id: str) -> None:
+        """``company_id``'s play ``play_id`` is being started through this instance: its result is still to come."""
+        self._coming[(company_id, play_id)] = None
 
-    def coming(self, play_id: str) -> bool:
-        """Whether ``play_id``'s result is known to be still to come (so no one need look for it)."""
-        return play_id in self._coming
+    def coming(self, company_id: str, play_id: str) -> bool:
+        """Whether the result of ``company_id``'s play ``play_id`` is known to be still to come
+        (so no one need look for it). Per company: another company's id tells nothing."""
+        return (company_id, play_id) in self._coming
 
     def put(self, result: PlayResult) -> None:
         """Keep ``result`` (when it carries its play) and hand it to each wait on its play."""
-        self._coming.pop(result.play_id, None)
+        self._coming.pop((result.company_id, result.play_id), None)
         key = (result.company_id, result.play_id)
         finished = Finished.of(result)
         if finished is not None:

@@ -69,8 +69,9 @@ def test_the_map_is_bounded_by_count() -> None:
 def test_a_play_started_here_is_coming_until_its_result_is_read() -> None:
     results = PlayResults(10, 60, Metrics())
     play_id = new_id("p")
-    assert not results.coming(play_id)  # a wait on it looks in the projection once
-    results.starting(play_id)
-    assert results.coming(play_id)  # its result cannot have passed unseen: no look
+    assert not results.coming("acme", play_id)  # a wait on it looks in the projection once
+    results.starting("acme", play_id)
+    assert results.coming("acme", play_id)  # its result cannot have passed unseen: no look
+    assert not results.coming("globex", play_id)  # another company's ask tells it nothing
     results.put(PlayResult.of(final(play_id, "acme")))
-    assert not results.coming(play_id)
+    assert not results.coming("acme", play_id)
